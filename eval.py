@@ -1,0 +1,40 @@
+"""Evaluate a checkpoint: ``python eval.py --config=configs/X.py --workdir=DIR [--step N] [--visualize N]``.
+
+Restores the orbax checkpoint (latest unless ``--step``), runs inference on the
+validation split, writes ``DIR/eval/results_<step>.json`` (COCO results) and
+``DIR/eval/metrics_<step>.json`` (``bbox/AP``, ``bbox/AP50``, …), prints the
+standard COCO table, and with ``--visualize N`` writes N PNGs with predicted and
+ground-truth boxes to ``DIR/eval/vis_<step>/``.
+"""
+
+import argparse
+import logging
+import sys
+
+from msvision import config as config_lib
+
+
+def main(argv=None) -> int:
+    overrides, rest = config_lib.split_config_args(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    parser.add_argument("--visualize", type=int, default=0, help="number of images to draw")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(rest)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
+    try:
+        config = config_lib.load_config(args.config, overrides)
+    except config_lib.ConfigError as e:
+        parser.error(str(e))
+    from msvision.train import loop
+
+    trainer, state, step = loop.restore_for_eval(config, args.workdir, args.step)
+    loop.evaluate_state(trainer, state, args.workdir, step, visualize_count=args.visualize)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""Counters of bad or unusual data met while reading a dataset.
+
+Bad data never stops training (SPEC "Bad data"): every problem is skipped or
+clipped, logged as a ``logging`` warning naming the file, and counted here so the
+trainer can log the counts as metrics (``stats.as_dict()``).
+
+Annotation problems are counted once, when a source indexes its annotation file
+(deterministic, independent of workers). Unreadable images are only discovered
+when an image is decoded, so ``corrupt_images`` counts reads in *this* process:
+with multiprocessing workers (``data.num_workers > 0``) those reads happen in the
+workers, whose warnings still reach the log but whose counts stay there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+
+logger = logging.getLogger("msvision.data")
+
+# At most this many warnings per kind and source, then one "further warnings
+# suppressed" line: a dataset with 10k bad boxes must not flood the log.
+MAX_WARNINGS_PER_KIND = 20
+
+
+@dataclasses.dataclass
+class DataStats:
+    """Counts of skipped, clipped and replaced data.
+
+    Attributes:
+      images: images in the source.
+      annotations: annotations read from the file (before any cleaning).
+      images_without_annotations: images kept as pure background (no object).
+      boxes_clipped: boxes partly outside the image, clipped to it.
+      degenerate_boxes_dropped: boxes with width or height < 1 px after clipping
+        (zero-size boxes and boxes entirely outside the image).
+      unknown_category_dropped: annotations whose category id is not in the
+        category list.
+      overflow_dropped: annotations dropped because an image had more than
+        ``max_instances`` (the largest boxes are kept).
+      images_over_max_instances: images that had such an overflow.
+      corrupt_images: image reads that failed (missing, truncated or undecodable
+        file); each was replaced by the next readable image.
+    """
+
+    images: int = 0
+    annotations: int = 0
+    images_without_annotations: int = 0
+    boxes_clipped: int = 0
+    degenerate_boxes_dropped: int = 0
+    unknown_category_dropped: int = 0
+    overflow_dropped: int = 0
+    images_over_max_instances: int = 0
+    corrupt_images: int = 0
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+        self._warned: dict[str, int] = {}
+
+    def add(self, name: str, count: int = 1) -> None:
+        """Thread-safe ``self.<name> += count``."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + count)
+
+    def warn(self, kind: str, message: str, *args) -> None:
+        """Log a warning of ``kind``, rate-limited to ``MAX_WARNINGS_PER_KIND``."""
+        with self._lock:
+            seen = self._warned.get(kind, 0)
+            self._warned[kind] = seen + 1
+        if seen < MAX_WARNINGS_PER_KIND:
+            logger.warning(message, *args)
+        elif seen == MAX_WARNINGS_PER_KIND:
+            logger.warning("further '%s' warnings suppressed (see DataStats)", kind)
+
+    def as_dict(self, prefix: str = "data/") -> dict[str, int]:
+        """The counters as ``{prefix + name: count}``, ready to log as metrics."""
+        return {prefix + f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    # The lock is not picklable; workers get a fresh one.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._lock = threading.Lock()

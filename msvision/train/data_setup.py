@@ -1,0 +1,112 @@
+"""Glue between ``config.data`` and the trainer: dataset preparation and iterators.
+
+``config.data.synthetic`` (optional) asks for the built-in synthetic dataset:
+``enabled`` (bool), ``root`` (folder), ``num_train``, ``num_val``, ``image_size``,
+``seed``. When enabled, :func:`dataset_info` generates it if absent and points
+``data.train`` / ``data.val`` at it, so a fresh clone trains with no download.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Optional
+
+import numpy as np
+
+import msvision.data as data_lib
+from msvision.data.pipeline import DatasetMetadata
+
+
+@dataclasses.dataclass
+class DatasetInfo:
+    """Dataset metadata plus the sources, built once per run."""
+
+    metadata: DatasetMetadata
+    data_cfg: Any
+    train_source: Any
+    _val_source: Any = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.metadata.num_classes
+
+    @property
+    def num_train_images(self) -> int:
+        return self.metadata.num_train_images
+
+    @property
+    def label_to_category(self):
+        return self.metadata.label_to_category
+
+    @property
+    def class_names(self):
+        return self.metadata.class_names
+
+    @property
+    def val_annotations(self) -> str:
+        return self.metadata.val_annotations
+
+    @property
+    def val_source(self):
+        if self._val_source is None:
+            self._val_source = data_lib.build_source(self.data_cfg.val, self.data_cfg)
+        return self._val_source
+
+
+def prepare_synthetic(data_cfg) -> None:
+    """Generates the synthetic dataset if ``data_cfg.synthetic.enabled`` and points the splits at it."""
+    synthetic = data_cfg.get("synthetic")
+    if not synthetic or not synthetic.get("enabled", False):
+        return
+    from msvision.data.synthetic import ensure_synthetic_dataset
+
+    root = ensure_synthetic_dataset(
+        synthetic.root,
+        num_train=synthetic.num_train,
+        num_val=synthetic.num_val,
+        image_size=synthetic.image_size,
+        seed=synthetic.seed,
+    )
+    with data_cfg.unlocked():
+        for split in ("train", "val"):
+            data_cfg[split].annotations = os.path.join(root, split, "instances.json")
+            data_cfg[split].images = os.path.join(root, split, "images")
+
+
+def dataset_info(data_cfg) -> DatasetInfo:
+    prepare_synthetic(data_cfg)
+    train_source = data_lib.build_source(data_cfg.train, data_cfg)
+    return DatasetInfo(data_lib.dataset_metadata(data_cfg, train_source), data_cfg, train_source)
+
+
+def build_train_iterator(info: DatasetInfo, *, seed: int, shard_index: int, shard_count: int):
+    return data_lib.build_train_iterator(
+        info.data_cfg, seed=seed, shard_index=shard_index, shard_count=shard_count, source=info.train_source
+    )
+
+
+def build_eval_iterator(info: DatasetInfo, *, shard_index: int, shard_count: int):
+    return data_lib.build_eval_iterator(
+        info.data_cfg, shard_index=shard_index, shard_count=shard_count, source=info.val_source
+    )
+
+
+def data_stats_metrics(info: DatasetInfo) -> dict[str, int]:
+    """Bad-data counters of the training source (see ``msvision.data.stats``)."""
+    return info.train_source.stats.as_dict("data/")
+
+
+def _val_record(info: DatasetInfo, image_id: int) -> dict:
+    source = info.val_source
+    index = list(source.image_ids()).index(image_id)
+    return source[index]
+
+
+def load_original_image(info: DatasetInfo, image_id: int) -> np.ndarray:
+    return _val_record(info, image_id)["image"]
+
+
+def original_ground_truth(info: DatasetInfo, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+    record = _val_record(info, image_id)
+    return record["boxes"], record["labels"]

@@ -1,0 +1,21 @@
+"""Defaults of the ``train`` and ``eval`` config sections (documented in ``loop.py``)."""
+
+import ml_collections
+
+
+def default_train_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            num_steps=0,
+            log_every=50,
+            checkpoint_every=1000,
+            keep_checkpoints=3,
+            eval_every=0,
+            eval_at_end=True,
+            async_checkpoint=True,
+        )
+    )
+
+
+def default_eval_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(visualize=8))

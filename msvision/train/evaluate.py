@@ -1,0 +1,95 @@
+"""Inference over the validation split and COCO evaluation of the results.
+
+Writes, under ``WORKDIR/eval/``: ``results_<step>.json`` (COCO results format,
+the dataset's own category ids), ``metrics_<step>.json`` (``bbox/AP``,
+``bbox/AP50``, …) and, when asked, ``vis_<step>/*.png`` with predicted boxes
+(solid) and ground truth (dashed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from msvision.evaluation import coco_eval, visualize
+from msvision.structures import Batch, Detections
+from msvision.train import data_setup
+from msvision.train import sharding as sharding_lib
+
+log = logging.getLogger(__name__)
+
+
+def evaluate_detector(
+    config: ml_collections.ConfigDict,
+    dataset_info,
+    predict: Callable[[Batch], Detections],
+    mesh,
+    workdir: str,
+    step: int,
+    *,
+    visualize_count: int = 0,
+) -> dict[str, float]:
+    """Runs ``predict`` over the whole validation split; returns ``{"eval/bbox/AP": …}``.
+
+    ``visualize_count`` images get a PNG with their predictions and ground truth.
+    """
+    eval_iter = data_setup.build_eval_iterator(
+        dataset_info, shard_index=jax.process_index(), shard_count=jax.process_count()
+    )
+    results: list[dict] = []
+    vis_dir = os.path.join(workdir, "eval", f"vis_{step}")
+    drawn = 0
+    is_main = jax.process_index() == 0
+    for local_batch in tqdm(eval_iter, desc="eval", disable=not is_main, dynamic_ncols=True):
+        batch = sharding_lib.shard_batch(local_batch, mesh)
+        detections = sharding_lib.gather_to_host(predict(batch))
+        image_ids = sharding_lib.gather_to_host(batch.image_ids)
+        results.extend(
+            coco_eval.detections_to_coco_results(detections, image_ids, dataset_info.label_to_category)
+        )
+        if is_main and drawn < visualize_count:
+            drawn += _draw(local_batch, detections, dataset_info, vis_dir, visualize_count - drawn)
+    metrics: dict[str, float] = {}
+    if is_main:
+        out_dir = os.path.join(workdir, "eval")
+        os.makedirs(out_dir, exist_ok=True)
+        coco_eval.write_results_json(os.path.join(out_dir, f"results_{step}.json"), results)
+        evaluator = coco_eval.CocoEvaluator(dataset_info.val_annotations, iou_types=("bbox",))
+        evaluator.add(results)
+        metrics = evaluator.evaluate()
+        print(f"COCO evaluation at step {step} ({len(results)} detections):")
+        print(coco_eval.format_table(metrics))
+        with open(os.path.join(out_dir, f"metrics_{step}.json"), "w") as f:
+            json.dump(dict(metrics, step=step), f, indent=2)
+    return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+def _draw(local_batch: Batch, detections: Detections, dataset_info, out_dir: str, limit: int) -> int:
+    """Writes up to ``limit`` PNGs of this batch (original resolution); returns how many."""
+    os.makedirs(out_dir, exist_ok=True)
+    count = 0
+    for i in range(local_batch.images.shape[0]):
+        if count >= limit or local_batch.image_ids[i] < 0:
+            continue
+        image_id = int(local_batch.image_ids[i])
+        image = data_setup.load_original_image(dataset_info, image_id)
+        gt_boxes, gt_labels = data_setup.original_ground_truth(dataset_info, image_id)
+        picture = visualize.draw_detections(
+            image,
+            detections.boxes[i][detections.valid[i]],
+            detections.labels[i][detections.valid[i]],
+            detections.scores[i][detections.valid[i]],
+            dataset_info.class_names,
+            gt_boxes=gt_boxes,
+            gt_labels=gt_labels,
+        )
+        picture.save(os.path.join(out_dir, f"{image_id}.png"))
+        count += 1
+    return count

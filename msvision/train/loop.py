@@ -1,0 +1,288 @@
+"""The training loop: read it top to bottom in :func:`train`.
+
+Design (SPEC "Decisions"): the model is split once into a graph definition and
+state (``nnx.split``); the jitted step is a pure function over
+``(state, batch) -> (state, metrics)`` that merges, computes the loss, updates
+with optax and returns the new state. Shardings are explicit: the batch is split
+over the mesh's ``data`` axis, the state replicated; the state is donated.
+
+Config section ``train``:
+  num_steps: total optimizer steps; 0 means ``optim.epochs`` epochs.
+  log_every: steps between metric rows (and non-finite loss checks).
+  checkpoint_every: steps between checkpoints (also saved at the end).
+  keep_checkpoints: how many checkpoints to keep.
+  eval_every: steps between evaluations during training; 0 evaluates only at the end
+    when ``eval_at_end`` is set.
+  eval_at_end: evaluate the final model on the validation split.
+  async_checkpoint: write checkpoints in a background thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from msvision import config as config_lib
+from msvision.models.build import build_model
+from msvision.train import checkpoint as checkpoint_lib
+from msvision.train import data_setup as data_lib
+from msvision.train import metrics as metrics_lib
+from msvision.train import optimizer as optimizer_lib
+from msvision.train import sharding as sharding_lib
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class Trainer:
+    """Everything the loop and evaluation need, built once from the config."""
+
+    config: ml_collections.ConfigDict
+    mesh: jax.sharding.Mesh
+    graphdef: Any
+    state: dict  # {"step", "params", "rest", "opt_state", "rng"}
+    train_step: Callable
+    predict_step: Callable
+    schedules: dict
+    dataset_info: Any
+
+
+def init_model_state(config: ml_collections.ConfigDict, num_classes: int):
+    """Builds the model and splits it into ``(graphdef, params, rest)``.
+
+    Initialisation runs as one jitted function (eager init would compile every
+    initialiser separately); pretrained backbone weights are loaded afterwards.
+    """
+    with config.unlocked():
+        config.model.num_classes = num_classes
+    model_cfg = config.model.copy_and_resolve_references()
+    pretrained = model_cfg.backbone.get("pretrained", "")
+    with model_cfg.unlocked():
+        model_cfg.backbone.pretrained = ""
+
+    def init():
+        return nnx.split(build_model(model_cfg, rngs=nnx.Rngs(config.seed)), nnx.Param, ...)[1:]
+
+    abstract_model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(config.seed)))
+    graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
+    params, rest = jax.jit(init)()
+    if pretrained:
+        from msvision.models.backbones.convert_torchvision import load_torchvision_resnet
+
+        model = nnx.merge(graphdef, params, rest)
+        load_torchvision_resnet(model.backbone, pretrained)
+        _, params, rest = nnx.split(model, nnx.Param, ...)
+        log.info("loaded pretrained backbone weights from %s", pretrained)
+    return graphdef, params, rest
+
+
+def make_train_step(graphdef, tx: optax.GradientTransformation, schedules: dict) -> Callable:
+    """The pure train step ``(state, batch) -> (state, metrics)``."""
+
+    def train_step(state: dict, batch) -> tuple[dict, dict]:
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params, state["rest"], copy=True)
+            loss, metrics = model.losses(batch)
+            # Non-parameter state the forward pass updated (e.g. a loss-normaliser EMA).
+            _, _, rest = nnx.split(model, nnx.Param, ...)
+            return loss, (metrics, rest)
+
+        (loss, (metrics, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        step = state["step"]
+        metrics = {f"train/{k}": v for k, v in metrics.items()}
+        metrics["train/loss"] = loss
+        metrics["train/grad_norm"] = optax.global_norm(grads)
+        for name, schedule in schedules.items():
+            metrics[f"lr/{name}"] = schedule(step)
+        new_state = dict(state, step=step + 1, params=params, rest=rest, opt_state=opt_state)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_predict_step(graphdef) -> Callable:
+    def predict_step(params, rest, batch):
+        model = nnx.merge(graphdef, params, rest)
+        return model.predict(batch)
+
+    return predict_step
+
+
+def steps_per_epoch(num_images: int, global_batch_size: int) -> int:
+    return max(1, num_images // global_batch_size)
+
+
+def total_steps(config: ml_collections.ConfigDict, num_images: int) -> int:
+    if config.train.num_steps > 0:
+        return int(config.train.num_steps)
+    return int(config.optim.epochs * steps_per_epoch(num_images, config.data.batch_size))
+
+
+def build_trainer(config: ml_collections.ConfigDict, dataset_info) -> Trainer:
+    mesh = sharding_lib.make_mesh()
+    sharding_lib.check_batch_size(config.data.batch_size, mesh)
+    graphdef, params, rest = init_model_state(config, dataset_info.num_classes)
+    spe = steps_per_epoch(dataset_info.num_train_images, config.data.batch_size)
+    if config.train.num_steps > 0 and config.optim.epochs > 0:
+        # Epoch-based decays are defined over the configured epochs; a run given in
+        # steps stretches them to its length.
+        spe = config.train.num_steps / config.optim.epochs
+    tx, schedules = optimizer_lib.build_optimizer(config.optim, params, spe)
+    replicated = sharding_lib.replicated(mesh)
+    state = dict(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        rest=rest,
+        opt_state=tx.init(params),
+        rng=jax.random.PRNGKey(config.seed),
+    )
+    state = jax.device_put(state, replicated)
+    state_sharding = jax.tree.map(lambda _: replicated, state)
+    batch_sharding = sharding_lib.batch_sharded(mesh)
+    train_step = jax.jit(
+        make_train_step(graphdef, tx, schedules),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+    predict_step = jax.jit(
+        make_predict_step(graphdef),
+        in_shardings=(state_sharding["params"], state_sharding["rest"], batch_sharding),
+        out_shardings=batch_sharding,
+    )
+    return Trainer(config, mesh, graphdef, state, train_step, predict_step, schedules, dataset_info)
+
+
+def _fetch(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+
+
+def _compiled_count(fn) -> int:
+    size = getattr(fn, "_cache_size", None)
+    return int(size()) if callable(size) else -1
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (resuming from ``workdir`` if it has a checkpoint) and returns final metrics."""
+    sharding_lib.initialize_distributed()
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:
+        config_lib.save_config(config, os.path.join(workdir, "config.json"))
+
+    dataset_info = data_lib.dataset_info(config.data)
+    trainer = build_trainer(config, dataset_info)
+    num_steps = total_steps(config, dataset_info.num_train_images)
+    train_iter = data_lib.build_train_iterator(
+        dataset_info, seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count()
+    )
+    ckpt = checkpoint_lib.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        every_steps=config.train.checkpoint_every,
+        keep=config.train.keep_checkpoints,
+        async_save=config.train.async_checkpoint,
+    )
+    state = trainer.state
+    start_step = 0
+    if ckpt.latest_step is not None:
+        start_step, state, _ = ckpt.restore(checkpoint_lib.abstract_like(state), train_iter)
+        log.info("resuming from step %d", start_step)
+    writer = metrics_lib.MetricWriter(workdir)
+    progress = metrics_lib.Progress(num_steps, start_step, config.data.batch_size)
+    shapes_seen: set = set()
+    last_metrics: dict[str, float] = {}
+    step = start_step
+    try:
+        while step < num_steps:
+            local_batch = next(train_iter)
+            shapes_seen.add(tuple(local_batch.images.shape))
+            batch = sharding_lib.shard_batch(local_batch, trainer.mesh)
+            state, metrics = trainer.train_step(state, batch)
+            step += 1
+            if step == start_step + 1:
+                jax.block_until_ready(metrics)  # the first step includes compilation
+                progress.reset_timer(step)
+            must_log = step % config.train.log_every == 0 or step == num_steps
+            must_save = ckpt.should_save(step) or step == num_steps
+            if must_log or must_save:
+                last_metrics = _fetch(metrics)
+                if not math.isfinite(last_metrics["train/loss"]):
+                    raise NonFiniteLossError(
+                        f"loss is {last_metrics['train/loss']} at step {step}; stopping without saving. "
+                        f"The last good checkpoint is step {ckpt.latest_step} in {ckpt.directory}. "
+                        "Lower the learning rate, enable optim.clip_norm, or check the data."
+                    )
+                timing = progress.update(step, last_metrics)
+                row = dict(last_metrics, **timing)
+                row["perf/compiled_train_shapes"] = len(shapes_seen)
+                row.update(data_lib.data_stats_metrics(dataset_info))
+                writer.write(step, row)
+            else:
+                progress.update(step)
+            if must_save:
+                ckpt.save(step, state, train_iter, meta=dict(num_steps=num_steps))
+                progress.reset_timer(step)
+            eval_every = config.train.eval_every
+            if eval_every and step % eval_every == 0 and step != num_steps:
+                eval_metrics = evaluate_state(trainer, state, workdir, step)
+                writer.write(step, eval_metrics)
+                progress.reset_timer(step)
+    finally:
+        progress.close()
+        ckpt.close()
+    compiled = _compiled_count(trainer.train_step)
+    log.info(
+        "distinct input shapes: %d; compiled train-step variants: %s",
+        len(shapes_seen),
+        compiled if compiled >= 0 else "n/a",
+    )
+    final = dict(last_metrics)
+    final["perf/compiled_train_shapes"] = len(shapes_seen)
+    if config.train.eval_at_end:
+        eval_metrics = evaluate_state(trainer, state, workdir, step)
+        writer.write(step, eval_metrics)
+        final.update(eval_metrics)
+    writer.close()
+    trainer.state = state
+    return final
+
+
+def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, visualize_count: int = 0) -> dict:
+    """Runs inference over the validation split and COCO evaluation; see ``msvision.train.evaluate``."""
+    from msvision.train.evaluate import evaluate_detector
+
+    return evaluate_detector(
+        trainer.config,
+        trainer.dataset_info,
+        lambda batch: trainer.predict_step(state["params"], state["rest"], batch),
+        trainer.mesh,
+        workdir,
+        step,
+        visualize_count=visualize_count,
+    )
+
+
+def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None):
+    """Builds the trainer and restores a checkpoint (latest by default): ``(trainer, state, step)``."""
+    dataset_info = data_lib.dataset_info(config.data)
+    trainer = build_trainer(config, dataset_info)
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
+    step, state, _ = ckpt.restore(checkpoint_lib.abstract_like(trainer.state), step=step)
+    ckpt.close()
+    return trainer, state, step

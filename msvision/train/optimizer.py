@@ -1,0 +1,105 @@
+"""AdamW with the thesis's parameter groups and epoch-based step schedules.
+
+Thesis section 2.4: AdamW, weight decay 1e-4; learning rate 1e-5 for the backbone
+and for the linear layers computing the MSDA sampling offsets, 1e-4 for the rest
+(FQDetV2 main runs: other values and gradient clipping at max norm 0.1).
+Schedules: the learning rate is multiplied by ``decay_factor`` (0.1) after each
+epoch listed in ``decay_epochs`` (1x: 12 epochs, drops after 9 and 11).
+
+Config section ``optim``:
+  lr: base learning rate (everything not in another group), 1e-4.
+  backbone_lr: learning rate for parameters under the model's ``backbone``, 1e-5.
+  offset_lr: learning rate for parameters whose path contains ``sampling_offsets``, 1e-5.
+  weight_decay: AdamW decoupled weight decay, 1e-4.
+  b1, b2, eps: Adam moments.
+  clip_norm: gradient clipping by global norm; 0 disables.
+  epochs: training length in epochs (used when ``train.num_steps`` is 0).
+  decay_epochs: epochs after which the learning rate drops, e.g. (9, 11).
+  decay_factor: the drop factor, 0.1.
+  warmup_steps: linear warm-up from ``warmup_factor`` × lr, 0 disables.
+  warmup_factor: start of the warm-up, 0.001.
+
+Parameters not of type ``nnx.Param`` (frozen weights) never reach the optimizer.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+import optax
+
+BACKBONE, OFFSETS, DEFAULT = "backbone", "offsets", "default"
+
+
+def default_optim_config() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            lr=1e-4,
+            backbone_lr=1e-5,
+            offset_lr=1e-5,
+            weight_decay=1e-4,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            clip_norm=0.0,
+            epochs=12,
+            decay_epochs=(9, 11),
+            decay_factor=0.1,
+            warmup_steps=0,
+            warmup_factor=0.001,
+        )
+    )
+
+
+# Named schedules of thesis section 2.4: (epochs, decay epochs).
+SCHEDULES = {
+    "1x": (12, (9, 11)),
+    "1x_single_drop": (12, (9,)),  # FQDetV2 / EffSeg
+    "2x": (24, (18, 22)),
+    "2x_fqdetv2": (24, (18, 23)),
+    "3x": (36, (27, 33)),
+}
+
+
+def parameter_group(path: tuple) -> str:
+    """The optimizer group of the parameter at ``path`` (a jax key path)."""
+    names = jax.tree_util.keystr(path)
+    # Offsets first: an MSDA layer inside the backbone (none today) still gets the
+    # offset rate, as in the author's code where the first matching name wins.
+    if "sampling_offsets" in names:
+        return OFFSETS
+    if names.startswith("['backbone']") or names.startswith(".backbone"):
+        return BACKBONE
+    return DEFAULT
+
+
+def learning_rate_schedule(base_lr: float, cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
+    """Piecewise-constant drops after ``cfg.decay_epochs``, with optional linear warm-up."""
+    boundaries = {int(round(e * steps_per_epoch)): cfg.decay_factor for e in cfg.decay_epochs}
+    schedule = optax.piecewise_constant_schedule(base_lr, boundaries)
+    if cfg.warmup_steps > 0:
+        warmup = optax.linear_schedule(base_lr * cfg.warmup_factor, base_lr, cfg.warmup_steps)
+        schedule = optax.join_schedules([warmup, schedule], [cfg.warmup_steps])
+    return schedule
+
+
+def build_optimizer(
+    cfg: ml_collections.ConfigDict, params: Any, steps_per_epoch: int
+) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
+    """AdamW over ``params`` (an ``nnx.State`` of ``nnx.Param``) with parameter groups.
+
+    Returns the transformation and the schedule of each group (for logging).
+    """
+    rates = {BACKBONE: cfg.backbone_lr, OFFSETS: cfg.offset_lr, DEFAULT: cfg.lr}
+    schedules = {name: learning_rate_schedule(lr, cfg, steps_per_epoch) for name, lr in rates.items()}
+    labels = jax.tree_util.tree_map_with_path(lambda path, _: parameter_group(path), params)
+
+    def adamw(schedule):
+        return optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+    tx = optax.multi_transform({name: adamw(s) for name, s in schedules.items()}, labels)
+    if cfg.clip_norm > 0:
+        tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
+    return tx, schedules
