@@ -35,12 +35,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.eval_scale = 224
     config.data.eval_max_size = 320
     config.data.buckets = ((256, 320), (320, 256), (320, 320))
+    config.data.num_threads = 4
+    config.data.prefetch_buffer = 4
 
     config.model = default_model_config()
     config.model.backbone.depth = 18
     config.model.backbone.width = 16
     config.model.backbone.frozen_stages = 0
-    config.model.backbone.freeze_bn = True
+    config.model.backbone.norm = "group_norm"
     config.model.neck.channels = 64
     config.model.head.num_convs = 1
     config.model.head.anchor_base_scale = 4.0

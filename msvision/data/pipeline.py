@@ -33,7 +33,7 @@ Config schema (``config.data``, an ``ml_collections.ConfigDict``; defaults from
 - ``bucket_divisor``: edge multiple of the automatic buckets (128 = stride of P7).
 - ``num_threads``: grain read threads per process (``ReadOptions.num_threads``).
 - ``prefetch_buffer``: batches prefetched per process
-  (``ReadOptions.prefetch_buffer_size``).
+  (``ReadOptions.prefetch_buffer_size``; at least ``num_threads``).
 - ``num_workers``: grain multiprocessing workers (0 = threads only).
 - ``with_masks``: also produce ``Batch.masks`` (``[B, M, H, W] bool``).
 
@@ -94,7 +94,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         buckets=(),
         bucket_divisor=128,
         num_threads=8,
-        prefetch_buffer=4,
+        prefetch_buffer=8,
         num_workers=0,
         with_masks=False,
     ))

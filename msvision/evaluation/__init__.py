@@ -1,0 +1,1 @@
+"""Evaluation: COCO AP through pycocotools (``coco_eval``) and drawing (``visualize``)."""

@@ -1,0 +1,1 @@
+"""Models: backbones → necks → heads, assembled by :func:`build.build_model`."""

@@ -1,0 +1,1 @@
+"""Cost analysis of model configs (``python -m msvision.analysis --config=...``)."""

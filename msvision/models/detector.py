@@ -1,0 +1,78 @@
+"""The backbone–neck–head meta architecture (thesis section 2.1, figure 2.1)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from msvision.ops.boxes import clip_boxes, scale_boxes
+from msvision.structures import Batch, Detections
+
+Array = jax.Array
+
+# torchvision ImageNet statistics in 0..255 pixel units (RGB).
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+class Detector(nnx.Module):
+    """``head(neck(backbone(normalise(images))))``.
+
+    The attribute names ``backbone``, ``neck``, ``head`` matter: the optimizer
+    gives every parameter under ``backbone`` the backbone learning rate.
+
+    Args:
+      backbone: ``images [B, H, W, 3] → {level: feature}``.
+      neck: ``{level: feature} → {level: [B, H_l, W_l, D]}``.
+      head: has ``losses(pyramid, batch)`` and ``predict(pyramid, batch)``.
+      pixel_mean, pixel_std: RGB normalisation in 0..255 units.
+      dtype: compute dtype of the network (e.g. ``jnp.bfloat16``); parameters stay
+        float32 and losses are computed in float32.
+    """
+
+    def __init__(
+        self,
+        backbone: nnx.Module,
+        neck: nnx.Module,
+        head: nnx.Module,
+        *,
+        pixel_mean: Sequence[float] = IMAGENET_MEAN,
+        pixel_std: Sequence[float] = IMAGENET_STD,
+        dtype=jnp.float32,
+    ):
+        self.backbone = backbone
+        self.neck = neck
+        self.head = head
+        self.pixel_mean = tuple(float(v) for v in pixel_mean)
+        self.pixel_std = tuple(float(v) for v in pixel_std)
+        self.dtype = dtype
+
+    def normalize_images(self, batch: Batch) -> Array:
+        """``[B, H, W, 3]`` uint8 → normalised ``dtype`` images, zero on the padding."""
+        images = jnp.asarray(batch.images, jnp.float32)
+        images = (images - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)
+        mask = batch.pixel_mask(jnp)[..., None]
+        return jnp.where(mask, images, 0.0).astype(self.dtype)
+
+    def pyramid(self, batch: Batch) -> dict[int, Array]:
+        return self.neck(self.backbone(self.normalize_images(batch)))
+
+    def losses(self, batch: Batch) -> tuple[Array, dict[str, Array]]:
+        """Total loss (float32 scalar) and a dict of scalar metrics."""
+        # Heads cast their outputs to float32 before the losses.
+        loss, metrics = self.head.losses(self.pyramid(batch), batch)
+        return loss.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
+
+    def predict(self, batch: Batch) -> Detections:
+        """Detections with boxes in ORIGINAL image pixels, clipped to the original size."""
+        dets = self.head.predict(self.pyramid(batch), batch)
+        # max(·, 1): padding samples of an incomplete eval batch have size 0.
+        image_sizes = jnp.maximum(jnp.asarray(batch.image_sizes, jnp.float32), 1.0)  # resized (h, w)
+        orig_sizes = jnp.asarray(batch.orig_sizes, jnp.float32)
+        inv_scale_hw = orig_sizes / image_sizes  # evaluation resizes without cropping
+        boxes = scale_boxes(dets.boxes.astype(jnp.float32), inv_scale_hw[:, None, ::-1])
+        boxes = clip_boxes(boxes, orig_sizes[:, None, :])
+        return dets.replace(boxes=jnp.where(dets.valid[..., None], boxes, 0.0))

@@ -1,0 +1,188 @@
+"""Small building blocks shared by backbones, necks and heads.
+
+Layout is NHWC, convolution kernels HWIO. Parameters are stored in float32; each
+module takes a compute ``dtype`` (e.g. ``jnp.bfloat16``) to which inputs and
+weights are cast before the matmul-heavy operation.
+
+Variable types:
+  ``nnx.Param``   trainable weights (the only ones the train step differentiates).
+  ``Frozen``      frozen weights: frozen BatchNorm affine, frozen stem/stage-1 convs.
+  ``FrozenStat``  a ``Frozen`` subtype for BatchNorm running statistics: never
+                  trained and, like torch buffers, not counted as parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+
+class Frozen(nnx.Variable):
+    """A weight that is loaded or initialised but never updated by the optimizer."""
+
+
+class FrozenStat(Frozen):
+    """A frozen running statistic (BatchNorm mean/var): a buffer, not a parameter."""
+
+
+# --- initialisers (torch/detectron2 names, as in the author's code) ---------------
+
+
+def kaiming_uniform(a: float = 1.0) -> Initializer:
+    """``torch.nn.init.kaiming_uniform_(w, a)``: U(±gain·sqrt(3/fan_in)), gain² = 2/(1+a²).
+
+    ``a=1`` is detectron2's ``c2_xavier_fill`` (used for FPN/TPN projections);
+    ``a=sqrt(5)`` is PyTorch's default ``Conv2d`` init.
+    """
+    return nnx.initializers.variance_scaling(2.0 / (1.0 + a * a), "fan_in", "uniform")
+
+
+def kaiming_normal_fan_out() -> Initializer:
+    """``kaiming_normal_(mode='fan_out', nonlinearity='relu')`` (torchvision ResNet convs)."""
+    return nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_default_bias(fan_in: int) -> Initializer:
+    """PyTorch's default conv bias init U(±1/sqrt(fan_in))."""
+    bound = 1.0 / math.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def constant(value: float) -> Initializer:
+    return nnx.initializers.constant(value)
+
+
+# --- modules ------------------------------------------------------------------------
+
+
+class Conv2d(nnx.Module):
+    """2-D convolution on NHWC inputs with PyTorch-style symmetric padding.
+
+    Explicit symmetric padding (``kernel_size // 2`` by default) rather than XLA
+    ``SAME`` keeps output sizes and sampling positions identical to torchvision for
+    odd input sizes and stride 2 (``SAME`` pads asymmetrically there).
+
+    Attributes:
+      kernel: ``[k, k, in, out]`` (``nnx.Param``, or ``Frozen`` when ``frozen``).
+      bias: ``[out]`` or absent.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        padding: Optional[int] = None,
+        dilation: int = 1,
+        use_bias: bool = True,
+        kernel_init: Initializer = kaiming_uniform(1.0),
+        bias_init: Initializer = nnx.initializers.zeros,
+        frozen: bool = False,
+        dtype: Optional[Dtype] = None,
+        rngs: nnx.Rngs,
+    ):
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.padding = dilation * (kernel_size // 2) if padding is None else padding
+        self.dilation = dilation
+        self.dtype = dtype
+        var = Frozen if frozen else nnx.Param
+        shape = (kernel_size, kernel_size, in_features, out_features)
+        self.kernel = var(kernel_init(rngs.params(), shape, jnp.float32))
+        self.bias = var(bias_init(rngs.params(), (out_features,), jnp.float32)) if use_bias else None
+
+    def __call__(self, x: Array) -> Array:
+        """``x: [B, H, W, in]`` → ``[B, H', W', out]``."""
+        dtype = self.dtype or x.dtype
+        x = x.astype(dtype)
+        p = self.padding
+        y = jax.lax.conv_general_dilated(
+            x,
+            self.kernel[...].astype(dtype),
+            window_strides=(self.stride, self.stride),
+            padding=((p, p), (p, p)),
+            rhs_dilation=(self.dilation, self.dilation),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        if self.bias is not None:
+            y = y + self.bias[...].astype(dtype)
+        return y
+
+
+class FrozenBatchNorm(nnx.Module):
+    """BatchNorm as a fixed affine map (torchvision ``FrozenBatchNorm2d``).
+
+    ``y = x * scale + shift`` with ``scale = weight / sqrt(var + eps)`` and
+    ``shift = bias - mean * scale``. The running statistics are ``FrozenStat``;
+    weight/bias are ``Frozen`` (or ``nnx.Param`` when ``trainable_affine``, i.e. the
+    backbone's ``freeze_bn=False``: the statistics still stay fixed).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        *,
+        eps: float = 1e-5,
+        trainable_affine: bool = False,
+        dtype: Optional[Dtype] = None,
+    ):
+        self.num_features = num_features
+        self.eps = eps
+        self.dtype = dtype
+        var = nnx.Param if trainable_affine else Frozen
+        self.weight = var(jnp.ones((num_features,), jnp.float32))
+        self.bias = var(jnp.zeros((num_features,), jnp.float32))
+        self.mean = FrozenStat(jnp.zeros((num_features,), jnp.float32))
+        self.var = FrozenStat(jnp.ones((num_features,), jnp.float32))
+
+    def __call__(self, x: Array) -> Array:
+        scale = self.weight[...] * jax.lax.rsqrt(self.var[...] + self.eps)
+        shift = self.bias[...] - self.mean[...] * scale
+        dtype = self.dtype or x.dtype
+        return x.astype(dtype) * scale.astype(dtype) + shift.astype(dtype)
+
+
+def max_pool_3x3_s2(x: Array) -> Array:
+    """torch ``MaxPool2d(3, stride=2, padding=1)`` on NHWC (padding never wins)."""
+    # A Python -inf (not an array) lets JAX recognise max pooling and differentiate it.
+    return jax.lax.reduce_window(
+        x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
+    )
+
+
+def resize_nearest(x: Array, size: Sequence[int]) -> Array:
+    """``F.interpolate(x, size, mode='nearest')`` on NHWC: source index floor(i·in/out)."""
+    h_in, w_in = x.shape[1:3]
+    h, w = size
+    if (h, w) == (h_in, w_in):
+        return x
+    rows = (jnp.arange(h) * h_in) // h
+    cols = (jnp.arange(w) * w_in) // w
+    return x[:, rows][:, :, cols]
+
+
+def count_variables(tree, variable_type: type = nnx.Param, exclude: tuple = ()) -> int:
+    """Number of scalars in the variables of ``variable_type`` (not of ``exclude``)
+    in a module or state; works on abstract (``nnx.eval_shape``) modules."""
+    state = nnx.state(tree, variable_type) if isinstance(tree, nnx.Module) else tree
+    total = 0
+    for _, var in nnx.to_flat_state(state):
+        if isinstance(var, variable_type) and not isinstance(var, exclude):
+            total += int(math.prod(var.shape))
+    return total

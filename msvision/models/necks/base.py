@@ -1,0 +1,103 @@
+"""The neck interface and the initial feature pyramid shared by all necks.
+
+A neck maps backbone features ``{level: [B, H_l, W_l, C_l]}`` (levels ``in_levels``)
+to a feature pyramid ``{level: [B, H_l, W_l, channels]}`` for ``out_levels``
+(thesis section 2.1). Every neck exposes ``in_levels``, ``out_levels`` and
+``channels`` and is called as ``neck(features) -> pyramid``.
+
+:class:`InitialPyramid` is the thesis's initial pyramid (section 2.4): 1×1 linear
+projections of C3–C5 (and C2 for P2) and, for levels above the backbone's, two 3×3
+stride-2 convolutions with a ReLU in between (P6 from C5 or from the projected P5,
+P7 from ReLU(P6)). Initialisation as the author's code (notes §1):
+``kaiming_uniform_(a=1)`` weights, zero biases.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Protocol, Sequence
+
+import jax
+from flax import nnx
+
+from msvision.models.layers import Conv2d, kaiming_uniform
+
+Array = jax.Array
+
+
+class Neck(Protocol):
+    """What the detector expects from a neck."""
+
+    in_levels: tuple[int, ...]
+    out_levels: tuple[int, ...]
+    channels: int
+
+    def __call__(self, features: dict[int, Array]) -> dict[int, Array]: ...
+
+
+class InitialPyramid(nnx.Module):
+    """Lateral 1×1 projections plus extra stride-2 levels.
+
+    Args:
+      in_channels: ``{level: C_l}`` of the backbone features used (``in_levels``).
+      out_levels: pyramid levels to produce; levels ``≤ max(in_levels)`` must be
+        backbone levels (projected by a 1×1 conv), levels above are extra levels.
+      channels: pyramid width D (256).
+      extra_source: ``'input'`` → the first extra level is computed from the top
+        backbone feature (C5, 2048 channels for R50: detectron2 RetinaNet, the
+        author's TPN); ``'lateral'`` → from the projected top level (P5, D
+        channels: mmdet ``add_extra_convs='on_lateral'``, the author's fpn_v3).
+      dtype: compute dtype.
+
+    Call: ``features {level: [B, H_l, W_l, C_l]}`` → ``{level: [B, H_l, W_l, D]}``
+    for ``out_levels``. Extra level ``l`` has size ``⌈H_{l-1}/2⌉`` (3×3, stride 2,
+    padding 1). The first extra conv sees its input without ReLU; every further
+    one sees ``ReLU(previous)`` (detectron2 ``LastLevelP6P7``, mmdet
+    ``relu_before_extra_convs``).
+    """
+
+    def __init__(
+        self,
+        in_channels: Mapping[int, int],
+        out_levels: Sequence[int],
+        channels: int = 256,
+        *,
+        extra_source: str = "input",
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        if extra_source not in ("input", "lateral"):
+            raise ValueError(f"extra_source must be 'input' or 'lateral', got {extra_source!r}")
+        self.in_levels = tuple(sorted(in_channels))
+        self.out_levels = tuple(sorted(out_levels))
+        self.channels = channels
+        self.extra_source = extra_source
+        top = self.in_levels[-1]
+        lateral_levels = [l for l in self.out_levels if l <= top]
+        missing = [l for l in lateral_levels if l not in in_channels]
+        if missing:
+            raise ValueError(f"pyramid levels {missing} need backbone features, got levels {self.in_levels}")
+        extra_levels = [l for l in self.out_levels if l > top]
+        if extra_levels != list(range(top + 1, top + 1 + len(extra_levels))):
+            raise ValueError(f"extra levels must follow the top backbone level {top}: {extra_levels}")
+        if top not in lateral_levels and extra_source == "lateral" and extra_levels:
+            raise ValueError("extra_source='lateral' needs the top backbone level among out_levels")
+        self.lateral_levels = tuple(lateral_levels)
+        self.extra_levels = tuple(extra_levels)
+
+        init = dict(kernel_init=kaiming_uniform(1.0), dtype=dtype, rngs=rngs)
+        self.lateral = nnx.List([Conv2d(in_channels[l], channels, 1, **init) for l in lateral_levels])
+        extra = []
+        for i, _ in enumerate(extra_levels):
+            cin = in_channels[top] if (i == 0 and extra_source == "input") else channels
+            extra.append(Conv2d(cin, channels, 3, 2, **init))
+        self.extra = nnx.List(extra)
+
+    def __call__(self, features: dict[int, Array]) -> dict[int, Array]:
+        pyramid = {l: conv(features[l]) for l, conv in zip(self.lateral_levels, self.lateral)}
+        if self.extra_levels:
+            top = self.in_levels[-1]
+            x = features[top] if self.extra_source == "input" else pyramid[top]
+            for i, (level, conv) in enumerate(zip(self.extra_levels, self.extra)):
+                x = conv(x if i == 0 else jax.nn.relu(x))
+                pyramid[level] = x
+        return pyramid

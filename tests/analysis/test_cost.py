@@ -1,0 +1,53 @@
+"""Cost analysis: parameter counts from abstract shapes, FLOPs (MACs) of a conv, the CLI."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from msvision.analysis import __main__ as cli
+from msvision.analysis.cost import abstract_model, compile_cost, count_parameters
+from msvision.models.layers import Conv2d
+
+TINY_CONFIG = '''
+import ml_collections
+from msvision.models.build import default_model_config
+
+def get_config():
+    config = ml_collections.ConfigDict()
+    config.model = default_model_config()
+    config.model.num_classes = 3
+    config.model.backbone.update(depth=18, width=8)
+    config.model.neck.channels = 16
+    return config
+'''
+
+
+def test_conv_macs_match_analytic():
+    h, w, cin, cout, k = 32, 24, 16, 32, 3
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Conv2d(cin, cout, k, use_bias=False, rngs=nnx.Rngs(0))))
+
+    def f(state, x):
+        return nnx.merge(graphdef, state)(x)
+
+    abstract_state = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype), state)
+    _, info = compile_cost(f, abstract_state, jax.ShapeDtypeStruct((1, h, w, cin), jnp.float32))
+    expected = h * w * cin * cout * k * k
+    assert abs(info["macs"] - expected) / expected < 0.05
+    assert info["compile_s"] >= 0
+
+
+def test_cli_params_equal_abstract_count(tmp_path, capsys):
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY_CONFIG)
+    args = [f"--config={path}", "--json", "--skip-timing", "--image-size=64", "--config.model.head.num_convs=2"]
+    assert cli.main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    from msvision.config import load_config
+
+    cfg = load_config(str(path), ["model.head.num_convs=2"])
+    assert report["params"] == count_parameters(abstract_model(cfg.model))
+    assert report["params"]["total"] == report["params"]["trainable"] + report["params"]["frozen"]
+    assert report["inference"]["macs"] > 0 and report["train"]["macs"] > report["inference"]["macs"]
