@@ -99,7 +99,7 @@ def data_stats_metrics(info: DatasetInfo) -> dict[str, int]:
 
 def _val_record(info: DatasetInfo, image_id: int) -> dict:
     source = info.val_source
-    index = list(source.image_ids()).index(image_id)
+    index = list(source.image_ids).index(image_id)
     return source[index]
 
 

@@ -1,0 +1,169 @@
+"""R50-FPN-RetinaNet: msvision (JAX) against torchvision's retinanet_resnet50_fpn on the CPU.
+
+Measures in one process, with the same number of threads for both:
+  * inference: one 800×800 image, batch 1 (ours: ``Detector.predict`` incl. NMS;
+    torchvision: ``model.eval()(images)`` incl. its post-processing);
+  * training: one optimizer step (forward + backward + AdamW) on two 800×800 images
+    with ten objects each;
+  * achieved FLOP/s of our train step (XLA cost analysis) against the FLOP/s of a
+    large float32 matmul measured in the same run (the machine's practical peak).
+
+Both models have random weights. They differ in size (ours: the thesis's C = 1
+head with 1×1 last layers and 80 classes; torchvision: 4 convs, 3×3 last layers,
+91 classes), so the FLOP counts are printed too and the time ratio is also given
+per MAC.
+
+    python benchmarks/bench_retinanet.py [--repeats 3] [--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from msvision.analysis.cost import synthetic_batch
+from msvision.config import load_config
+from msvision.models.build import build_model
+from msvision.train.loop import make_predict_step, make_train_step
+from msvision.train.optimizer import build_optimizer
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def _median_time(fn, repeats: int) -> float:
+    fn()  # warm-up (and compilation)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def ours(repeats: int) -> dict:
+    config = load_config(os.path.join(ROOT, "configs/retinanet/r50_fpn.py"))
+    model = build_model(config.model, rngs=nnx.Rngs(0))
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    optim_cfg = config.optim if "optim" in config else None
+    if optim_cfg is None:
+        from msvision.train.optimizer import default_optim_config
+
+        optim_cfg = default_optim_config()
+    tx, schedules = build_optimizer(optim_cfg, params, steps_per_epoch=1000)
+    state = dict(
+        step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params), rng=jax.random.PRNGKey(0)
+    )
+    infer_batch = jax.device_put(synthetic_batch(1, 800, 10, config.model.num_classes))
+    train_batch = jax.device_put(synthetic_batch(2, 800, 10, config.model.num_classes))
+
+    predict = jax.jit(make_predict_step(graphdef))
+    train_step = jax.jit(make_train_step(graphdef, tx, schedules), donate_argnums=(0,))
+    train_compiled = train_step.lower(state, train_batch).compile()
+    cost = train_compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    train_flops = float(cost["flops"])
+    pcost = predict.lower(params, rest, infer_batch).compile().cost_analysis()
+    pcost = pcost[0] if isinstance(pcost, (list, tuple)) else pcost
+
+    infer_s = _median_time(lambda: jax.block_until_ready(predict(params, rest, infer_batch)), repeats)
+    holder = [state]
+
+    def step():
+        holder[0], metrics = train_compiled(holder[0], train_batch)
+        jax.block_until_ready(metrics)
+
+    train_s = _median_time(step, repeats)
+    return dict(infer_s=infer_s, train_s=train_s, train_flops=train_flops, infer_flops=float(pcost["flops"]))
+
+
+def torchvision_reference(repeats: int, threads: int) -> dict:
+    import torch
+    import torchvision
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    rng = np.random.default_rng(0)
+
+    def targets():
+        out = []
+        for _ in range(2):
+            xy = rng.uniform(0, 600, (10, 2))
+            wh = rng.uniform(32, 200, (10, 2))
+            boxes = torch.tensor(np.concatenate([xy, np.minimum(xy + wh, 799)], 1), dtype=torch.float32)
+            out.append(dict(boxes=boxes, labels=torch.tensor(rng.integers(1, 91, 10))))
+        return out
+
+    model.eval()
+    image = [torch.rand(3, 800, 800)]
+
+    def infer():
+        with torch.no_grad():
+            model(image)
+
+    infer_s = _median_time(infer, repeats)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    images = [torch.rand(3, 800, 800) for _ in range(2)]
+    tgts = targets()
+
+    def step():
+        losses = model(images, tgts)
+        loss = sum(losses.values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    train_s = _median_time(step, repeats)
+    return dict(infer_s=infer_s, train_s=train_s, params=sum(p.numel() for p in model.parameters()))
+
+
+def matmul_flops_per_s(n: int = 4096, repeats: int = 5) -> float:
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
+    mm = jax.jit(jnp.dot)
+    seconds = _median_time(lambda: jax.block_until_ready(mm(a, b)), repeats)
+    return 2 * n**3 / seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table for RESULTS.md")
+    args = parser.parse_args()
+    threads = os.cpu_count()
+    load = os.getloadavg()[0]
+    peak = matmul_flops_per_s()
+    mine = ours(args.repeats)
+    ref = torchvision_reference(args.repeats, threads)
+    train_rate = mine["train_flops"] / mine["train_s"]
+    rows = [
+        ("inference, 1×800×800 (s)", mine["infer_s"], ref["infer_s"]),
+        ("train step, 2×800×800 (s)", mine["train_s"], ref["train_s"]),
+    ]
+    print(f"threads: {threads}, load average at start: {load:.2f}, jax {jax.__version__}, backend {jax.default_backend()}")
+    print(f"our inference MACs: {mine['infer_flops'] / 2e9:.1f} G, train-step MACs: {mine['train_flops'] / 2e9:.1f} G")
+    print(f"torchvision params: {ref['params'] / 1e6:.2f} M")
+    if args.markdown:
+        print("| measurement | msvision | torchvision | torchvision / msvision |")
+        print("| --- | --- | --- | --- |")
+    for name, a, b in rows:
+        if args.markdown:
+            print(f"| {name} | {a:.3f} | {b:.3f} | {b / a:.2f}× |")
+        else:
+            print(f"{name:32s} msvision {a:8.3f}  torchvision {b:8.3f}  ratio (torchvision/msvision) {b / a:5.2f}")
+    print(
+        f"train step achieved {train_rate / 1e9:.1f} GFLOP/s; float32 4096² matmul {peak / 1e9:.1f} GFLOP/s "
+        f"→ {100 * train_rate / peak:.1f}% of the matmul rate"
+    )
+
+
+if __name__ == "__main__":
+    main()
