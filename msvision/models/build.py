@@ -67,6 +67,7 @@ from msvision.models.backbones.resnet import ResNet
 from msvision.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector
 from msvision.models.heads.retinanet import RetinaNetHead
 from msvision.models.necks.fpn import FPN
+from msvision.models.necks.registry_thesis import THESIS_NECKS, build_neck_thesis
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -117,6 +118,8 @@ def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Dete
     in_channels = {l: backbone.out_channels[l] for l in n.in_levels}
     if n.name == "fpn":
         neck = FPN(in_channels, tuple(n.out_levels), n.channels, variant=n.variant, dtype=dtype, rngs=rngs)
+    elif n.name in THESIS_NECKS:  # tpn, bifpn, bfpn, hfpn, defenc (fields: registry_thesis docstring)
+        neck = build_neck_thesis(n, in_channels=in_channels, rngs=rngs, dtype=dtype)
     else:
         raise ValueError(f"unknown neck {n.name!r}")
 
