@@ -42,6 +42,20 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     return config
 
 
+def sibling_config(this_file: str, name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config()`` of the config file ``name`` in the folder of ``this_file``.
+
+    Lets a config file state only its differences from a base config::
+
+        def get_config():
+            config = sibling_config(__file__, "r50_fpn.py")
+            config.model.neck.name = "tpn"
+            return config
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(this_file)), name)
+    return load_config_file(path if arg is None else f"{path}:{arg}")
+
+
 def _all_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     keys = []
     for key, value in config.items():

@@ -30,7 +30,8 @@ Config schema (``config.model``), defaults = the thesis's R50-FPN-RetinaNet
     out_levels       pyramid levels produced ((3, 4, 5, 6, 7); P2–P7 with 2).
     channels         pyramid width D (256).
   head:
-    name             'retinanet'.
+    name             'retinanet' | 'fqdet' (FQDet/FQDetV2 fields:
+                     ``msvision/models/heads/fqdet.py``, ``default_fqdet_config``).
     num_convs        C hidden 3×3 convs per subnet (1; the thesis uses 1 or 4).
     anchor_base_scale, anchor_scales_per_octave, anchor_aspect_ratios
                      sizes ``base·2^l·2^(j/n)``, j < n, × ratios h/w (4, 3,
@@ -65,6 +66,7 @@ from flax import nnx
 from msvision.models.backbones.convert_torchvision import load_torchvision_resnet
 from msvision.models.backbones.resnet import ResNet
 from msvision.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector
+from msvision.models.heads.fqdet import build_fqdet_head
 from msvision.models.heads.retinanet import RetinaNetHead
 from msvision.models.necks.fpn import FPN
 from msvision.models.necks.registry_thesis import THESIS_NECKS, build_neck_thesis
@@ -136,6 +138,11 @@ def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Dete
             loss_normalizer_momentum=h.loss_normalizer_momentum, loss_normalizer_init=h.loss_normalizer_init,
             topk_candidates=h.topk_candidates, score_threshold=h.score_threshold, nms_iou=h.nms_iou,
             max_detections=h.max_detections, dtype=dtype, rngs=rngs,
+        )
+    elif h.name == "fqdet":  # FQDet / FQDetV2 (fields: msvision/models/heads/fqdet.py)
+        head = build_fqdet_head(
+            h, num_classes=model_cfg.num_classes, levels=neck.out_levels, channels=neck.channels,
+            rngs=rngs, dtype=dtype,
         )
     else:
         raise ValueError(f"unknown head {h.name!r}")

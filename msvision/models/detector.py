@@ -58,7 +58,10 @@ class Detector(nnx.Module):
         return jnp.where(mask, images, 0.0).astype(self.dtype)
 
     def pyramid(self, batch: Batch) -> dict[int, Array]:
-        return self.neck(self.backbone(self.normalize_images(batch)))
+        features = self.backbone(self.normalize_images(batch))
+        if getattr(self.neck, "uses_pixel_mask", False):  # attention necks ignore the padding
+            return self.neck(features, pixel_mask=batch.pixel_mask(jnp))
+        return self.neck(features)
 
     def losses(self, batch: Batch) -> tuple[Array, dict[str, Array]]:
         """Total loss (float32 scalar) and a dict of scalar metrics."""

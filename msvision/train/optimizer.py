@@ -63,6 +63,14 @@ SCHEDULES = {
 }
 
 
+def apply_schedule(optim_cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """Sets ``epochs`` and ``decay_epochs`` of ``optim_cfg`` to the named schedule of :data:`SCHEDULES`."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
+    optim_cfg.epochs, optim_cfg.decay_epochs = SCHEDULES[name]
+    return optim_cfg
+
+
 def parameter_group(path: tuple) -> str:
     """The optimizer group of the parameter at ``path`` (a jax key path)."""
     names = jax.tree_util.keystr(path)

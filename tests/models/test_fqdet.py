@@ -1,0 +1,370 @@
+"""FQDet / FQDetV2 head: query selection, static top-k matching, inference strategies
+and losses against numpy oracles; ablation switches; one-batch overfitting."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from msvision.models.backbones.resnet import ResNet
+from msvision.models.detector import Detector
+from msvision.models.heads.fqdet import FQDetHead, build_fqdet_head, default_fqdet_config
+from msvision.models.layers import count_variables
+from msvision.models.necks.fpn import FPN
+from msvision.structures import Batch
+
+LEVELS = (3, 4, 5, 6, 7)
+D = 16
+K = 3
+
+
+def make_batch(seed=0):
+    rng = np.random.default_rng(seed)
+    sizes = np.array([[64, 64], [48, 56]], np.int32)
+    return Batch(
+        images=rng.integers(0, 256, (2, 64, 64, 3), dtype=np.uint8),
+        image_sizes=sizes,
+        orig_sizes=sizes * 2,
+        image_ids=np.arange(2, dtype=np.int32),
+        boxes=np.array(
+            [[[4, 6, 30, 40], [30, 20, 60, 44], [0, 0, 0, 0]], [[10, 8, 26, 20], [20, 24, 50, 46], [0, 0, 8, 8]]],
+            np.float32,
+        ),
+        labels=np.array([[0, 2, 0], [1, 2, 0]], np.int32),
+        valid=np.array([[1, 1, 0], [1, 1, 1]], bool),
+        is_crowd=np.array([[0, 0, 0], [0, 0, 1]], bool),
+    )
+
+
+def make_pyramid(seed=0, hw=64):
+    rng = np.random.default_rng(seed)
+    return {l: jnp.asarray(rng.normal(size=(2, -(-hw // 2**l), -(-hw // 2**l), D)), jnp.float32) for l in LEVELS}
+
+
+def tiny_cfg(version="v1", **overrides):
+    cfg = default_fqdet_config(version)
+    # One decoder layer keeps XLA compiles short; the overfitting tests use two.
+    cfg.update(num_queries=20, num_layers=1, ffn_dim=32, selector_hidden=8, num_heads=4, self_attn_heads=4,
+               msda_impl="xla")
+    cfg.update(overrides)
+    return cfg
+
+
+def tiny_head(version="v1", **overrides) -> FQDetHead:
+    return build_fqdet_head(tiny_cfg(version, **overrides), num_classes=K, levels=LEVELS, channels=D,
+                            rngs=nnx.Rngs(0))
+
+
+def np_iou(a, b):
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)
+    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
+    union = area(a)[:, None] + area(b)[None] - inter
+    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
+
+
+def in_image(anchors, hw):
+    cx = 0.5 * (anchors[:, 0] + anchors[:, 2])
+    cy = 0.5 * (anchors[:, 1] + anchors[:, 3])
+    return (cx < hw[1]) & (cy < hw[0])
+
+
+# --- stage 1 --------------------------------------------------------------------------
+
+
+def test_query_selection_vs_argsort():
+    head = tiny_head(num_queries=200)
+    batch, pyramid = make_batch(), make_pyramid()
+    res = jax.jit(lambda p, b: {k: v for k, v in head(p, b).items() if k in ("sel_logits", "query_ids")})(
+        pyramid, batch)
+    anchors = head.anchor_tables(pyramid)[0]
+    logits, qids = np.asarray(res["sel_logits"]), np.asarray(res["query_ids"])
+    assert qids.shape == (2, 200) and logits.shape == (2, anchors.shape[0])
+    padding_would_win = False
+    for b in range(2):
+        ok = in_image(anchors, batch.image_sizes[b])
+        expected = np.argsort(-np.where(ok, logits[b], -np.inf), kind="stable")[:200]
+        np.testing.assert_array_equal(qids[b], expected)
+        assert ok[qids[b]].all() and len(set(qids[b])) == 200
+        padding_would_win |= (~ok[np.argsort(-logits[b], kind="stable")[:200]]).any()
+    assert padding_would_win  # the mask matters for this batch
+
+
+def np_topk_matching(anchors, hw, gt, real, query_anchor_ids, k):
+    """The author's rule (notes §2, TopMatcher): per gt its top-k anchors by IoU over all
+    (in-image) anchors; a selected anchor in those lists is positive; conflicts go to
+    the best rank, then the higher IoU, then the lower gt index."""
+    iou = np_iou(anchors, gt)
+    iou[~in_image(anchors, hw)] = -1.0
+    lists = {m: list(np.argsort(-iou[:, m], kind="stable")[:k]) for m in range(len(gt)) if real[m]}
+    matched = np.zeros(len(query_anchor_ids), np.int64)
+    positive = np.zeros(len(query_anchor_ids), bool)
+    for q, a in enumerate(query_anchor_ids):
+        best = None
+        for m, lst in lists.items():
+            if a in lst:
+                key = (lst.index(a), -iou[a, m], m)
+                best = key if best is None or key < best else best
+        if best is not None:
+            matched[q], positive[q] = best[2], True
+    return matched, positive
+
+
+def test_static_topk_matching_through_head_vs_numpy_loop():
+    head = tiny_head()
+    batch, pyramid = make_batch(), make_pyramid()
+    anchors = head.anchor_tables(pyramid)[0]
+    rng = np.random.default_rng(3)
+    anchor_valid = jnp.asarray(np.stack([in_image(anchors, hw) for hw in batch.image_sizes]))
+    sel_pos, _, cands, cand_valid = jax.jit(lambda v: head.selection_targets(anchors, v, batch))(anchor_valid)
+
+    # Queries: half from the gts' top-20 lists (so many match), half random in-image anchors.
+    qids = []
+    for b in range(2):
+        iou = np_iou(anchors, batch.boxes[b])
+        near = np.unique(np.argsort(-iou, axis=0, kind="stable")[:20].reshape(-1))
+        ok = np.flatnonzero(in_image(anchors, batch.image_sizes[b]))
+        pick = np.concatenate([rng.choice(near, 30, replace=False), rng.choice(ok, 30, replace=False)])
+        qids.append(np.unique(pick)[:50])
+    qids = np.stack(qids).astype(np.int32)
+    out = dict(priors=jnp.asarray(anchors)[qids])
+    matched, positive, ignore = jax.jit(lambda o, q: head.query_targets(o, q, cands, cand_valid, batch))(
+        out, jnp.asarray(qids))
+
+    for b in range(2):
+        real = batch.valid[b] & ~batch.is_crowd[b]
+        m_ref, p_ref = np_topk_matching(anchors, batch.image_sizes[b], batch.boxes[b], real, qids[b], 15)
+        np.testing.assert_array_equal(np.asarray(positive[b]), p_ref)
+        np.testing.assert_array_equal(np.asarray(matched[b])[p_ref], m_ref[p_ref])
+        assert 5 < p_ref.sum() < len(p_ref)
+        # stage 1: the same rule with k = 5 over all anchors
+        _, s_ref = np_topk_matching(anchors, batch.image_sizes[b], batch.boxes[b], real,
+                                    np.arange(len(anchors)), 5)
+        np.testing.assert_array_equal(np.asarray(sel_pos[b]), s_ref)
+        assert s_ref.sum() == 5 * real.sum()
+    assert not np.asarray(ignore).any()  # the crowd box is too small to cover 70 % of any prior
+
+
+# --- inference ------------------------------------------------------------------------
+
+
+def np_greedy_nms(boxes, scores, labels, thr, max_out):
+    keep = []
+    for i in range(len(boxes)):
+        if len(keep) == max_out:
+            break
+        if all(labels[j] != labels[i] or np_iou(boxes[i : i + 1], boxes[j : j + 1])[0, 0] <= thr for j in keep):
+            keep.append(i)
+    return keep
+
+
+@pytest.mark.parametrize("strategy", ["new", "old"])
+def test_inference_strategy_vs_numpy_loop(strategy):
+    head = tiny_head("v2", num_queries=20, inference=strategy, nms_candidates=30, max_detections=10, nms_iou=0.5)
+    batch, pyramid = make_batch(), make_pyramid(1)
+    # Sharper class scores so several classes compete per box.
+    head.heads[0].cls.bias[...] = jnp.asarray([0.5, 0.0, -0.5, -2.0])
+    out, dets = jax.jit(lambda p, b: (head(p, b)["outputs"][-1], head.predict(p, b)))(pyramid, batch)
+    for b in range(2):
+        cls = np.asarray(out["cls"][b], np.float64)
+        scores = 1 / (1 + np.exp(-cls[:, :K])) / (1 + np.exp(-np.asarray(out["box_score"][b], np.float64)))[:, None]
+        h, w = batch.image_sizes[b]
+        boxes = np.asarray(out["boxes"][b], np.float64).copy()
+        boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)
+        boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
+        ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        if strategy == "new":  # every (query, class) pair
+            pairs = [(q, c, scores[q, c]) for q in range(20) for c in range(K) if ok[q]]
+        else:  # one label per box
+            pairs = [(q, int(np.argmax(scores[q])), scores[q].max()) for q in range(20) if ok[q]]
+        pairs = sorted(pairs, key=lambda t: -t[2])[:30]
+        cb = np.array([boxes[q] for q, _, _ in pairs])
+        keep = np_greedy_nms(cb, None, [c for _, c, _ in pairs], 0.5, 10)
+        n = int(dets.num_valid[b])
+        assert n == len(keep)
+        np.testing.assert_allclose(np.asarray(dets.scores[b, :n]), [pairs[i][2] for i in keep], rtol=1e-5)
+        np.testing.assert_array_equal(np.asarray(dets.labels[b, :n]), [pairs[i][1] for i in keep])
+        np.testing.assert_allclose(np.asarray(dets.boxes[b, :n]), cb[keep], rtol=1e-5, atol=1e-4)
+        assert not np.asarray(dets.valid[b, n:]).any()
+    if strategy == "new":
+        assert int(dets.num_valid.min()) == 10  # more triples than slots: truncated at max_detections
+
+
+# --- losses ---------------------------------------------------------------------------
+
+
+def _np_bce(x, t):
+    return np.maximum(x, 0) - x * t + np.log1p(np.exp(-np.abs(x)))
+
+
+def _np_eiou(p, t, smooth=0.1, eps=1e-6):
+    """mmdet ``eiou_loss`` transcribed."""
+    ex0, ey0 = min(p[0], t[0]), min(p[1], t[1])
+    ix0, iy0 = max(p[0], t[0]) - ex0, max(p[1], t[1]) - ey0
+    ix1, iy1 = min(p[2], t[2]) - ex0, min(p[3], t[3]) - ey0
+    inter = ix1 * iy1 + min(ix0, ix1) * min(iy0, iy1) - ix0 * max(iy0, iy1) - max(ix0, ix1) * iy0
+    union = (p[2] - p[0]) * (p[3] - p[1]) + (t[2] - t[0]) * (t[3] - t[1]) - inter + eps
+    u = 1 - inter / union
+    return 0.5 * u * u / smooth if u < smooth else u - 0.5 * smooth
+
+
+@pytest.mark.parametrize("version,reduction", [("v1", "sum"), ("v2", "sum"), ("v2", "mean_per_gt")])
+def test_losses_vs_formulas(version, reduction):
+    head = tiny_head(version, loss_reduction=reduction)
+    batch = make_batch()
+    rng = np.random.default_rng(5)
+    b, q = 2, 6
+    xy = rng.uniform(0, 40, (b, q, 2))
+    priors = np.concatenate([xy, xy + rng.uniform(8, 24, (b, q, 2))], -1).astype(np.float32)
+    deltas = rng.normal(0, 0.3, (b, q, 4)).astype(np.float32)
+    from msvision.ops.boxes import decode_box_deltas
+
+    boxes = np.asarray(decode_box_deltas(jnp.asarray(deltas), jnp.asarray(priors)))
+    out = dict(cls=jnp.asarray(rng.normal(size=(b, q, K + 1)), jnp.float32), deltas=jnp.asarray(deltas),
+               boxes=jnp.asarray(boxes), priors=jnp.asarray(priors),
+               box_score=jnp.asarray(rng.normal(size=(b, q)), jnp.float32) if version == "v2" else None)
+    matched = np.array([[0, 1, 1, 0, 0, 0], [1, 0, 0, 1, 0, 0]], np.int32)
+    positive = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], bool)
+    ignore = np.zeros((b, q), bool)
+    ignore[1, 5] = True
+    num_gt = 4.0
+    losses = jax.jit(lambda o: head.output_losses(o, jnp.asarray(matched), jnp.asarray(positive),
+                                                   jnp.asarray(ignore), batch, jnp.float32(num_gt)))(out)
+
+    cls_sum = box_sum = score_sum = 0.0
+    for i in range(b):
+        for j in range(q):
+            x = np.asarray(out["cls"][i, j], np.float64)
+            t = np.zeros(K + 1)
+            if positive[i, j]:
+                g, lab = batch.boxes[i, matched[i, j]], batch.labels[i, matched[i, j]]
+                iou = np_iou(boxes[i, j][None], g[None])[0, 0]
+                t[lab] = iou if version == "v2" else 1.0
+            else:
+                t[K] = 1.0  # no-object column
+            p = 1 / (1 + np.exp(-x))
+            if version == "v1":
+                p_t = p * t + (1 - p) * (1 - t)
+                cls = (0.25 * t + 0.75 * (1 - t)) * (1 - p_t) ** 2 * _np_bce(x, t)
+            else:  # QFL, beta 2, soft label = IoU on the gt class
+                cls = _np_bce(x, t) * np.abs(p - t) ** 2
+            if not ignore[i, j]:
+                cls_sum += cls.sum()
+            if positive[i, j]:
+                a = priors[i, j]
+                if version == "v1":
+                    aw, ah, gw, gh = a[2] - a[0], a[3] - a[1], g[2] - g[0], g[3] - g[1]
+                    target = [((g[0] + g[2]) - (a[0] + a[2])) / 2 / aw, ((g[1] + g[3]) - (a[1] + a[3])) / 2 / ah,
+                              math.log(gw / aw), math.log(gh / ah)]
+                    box_sum += np.abs(deltas[i, j] - np.asarray(target)).sum()
+                else:
+                    box_sum += _np_eiou(boxes[i, j].astype(np.float64), g.astype(np.float64))
+                    target = math.log(max(iou, 1e-3) / max(1 - iou, 1e-3))  # inverse sigmoid, eps 1e-3
+                    score_sum += abs(float(out["box_score"][i, j]) - target)
+    norm = b if reduction == "sum" else num_gt
+    w_cls, w_box = (1.0, 1.0) if version == "v1" else (0.5, 1.85)
+    np.testing.assert_allclose(float(losses["loss_cls"]), w_cls * cls_sum / norm, rtol=1e-4)
+    np.testing.assert_allclose(float(losses["loss_box"]), w_box * box_sum / norm, rtol=1e-4)
+    if version == "v2":
+        np.testing.assert_allclose(float(losses["loss_box_score"]), 0.2 * score_sum / norm, rtol=1e-4)
+    else:
+        assert "loss_box_score" not in losses
+
+
+# --- switches -------------------------------------------------------------------------
+
+
+def test_config_and_builder():
+    v1, v2 = default_fqdet_config("v1"), default_fqdet_config("v2")
+    assert (v1.num_points, v1.num_queries, len(v1.anchor_aspect_ratios), v1.box_encoder) == (4, 300, 3, True)
+    assert (v2.num_points, v2.num_queries, len(v2.anchor_aspect_ratios), v2.box_encoder) == (1, 1500, 7, False)
+    with pytest.raises(ValueError, match="unknown"):
+        build_fqdet_head(dict(name="fqdet", num_querys=3), num_classes=K, levels=LEVELS, channels=D,
+                         rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="iterative_refinement"):
+        tiny_head(iterative_refinement=True)
+    with pytest.raises(ValueError, match="matching"):
+        tiny_head(matching="greedy")
+    # Non-shared auxiliary heads add (num_layers - 1) prediction heads (table 4.3).
+    count = lambda **kw: count_variables(nnx.eval_shape(lambda: tiny_head(num_layers=3, **kw)))  # noqa: E731
+    one = count_variables(nnx.eval_shape(lambda: tiny_head()).heads[0])
+    assert count(aux_losses=True) == count()
+    assert count(aux_losses=True, aux_shared=False) == count() + 2 * one
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(matching="absolute"),
+    dict(matching="hungarian"),
+    dict(matching="hungarian_ingraph"),
+    dict(aux_losses=True, aux_shared=False, iterative_refinement=True, box_loss="giou", box_loss_weight=None,
+         num_layers=2),
+    dict(duplicate_removal="soft_learned", cls_loss="qfl", box_scoring=True, box_loss="ciou"),
+    dict(duplicate_removal="learned", box_loss="diou", inference="new"),
+])
+def test_ablation_switches_finite(overrides):
+    head = tiny_head(**overrides)
+    batch, pyramid = make_batch(), make_pyramid()
+    (loss, metrics), dets = jax.jit(lambda p, b: (head.losses(p, b), head.predict(p, b)))(pyramid, batch)
+    assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in metrics.values())
+    assert dets.boxes.shape == (2, 100, 4) and int(dets.num_valid.min()) > 0
+    if overrides.get("matching", "").startswith("hungarian"):
+        # one-to-one: every real gt matched exactly once (2 real gts per image)
+        assert float(metrics["num_pos_queries"]) == 2.0
+    if "duplicate_removal" in overrides:
+        assert "loss_dup" in metrics
+
+
+# --- training -------------------------------------------------------------------------
+
+
+def _overfit(model, loss_fn, steps=60, lr=3e-3):
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    tx = optax.adam(lr)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        loss, grads = jax.value_and_grad(lambda p: loss_fn(nnx.merge(graphdef, p, rest, copy=True)))(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    for _ in range(steps):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    return losses
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_head_overfits_one_batch(version):
+    """Width 16, 2 decoder layers, 20 queries, on a fixed pyramid (about 10 s each)."""
+    head = tiny_head(version, num_layers=2)
+    batch, pyramid = make_batch(), make_pyramid()
+    losses = _overfit(head, lambda h: h.losses(pyramid, batch)[0])
+    assert np.isfinite(losses).all() and losses[0] > 0
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
+
+
+def tiny_detector(version):
+    rngs = nnx.Rngs(0)
+    backbone = ResNet(18, out_levels=(3, 4, 5), width=8, rngs=rngs)
+    neck = FPN({l: backbone.out_channels[l] for l in (3, 4, 5)}, LEVELS, D, variant="mmdet", rngs=rngs)
+    head = build_fqdet_head(tiny_cfg(version, num_layers=2), num_classes=K, levels=neck.out_levels, channels=D,
+                            rngs=rngs)
+    return Detector(backbone, neck, head)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_detector_overfits_one_batch(version):
+    """Tiny R18(width 8)-FPN-FQDet (width 16, 2 decoder layers, 20 queries), end to end,
+    60 Adam steps (20–45 s each on 2 shared CPU cores)."""
+    batch = make_batch()
+    losses = _overfit(tiny_detector(version), lambda m: m.losses(batch)[0])
+    assert np.isfinite(losses).all() and losses[0] > 0
+    assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
