@@ -12,22 +12,13 @@ Ablation override: 12 epochs (table 4.21, 51.7 AP):
 ``--config.optim.epochs=12 --config.optim.decay_epochs='(9,)'``.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _load(relpath: str, name: str):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), relpath)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from msvision.config import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _load("r50_defenc_p3_fqdetv2.py", "fqdet_r50_defenc_p3_base").get_config()
+    config = sibling_config(__file__, "r50_defenc_p3_fqdetv2.py")
     config.model.backbone.out_levels = (2, 3, 4, 5)
     config.model.neck.in_levels = (2, 3, 4, 5)
     config.model.neck.out_levels = (2, 3, 4, 5, 6, 7)

@@ -15,22 +15,13 @@ Ablation override (table 4.21 pairs necks and schedules): the P2 variant is
 ``r50_defenc_p2_fqdetv2.py``.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _load(relpath: str, name: str):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), relpath)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from msvision.config import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _load("r50_fpn_fqdetv2.py", "fqdet_r50_fpn_fqdetv2_base").get_config()
+    config = sibling_config(__file__, "r50_fpn_fqdetv2.py")
     config.model.neck = ml_collections.ConfigDict(dict(
         name="defenc", in_levels=(3, 4, 5), out_levels=(3, 4, 5, 6, 7), channels=256, num_layers=6,
         num_heads=8, num_points=4, ffn_dim=2048, dropout=0.0, msda_impl="auto",

@@ -27,30 +27,17 @@ Ablation overrides (FQDetV2 design tables, each against this baseline):
                     with --config.model.head.nms_iou=0.65)
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _load(relpath: str, name: str):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), relpath)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from msvision.config import sibling_config
+from msvision.models.heads.fqdet import default_fqdet_config
+from msvision.train.optimizer import apply_schedule
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _load("../retinanet/r50_fpn.py", "retinanet_r50_fpn_base").get_config()
-    from msvision.models.heads.fqdet import default_fqdet_config
-    from msvision.train.optimizer import default_optim_config
-
+    config = sibling_config(__file__, "../retinanet/r50_fpn.py")
     config.model.head = default_fqdet_config("v1")
     config.model.head.num_points = 1
     config.model.head.inference = "new"
-    if "optim" not in config:
-        config.optim = default_optim_config()
-    config.optim.epochs = 12
-    config.optim.decay_epochs = (9, 11)
+    apply_schedule(config.optim, "1x")
     return config

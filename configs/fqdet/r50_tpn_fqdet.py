@@ -33,32 +33,19 @@ Ablation overrides (one per table):
                    (then 2x: --config.optim.epochs=24 --config.optim.decay_epochs='(18,22)')
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _load(relpath: str, name: str):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), relpath)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from msvision.config import sibling_config
+from msvision.models.heads.fqdet import default_fqdet_config
+from msvision.train.optimizer import apply_schedule
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _load("../retinanet/r50_fpn.py", "retinanet_r50_fpn_base").get_config()
+    config = sibling_config(__file__, "../retinanet/r50_fpn.py")
     config.model.neck = ml_collections.ConfigDict(dict(
         name="tpn", num_layers=3, num_bottlenecks=2, channels=256, hidden_channels=64, num_groups=8,
         in_levels=(3, 4, 5), out_levels=(3, 4, 5, 6, 7), extra_source="input",
     ))
-    from msvision.models.heads.fqdet import default_fqdet_config
-    from msvision.train.optimizer import default_optim_config
-
     config.model.head = default_fqdet_config("v1")
-    if "optim" not in config:
-        config.optim = default_optim_config()
-    config.optim.epochs = 12
-    config.optim.decay_epochs = (9, 11)
+    apply_schedule(config.optim, "1x")
     return config

@@ -14,22 +14,13 @@ Ablation override (table 4.7 compares heads, not settings): the old inference
 strategy is ``--config.model.head.inference=old``.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _load(relpath: str, name: str):
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), relpath)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from msvision.config import sibling_config
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _load("r50_tpn_fqdet.py", "fqdet_r50_tpn_base").get_config()
+    config = sibling_config(__file__, "r50_tpn_fqdet.py")
     config.model.head.num_points = 1
     config.model.head.inference = "new"
     return config

@@ -19,36 +19,17 @@ by chapter 4) would give 50 956 020 (−7.5 %), so it is not the table 3.1 netwo
 RetinaNet C=4 (4 hidden 3×3 convs per subnet, 1×1 last layers): 4 914 932 params.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _base_config() -> ml_collections.ConfigDict:
-    """``get_config()`` of r50_fpn.py next to this file (only the differences are written here)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "r50_fpn.py")
-    spec = importlib.util.spec_from_file_location("retinanet_r50_fpn_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def _schedule_3x(config: ml_collections.ConfigDict) -> None:
-    """Thesis 3.4.1: table 3.1 models train with the 3x schedule (36 epochs, drops after 27 and 33)."""
-    if "optim" not in config:
-        from msvision.train.optimizer import default_optim_config
-
-        config.optim = default_optim_config()
-    config.optim.epochs = 36
-    config.optim.decay_epochs = (27, 33)
+from msvision.config import sibling_config
+from msvision.train.optimizer import apply_schedule
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _base_config()
+    config = sibling_config(__file__, "r50_fpn.py")
     config.model.backbone.depth = 101
     config.model.neck.name = "fpn"
     config.model.neck.variant = "retinanet"  # P6 from C5: detectron2 RetinaNet's FPN (see docstring)
     config.model.head.num_convs = 4
-    _schedule_3x(config)
+    apply_schedule(config.optim, "3x")  # thesis 3.4.1: table 3.1 rows train 36 epochs
     return config

@@ -13,37 +13,18 @@ Initial pyramid (all rows but DefEnc): 1×1 laterals on C3–C5 + P6 = 3×3 s2 o
 last layers, 9 anchors, 80 classes: 1 374 452 params.
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
-
-def _base_config() -> ml_collections.ConfigDict:
-    """``get_config()`` of r50_fpn.py next to this file (only the differences are written here)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "r50_fpn.py")
-    spec = importlib.util.spec_from_file_location("retinanet_r50_fpn_base", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def _schedule_3x(config: ml_collections.ConfigDict) -> None:
-    """Thesis 3.4.1: table 3.1 models train with the 3x schedule (36 epochs, drops after 27 and 33)."""
-    if "optim" not in config:
-        from msvision.train.optimizer import default_optim_config
-
-        config.optim = default_optim_config()
-    config.optim.epochs = 36
-    config.optim.decay_epochs = (27, 33)
+from msvision.config import sibling_config
+from msvision.train.optimizer import apply_schedule
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = _base_config()
+    config = sibling_config(__file__, "r50_fpn.py")
     config.model.neck = ml_collections.ConfigDict(dict(
         name="tpn", num_layers=5, num_bottlenecks=1, channels=256, hidden_channels=64, num_groups=8,
         in_levels=(3, 4, 5), out_levels=(3, 4, 5, 6, 7), extra_source="input",
     ))
     config.model.head.num_convs = 1
-    _schedule_3x(config)
+    apply_schedule(config.optim, "3x")  # thesis 3.4.1: table 3.1 rows train 36 epochs
     return config
