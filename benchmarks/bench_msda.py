@@ -8,7 +8,7 @@ process's peak RSS during the measured call (coarse, an upper bound).
 
 Usage:
     JAX_PLATFORMS=cpu taskset -c 0,1 python benchmarks/bench_msda.py [--repeats 5]
-        [--shapes fqdet300_p1,...] [--append benchmarks/RESULTS_msda.md]
+        [--shapes fqdet300_p1,...] [--append benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations

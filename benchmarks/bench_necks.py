@@ -9,7 +9,7 @@ train step) on two 800×800 images with ten objects each, and — unless
 
 Results are appended one config at a time to a JSON-lines file (a full-size compile
 takes minutes on a small CPU machine, so partial runs keep what they measured), and
-``--markdown`` renders that file as the table of ``benchmarks/RESULTS_necks.md``.
+``--markdown`` renders that file as the table of ``benchmarks/RESULTS.md``.
 
     python benchmarks/bench_necks.py --params-only
     python benchmarks/bench_necks.py --configs r50_tpn_L3B2 --skip-timing --out /tmp/necks.jsonl

@@ -5,7 +5,7 @@ Semantics are those of Deformable DETR's ``ms_deform_attn_core_pytorch`` (see
 bilinear ``grid_sample`` with ``align_corners=False`` and zero padding, then a
 weighted sum over levels and points.
 
-Implementation choices (measured on CPU, see benchmarks/RESULTS_msda.md):
+Implementation choices (measured on CPU, see benchmarks/RESULTS.md):
 - The value is never transposed: it is viewed as a table of rows
   ``[B * S * M, C]`` and every bilinear corner is one row gather
   (``row = (b * S + level_start + y * W_l + x) * M + m``). No one-hot matrices.
