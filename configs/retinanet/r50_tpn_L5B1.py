@@ -2,7 +2,7 @@
 
 Differences from r50_tpn_L3B2.py only: L and B (that file differs from r50_fpn.py in neck, head C, 3x schedule
 (thesis section 3.4.1: 36 epochs, lr drops ×0.1 after epochs 27 and 33; trained on
-2 GPUs × 2 images). Parameter count of this implementation: 37 115 124 (37.12 M)
+2 GPUs × 2 images)). Parameter count of this implementation: 37 115 124 (37.12 M)
 vs table 3.1 37.1 M (+0.04 %).
 
 Same construction and counting rules as r50_tpn_L3B2.py (read its docstring);
