@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.neck = ml_collections.ConfigDict(dict(
         name="defenc", in_levels=(3, 4, 5), out_levels=(3, 4, 5, 6, 7), channels=256, num_layers=6,
         num_heads=8, num_points=4, ffn_dim=2048, dropout=0.0, msda_impl="auto",
+        remat=False,
     ))
     config.model.head.nms_iou = 0.70
     config.optim.lr = 2e-4

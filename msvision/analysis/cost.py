@@ -9,6 +9,10 @@
   train step (forward + backward + AdamW update). XLA also counts elementwise ops
   (one flop each) that detectron2 ignores, so expect a small surplus over
   detectron2's numbers; convolutions and matmuls dominate.
+  XLA counts the body of a loop once, so for a model with rematerialized layers
+  (``model.neck.remat``: a ``lax.scan``) the FLOPs come from a second compile with
+  ``remat=False`` (same arithmetic, without the recomputation); memory and timing
+  come from the model as configured.
 - Compile time, latency and images/s on the current machine, peak device memory
   when the backend reports it (``device.memory_stats()``; "n/a" on CPU), and XLA's
   ``memory_analysis()`` (argument / output / temp bytes) of each executable.
@@ -44,6 +48,15 @@ def abstract_model(model_cfg: ml_collections.ConfigDict) -> nnx.Module:
     """The model with ``ShapeDtypeStruct`` leaves (nothing allocated). Skips ``pretrained``."""
     cfg = _without_pretrained(model_cfg)
     return nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
+
+
+def _without_remat(model_cfg) -> Optional[ml_collections.ConfigDict]:
+    """A copy of ``model_cfg`` with ``neck.remat`` off, or None when it is not on."""
+    if not model_cfg.get("neck", {}).get("remat", False):
+        return None
+    cfg = ml_collections.ConfigDict(model_cfg.to_dict())
+    cfg.neck.remat = False
+    return cfg
 
 
 def _without_pretrained(model_cfg):
@@ -164,6 +177,15 @@ def analyse(
     predict_fn, train_fn = make_predict_fn(graphdef), make_train_step(graphdef, tx, schedules)
     predict_c, report["inference"] = compile_cost(predict_fn, abs_params, abs_rest, abs_batch)
     train_c, report["train"] = compile_cost(train_fn, abs_state, abs_batch, donate_argnums=(0,))
+    unrolled_cfg = _without_remat(model_cfg)
+    if unrolled_cfg is not None:  # the FLOPs of the unrolled layers (see module docstring)
+        unrolled_graphdef = nnx.split(abstract_model(unrolled_cfg), nnx.Param, ...)[0]
+        for key, fn, args in (
+            ("inference", make_predict_fn(unrolled_graphdef), (abs_params, abs_rest, abs_batch)),
+            ("train", make_train_step(unrolled_graphdef, tx, schedules), (abs_state, abs_batch)),
+        ):
+            _, unrolled = compile_cost(fn, *args)
+            report[key].update(flops=unrolled["flops"], macs=unrolled["macs"], flops_from="remat=False")
     if skip_timing:
         return report
 

@@ -51,3 +51,25 @@ def test_cli_params_equal_abstract_count(tmp_path, capsys):
     assert report["params"] == count_parameters(abstract_model(cfg.model))
     assert report["params"]["total"] == report["params"]["trainable"] + report["params"]["frozen"]
     assert report["inference"]["macs"] > 0 and report["train"]["macs"] > report["inference"]["macs"]
+
+
+def test_remat_model_flops_come_from_the_unrolled_layers():
+    """XLA counts a loop body once; the report must give a rematerialized (scanned)
+    DefEncoder the FLOPs of the unrolled one, and keep its own memory plan."""
+    from msvision.analysis.cost import analyse
+    from msvision.models.build import default_model_config
+
+    def config(remat):
+        model = default_model_config()
+        model.num_classes = 3
+        model.backbone.update(depth=18, width=8)
+        model.neck.update(name="defenc", channels=32, num_layers=3, num_heads=4, num_points=2, ffn_dim=64,
+                          remat=remat)
+        return model
+
+    reports = [analyse(config(remat), batch_size=1, image_size=96, num_objects=2, skip_timing=True)
+               for remat in (False, True)]
+    for key in ("inference", "train"):
+        assert "flops_from" not in reports[0][key] and reports[1][key]["flops_from"] == "remat=False"
+        assert reports[1][key]["flops"] == pytest.approx(reports[0][key]["flops"], rel=1e-3)
+    assert reports[1]["params"] == reports[0]["params"]

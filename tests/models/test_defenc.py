@@ -34,9 +34,9 @@ def _pixel_mask(size=IMAGE, sizes=SIZES):
     return (jnp.arange(h)[None, :, None] < hs[:, None, None]) & (jnp.arange(w)[None, None, :] < ws[:, None, None])
 
 
-def _tiny(in_channels=IN_P3, out_levels=(3, 4, 5, 6, 7), impl="xla", layers=2, seed=0):
+def _tiny(in_channels=IN_P3, out_levels=(3, 4, 5, 6, 7), impl="xla", layers=2, seed=0, remat=False):
     model = DefEncoder(in_channels, out_levels=out_levels, channels=D, num_layers=layers, num_heads=HEADS,
-                       num_points=POINTS, ffn_dim=FFN, msda_impl=impl, rngs=nnx.Rngs(seed))
+                       num_points=POINTS, ffn_dim=FFN, msda_impl=impl, remat=remat, rngs=nnx.Rngs(seed))
     # non-trivial sampling offsets / attention weights (init makes them query-independent)
     for i, layer in enumerate(model.layers):
         for j, lin in enumerate((layer.self_attn.sampling_offsets, layer.self_attn.attention_weights)):
@@ -224,3 +224,36 @@ def test_xla_and_pallas_interpret_msda_agree():
         outs.append(model(feats, pixel_mask=mask))
     for level in outs[0]:
         np.testing.assert_allclose(np.asarray(outs[0][level]), np.asarray(outs[1][level]), rtol=1e-4, atol=1e-4)
+
+
+def _loss_and_grad(model, feats, mask):
+    graphdef, params = nnx.split(model)
+
+    def loss(params, feats):
+        out = nnx.merge(graphdef, params)(feats, pixel_mask=mask)
+        return sum(jnp.sum(jnp.sin(v)) for v in out.values())  # a non-trivial cotangent
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), params
+
+
+def test_remat_matches_unrolled_layers_and_saves_memory():
+    """remat=True (scan over the stacked layers under jax.checkpoint) computes the same
+    outputs and gradients, for the weights of every layer and for the input features,
+    and XLA plans fewer temporary bytes for the backward pass."""
+    feats = _features(IN_P2, size=(96, 80))
+    mask = _pixel_mask((96, 80), ((96, 80), (70, 51)))
+    results, temp_bytes = [], []
+    for remat in (False, True):
+        fn, params = _loss_and_grad(_tiny(IN_P2, (2, 3, 4, 5, 6, 7), layers=3, seed=5, remat=remat), feats, mask)
+        temp_bytes.append(fn.lower(params, feats).compile().memory_analysis().temp_size_in_bytes)
+        results.append(fn(params, feats))
+    (loss0, (grad_params0, grad_feats0)), (loss1, (grad_params1, grad_feats1)) = results
+    np.testing.assert_allclose(float(loss1), float(loss0), rtol=1e-5)
+    flat0, flat1 = nnx.to_flat_state(grad_params0), nnx.to_flat_state(grad_params1)
+    assert [k for k, _ in flat0] == [k for k, _ in flat1]
+    assert any("layers" in map(str, k) for k, _ in flat0)
+    for (path, g0), (_, g1) in zip(flat0, flat1):
+        np.testing.assert_allclose(np.asarray(g1.value), np.asarray(g0.value), rtol=2e-4, atol=2e-5, err_msg=str(path))
+    for level in grad_feats0:
+        np.testing.assert_allclose(np.asarray(grad_feats1[level]), np.asarray(grad_feats0[level]), rtol=2e-4, atol=2e-5)
+    assert temp_bytes[1] < 0.7 * temp_bytes[0], temp_bytes

@@ -195,6 +195,47 @@ def test_inference_strategy_vs_numpy_loop(strategy):
         assert int(dets.num_valid.min()) == 10  # more triples than slots: truncated at max_detections
 
 
+@pytest.mark.parametrize("variant", ["learned", "soft_learned"])
+def test_learned_duplicate_removal_vs_pairwise_loop(variant):
+    """Thesis 4.5.2 as a loop over candidate pairs: 'learned' removes the lower-scoring
+    detection of every same-label pair with duplicate score d > 0.5; 'soft_learned'
+    multiplies a detection's score by (1 - d)^2 for every higher-scoring same-label
+    detection. Equal scores rank by candidate order; invalid candidates never act."""
+    head = tiny_head("v2", duplicate_removal=variant)
+    rng = np.random.default_rng(7)
+    # duplicate logits spread around 0 (at init they are all close to it)
+    head.duplicate_net.logits.kernel[...] = jnp.asarray(rng.normal(size=(D, 1)) * 3, jnp.float32)
+    b, q, c = 2, 20, 12
+    queries = jnp.asarray(rng.normal(size=(b, q, D)), jnp.float32)
+    query_ids = jnp.asarray(np.stack([rng.choice(q, c, replace=False) for _ in range(b)]), jnp.int32)
+    labels = jnp.asarray(rng.integers(0, 2, (b, c)), jnp.int32)
+    scores = np.round(rng.uniform(0, 1, (b, c)), 1).astype(np.float32)  # rounding makes ties
+    valid = rng.uniform(size=(b, c)) > 0.2
+    out_scores, out_valid = head._learned_duplicate_removal(queries, query_ids, labels, jnp.asarray(scores),
+                                                            jnp.asarray(valid))
+    d_all = np.asarray(jax.nn.sigmoid(head.duplicate_net(queries)), np.float64)
+    for i in range(b):
+        d = d_all[i][np.asarray(query_ids[i])][:, np.asarray(query_ids[i])]
+        keep, factor = valid[i].copy(), np.ones(c)
+        for lo in range(c):
+            for hi in range(c):
+                ranks_above = scores[i, hi] > scores[i, lo] or (scores[i, hi] == scores[i, lo] and hi < lo)
+                if hi == lo or not ranks_above or not valid[i, hi] or labels[i, hi] != labels[i, lo]:
+                    continue
+                if d[lo, hi] > 0.5:
+                    keep[lo] = False
+                factor[lo] *= (1 - d[lo, hi]) ** 2
+        if variant == "learned":
+            np.testing.assert_array_equal(np.asarray(out_valid[i]), keep)
+            np.testing.assert_array_equal(np.asarray(out_scores[i]), scores[i])
+            assert 0 < keep.sum() < valid[i].sum()  # the case is not trivial
+        else:
+            np.testing.assert_array_equal(np.asarray(out_valid[i]), valid[i])
+            expected = np.where(valid[i], scores[i] * factor, scores[i])
+            np.testing.assert_allclose(np.asarray(out_scores[i]), expected, rtol=1e-5, atol=1e-7)
+            assert np.any(factor[valid[i]] < 0.99)
+
+
 # --- losses ---------------------------------------------------------------------------
 
 

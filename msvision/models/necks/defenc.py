@@ -41,7 +41,14 @@ layers 7 841 088, level embedding 1 280); DefEnc-P2 adds one level.
 Config (``config.model.neck``): name='defenc', in_levels ((3, 4, 5) or
 (2, 3, 4, 5)), out_levels ((3, …, 7) or (2, …, 7)), channels=256, num_layers=6,
 num_heads=8, num_points=4, ffn_dim=2048, dropout=0.0 (only 0 is supported, DINO's
-value), msda_impl ('auto' | 'xla' | 'triton' | 'triton_interpret' | 'reference').
+value), msda_impl ('auto' | 'xla' | 'triton' | 'triton_interpret' | 'reference'),
+remat=False.
+
+Memory: ``remat=True`` runs the layers as a ``lax.scan`` under ``jax.checkpoint`` and
+keeps only each layer's ``[B, S, D]`` input for the backward pass (same outputs and
+gradients). XLA's plan for the R50 DefEnc-P2 FQDetV2 train step on 2×800² (53 343
+tokens per image): 36.5 GiB of temporaries without, 7.9 GiB with (measured on the
+CPU backend); the recomputation adds one encoder forward to every step.
 """
 
 from __future__ import annotations
@@ -216,6 +223,7 @@ class DefEncoder(nnx.Module):
         dropout: float = 0.0,
         msda_impl: str = "auto",
         extra_source: str = "input",
+        remat: bool = False,
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):
@@ -227,6 +235,7 @@ class DefEncoder(nnx.Module):
         self.out_levels = tuple(sorted(out_levels))
         self.channels = channels
         self.num_layers = num_layers
+        self.remat = remat
         num_levels = len(self.out_levels)
         self.input_proj = ChannelMapper(in_channels, self.out_levels, channels, dtype=dtype, rngs=rngs)
         self.level_embed = nnx.Param(jax.random.normal(rngs.params(), (num_levels, channels), jnp.float32))
@@ -260,10 +269,35 @@ class DefEncoder(nnx.Module):
         if pixel_mask is not None:
             padding_mask = ~jnp.concatenate([v.reshape(batch, -1) for v in level_valid], axis=1)
         x = jnp.concatenate([m.reshape(batch, -1, self.channels) for m in maps], axis=1)
-        for layer in self.layers:
-            x = layer(x, pos, reference_points, spatial_shapes, padding_mask)
+        if self.remat:
+            x = self._encode_rematerialized(x, pos, reference_points, spatial_shapes, padding_mask)
+        else:
+            for layer in self.layers:
+                x = layer(x, pos, reference_points, spatial_shapes, padding_mask)
         out, start = {}, 0
         for level, (h, w) in zip(self.out_levels, spatial_shapes):
             out[level] = x[:, start:start + h * w].reshape(batch, h, w, self.channels)
             start += h * w
         return out
+
+    def _encode_rematerialized(self, x, pos, reference_points, spatial_shapes, padding_mask):
+        """The layers as one ``lax.scan`` over their stacked weights, each step under
+        ``jax.checkpoint``: only the ``[B, S, D]`` input of every layer is kept for the
+        backward pass, the rest is recomputed there.
+
+        A scan rather than ``nnx.remat`` per unrolled layer because XLA:CPU merges the
+        recomputation with the forward's (CSE) and keeps it alive anyway: measured on
+        the DefEnc-P2 encoder at 2×400², unrolled 7.76 GiB of temporaries, unrolled with
+        ``nnx.remat`` 7.51 GiB, scan 6.45 GiB, scan with checkpoint 1.73 GiB. The stack
+        is a copy of the (small) layer weights; the parameter tree is unchanged.
+        """
+        graphdef = nnx.graphdef(self.layers[0])
+        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(layer) for layer in self.layers])
+
+        @jax.checkpoint
+        def step(x, layer_state):
+            layer = nnx.merge(graphdef, layer_state)
+            return layer(x, pos, reference_points, spatial_shapes, padding_mask), None
+
+        x, _ = jax.lax.scan(step, x, stacked)
+        return x

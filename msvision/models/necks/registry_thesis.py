@@ -18,7 +18,9 @@ below):
     num_groups       8 (GroupNorm groups)
   defenc:
     num_layers 6, num_heads 8, num_points 4, ffn_dim 2048, dropout 0.0,
-    msda_impl 'auto' (MSDA implementation switch, see msvision.ops.msda)
+    msda_impl 'auto' (MSDA implementation switch, see msvision.ops.msda),
+    remat False (True: recompute the encoder layers in the backward pass, keeping
+      one [B, S, D] map per layer; DefEnc-P2 needs it to train 2×800² in 24 GB)
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def build_neck_thesis(
         return DefEncoder(
             in_channels, num_layers=g("num_layers", 6), num_heads=g("num_heads", 8),
             num_points=g("num_points", 4), ffn_dim=g("ffn_dim", 2048), dropout=g("dropout", 0.0),
-            msda_impl=g("msda_impl", "auto"), **common,
+            msda_impl=g("msda_impl", "auto"), remat=g("remat", False), **common,
         )
     common["num_groups"] = g("num_groups")
     if name == "bifpn":
