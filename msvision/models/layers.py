@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msvision.ops.conv import conv2d
+
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
@@ -112,14 +114,8 @@ class Conv2d(nnx.Module):
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
         p = self.padding
-        y = jax.lax.conv_general_dilated(
-            x,
-            self.kernel[...].astype(dtype),
-            window_strides=(self.stride, self.stride),
-            padding=((p, p), (p, p)),
-            rhs_dilation=(self.dilation, self.dilation),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        # lax.conv_general_dilated, with a matmul kernel gradient on the CPU
+        y = conv2d(x, self.kernel[...].astype(dtype), self.stride, ((p, p), (p, p)), self.dilation)
         if self.bias is not None:
             y = y + self.bias[...].astype(dtype)
         return y
