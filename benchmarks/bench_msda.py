@@ -170,7 +170,7 @@ def main():
             f.write(f"\n### {time.strftime('%Y-%m-%d %H:%M')} — `{command}`\n\n")
             f.write(f"jax {jax.__version__}, torch {torch.__version__}, {platform.processor() or platform.machine()}, "
                     f"{threads} CPU threads (torch.set_num_threads({threads})), medians of {args.repeats} repeats "
-                    "after one warm-up; machine shared with other jobs.\n\n")
+                    f"after one warm-up; load average {os.getloadavg()[0]:.2f} at the end.\n\n")
             f.write(header + "\n|" + "---|" * 9 + "\n")
             f.write("\n".join(rows) + "\n")
 
