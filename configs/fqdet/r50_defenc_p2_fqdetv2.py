@@ -7,7 +7,8 @@ offsets 1e-4, clip 0.1, 2x schedule).
 
 Memory: the encoder runs with ``remat=True`` (its layers are recomputed in the
 backward pass). Without it XLA plans 36.5 GiB of temporaries for a 2×800² train
-step, with it 7.9 GiB; ``--config.model.neck.remat=False`` trades that memory for
+step, with it 7.9 GiB (CPU backend; 8.7 GiB with the current CPU kernel
+gradients); ``--config.model.neck.remat=False`` trades that memory for
 about one encoder forward per step.
 
 Parameters (trainable): 48 375 499 = R50 23 232 512 + DefEnc-P2 14 285 184 +

@@ -47,8 +47,9 @@ remat=False.
 Memory: ``remat=True`` runs the layers as a ``lax.scan`` under ``jax.checkpoint`` and
 keeps only each layer's ``[B, S, D]`` input for the backward pass (same outputs and
 gradients). XLA's plan for the R50 DefEnc-P2 FQDetV2 train step on 2×800² (53 343
-tokens per image): 36.5 GiB of temporaries without, 7.9 GiB with (measured on the
-CPU backend); the recomputation adds one encoder forward to every step.
+tokens per image): 36.5 GiB of temporaries without, 7.9 GiB with (CPU backend,
+before the CPU kernel gradients of ``msvision.ops.conv`` added 0.8 GiB to both);
+the recomputation adds one encoder forward to every step.
 """
 
 from __future__ import annotations
