@@ -53,20 +53,39 @@ def test_forward_and_gradients_match_lax_conv(h, w, cin, cout, k, stride, paddin
     np.testing.assert_allclose(np.asarray(im2col), direct, rtol=1e-4, atol=1e-4)
 
 
-def test_cpu_kernel_gradient_is_a_matmul_not_a_convolution():
-    """On the CPU the differentiated conv has one convolution per input gradient and
-    none for the kernel gradient (XLA's slow path); lowered for CUDA it keeps XLA's."""
+@pytest.mark.parametrize("kernel_size, stride, cpu_convolutions", [
+    (3, 2, 2),  # strided: matmul kernel gradient
+    (3, 1, 3),  # small stride-1 3x3 (< IM2COL_MIN_MACS): XLA's kernel gradient
+])
+def test_which_kernel_gradient_runs_on_cpu_and_cuda(kernel_size, stride, cpu_convolutions):
+    """The differentiated conv on the CPU has a convolution for the forward and the
+    input gradient, and one for the kernel gradient only where im2col does not pay
+    off; lowered for CUDA it always keeps XLA's three. (XLA:CPU turns 1x1
+    convolutions into dots, so they are checked through the rule below.)"""
     x = jnp.ones((2, 12, 12, 4))
-    kernel = jnp.ones((3, 3, 4, 8))
+    kernel = jnp.ones((kernel_size, kernel_size, 4, 8))
+    pad = ((kernel_size // 2,) * 2,) * 2
 
     def loss(x, w):
-        return jnp.sum(conv2d(x, w, 1, ((1, 1), (1, 1))) ** 2)
+        return jnp.sum(conv2d(x, w, stride, pad) ** 2)
 
     grad = jax.grad(loss, argnums=(0, 1))
     cpu_text = jax.jit(grad).lower(x, kernel).compile().as_text()
-    assert cpu_text.count("convolution(") == 2, "forward + input gradient only"
+    assert cpu_text.count("convolution(") == cpu_convolutions
     cuda_text = jax.jit(grad).trace(x, kernel).lower(lowering_platforms=("cuda",)).as_text()
     assert cuda_text.count("stablehlo.convolution") == 3, "forward + input gradient + kernel gradient"
+
+
+def test_large_stride1_conv_uses_im2col_on_cpu():
+    from msvision.ops.conv import IM2COL_MIN_MACS, _im2col_pays_off
+
+    x = jnp.ones((2, 48, 48, 64))
+    kernel = jnp.ones((3, 3, 64, 64))
+    assert 2 * 48 * 48 * 9 * 64 * 64 >= IM2COL_MIN_MACS
+    grad = jax.grad(lambda x, w: jnp.sum(conv2d(x, w, 1, ((1, 1), (1, 1))) ** 2), argnums=(0, 1))
+    assert jax.jit(grad).lower(x, kernel).compile().as_text().count("convolution(") == 2
+    assert _im2col_pays_off((1, 1, 4, 8), (2, 12, 12, 8), 1)  # 1x1 at any size
+    assert not _im2col_pays_off((3, 3, 4, 8), (2, 12, 12, 8), 1)
 
 
 def test_bfloat16_and_groups_error():
