@@ -5,12 +5,7 @@ Differences from r50_fpn.py only: neck, head C, backbone depth, 3x schedule
 2 GPUs × 2 images). Parameter count of this implementation: 34 676 352 (34.68 M)
 vs table 3.1 34.7 M (-0.07 %).
 
-Parameters are counted as the thesis does: trainable parameters only (the frozen
-ResNet stem + stage 1, 222 400 weights, and the frozen BatchNorm affines are not
-counted; with them every R50 row would be 0.22 M higher and off the table).
-Initial pyramid (all rows but DefEnc): 1×1 laterals on C3–C5 + P6 = 3×3 s2 on C5
-(2048 ch) + P7 = 3×3 s2 on ReLU(P6): 6 227 200 params. RetinaNet C=1 with 1×1
-last layers, 9 anchors, 80 classes: 1 374 452 params.
+Parameter counting of the table 3.1 rows: see ``r50_fpn.py``.
 
 BiFPN layer = the author's DetSeg BiFPNLayer with GroupNorm(8) and separable convs
 (ReLU → depthwise 3×3 → pointwise 1×1 → GN, fast normalised fusion, nearest

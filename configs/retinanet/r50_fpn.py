@@ -15,6 +15,14 @@ Parameters (``python -m msvision.analysis --config=configs/retinanet/r50_fpn.py`
 28.75 M including the frozen stem/stage-1 weights and BatchNorm affines. torchvision's
 ``retinanet_resnet50_fpn`` has 34.07 M: it uses C = 4 hidden convs, 3×3 last
 layers and 91 classes; ``tests/models/test_detector.py`` checks the exact difference.
+
+Table 3.1 rows (the other configs here): parameters are counted as the thesis
+does, trainable parameters only (the frozen ResNet stem + stage 1, 222 400
+weights, and the frozen BatchNorm affines are not counted; with them every R50
+row would be 0.22 M higher and off the table).
+Initial pyramid (all rows but DefEnc): 1×1 laterals on C3–C5 + P6 = 3×3 s2 on C5
+(2048 ch) + P7 = 3×3 s2 on ReLU(P6): 6 227 200 params. RetinaNet C=1 with 1×1
+last layers, 9 anchors, 80 classes: 1 374 452 params.
 """
 
 import ml_collections
