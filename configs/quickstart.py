@@ -45,7 +45,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone.norm = "group_norm"
     config.model.neck.channels = 64
     config.model.head.num_convs = 1
-    config.model.head.anchor_base_scale = 4.0
 
     config.optim = default_optim_config()
     config.optim.lr = 1e-3

@@ -3,8 +3,14 @@
 A config file is a Python file with ``get_config()`` returning a ``ConfigDict``
 (big_vision style). Overrides are ``key.path=value`` strings, as given on the
 command line (``--config.model.neck.num_layers=3``); values are parsed as Python
-literals and must match the type of the value they replace. A misspelled key is an
-error that names the closest existing keys.
+literals and must match the type of the value they replace.
+
+One rule for every section (:func:`resolve_config`): a section's defaults live in
+one place — the constructor signature of the module it builds (``model.*``, see
+:mod:`msvision.config_schema`) or its ``default_*_config()`` function (``data``,
+``optim``, ``train``, ``eval``) — and a key that is not there fails, naming the
+closest valid keys, whether it comes from a config file or the command line.
+Missing fields are filled with their defaults, so the saved config is complete.
 """
 
 from __future__ import annotations
@@ -18,9 +24,12 @@ from typing import Any, Sequence
 
 import ml_collections
 
+from msvision.config_schema import ConfigError, check_and_complete
 
-class ConfigError(ValueError):
-    """A config file or an override is wrong; the message says how."""
+__all__ = ["ConfigError", "load_config", "load_config_file", "apply_overrides", "resolve_config", "save_config",
+           "sibling_config", "split_config_args"]
+
+TOP_LEVEL_KEYS = ("seed", "model", "data", "optim", "train", "eval")
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -114,9 +123,50 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
     return config
 
 
+def _section_defaults() -> dict[str, ml_collections.ConfigDict]:
+    from msvision.data.pipeline import default_data_config
+    from msvision.train.defaults import default_eval_config, default_train_config
+    from msvision.train.optimizer import default_optim_config
+
+    return dict(data=default_data_config(), optim=default_optim_config(), train=default_train_config(),
+                eval=default_eval_config())
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks every section of ``config`` against its schema and fills in defaults (in place).
+
+    Raises:
+      ConfigError: an unknown key anywhere (with the closest valid keys).
+    """
+    from msvision.models.build import resolve_model_config
+
+    for key in config.keys():
+        if key not in TOP_LEVEL_KEYS:
+            close = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=2, cutoff=0.5)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown top-level config key '{key}'.{hint} Valid keys: {', '.join(TOP_LEVEL_KEYS)}")
+    with config.unlocked():
+        if "seed" not in config:
+            config.seed = 0
+        for name, defaults in _section_defaults().items():
+            if name not in config:
+                config[name] = defaults
+            else:
+                check_and_complete(config[name], defaults, name)
+    if "model" in config:
+        resolve_model_config(config.model)
+    return config
+
+
 def load_config(path: str, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """``get_config()`` of ``path`` with ``overrides`` applied (see module doc)."""
-    return apply_overrides(load_config_file(path), overrides)
+    """``get_config()`` of ``path``, checked and completed, with ``overrides`` applied.
+
+    The file's config is checked before the overrides (so a misspelled key in the
+    file fails even when no override touches it) and again after them (an
+    override may switch a module, e.g. ``model.neck.name``).
+    """
+    config = resolve_config(load_config_file(path))
+    return resolve_config(apply_overrides(config, overrides))
 
 
 def split_config_args(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -132,5 +182,6 @@ def save_config(config: ml_collections.ConfigDict, path: str) -> None:
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:
         json.dump(config.to_dict(), f, indent=2, default=str, sort_keys=True)
+        f.write("\n")
     with open(os.path.splitext(path)[0] + ".txt", "w") as f:
         f.write(str(config))

@@ -72,10 +72,6 @@ class Batch:
         cols = xp.arange(w)[None, None, :] < self.image_sizes[:, 1, None, None]
         return rows & cols
 
-    def targets_mask(self) -> Array:
-        """``[B, M] bool``: slots that are real, non-crowd objects (positives)."""
-        return self.valid & ~self.is_crowd
-
 
 @struct.dataclass
 class Detections:

@@ -11,18 +11,18 @@ down: 64-wide queries, 100 queries, 3 decoder layers, FFN 256.
 import ml_collections
 
 from msvision.config import sibling_config
-from msvision.models.heads.fqdet import default_fqdet_config
+from msvision.models.build import module_config
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = sibling_config(__file__, "../quickstart.py")
-    head = default_fqdet_config("v1")
-    head.num_points = 1
-    head.inference = "new"
-    head.num_queries = 100
-    head.num_layers = 3
-    head.ffn_dim = 256
-    head.selector_hidden = 16
+    head = module_config("head", "fqdet")
+    head.decoder.num_points = 1
+    head.inference.strategy = "new"
+    head.selector.num_queries = 100
+    head.selector.hidden_channels = 16
+    head.decoder.num_layers = 3
+    head.decoder.ffn_dim = 256
     config.model.head = head
     config.optim.lr = 5e-4
     config.optim.backbone_lr = 5e-4

@@ -26,7 +26,6 @@ from msvision.config import sibling_config
 def get_config() -> ml_collections.ConfigDict:
     config = sibling_config(__file__, "r50_defenc_p3_fqdetv2.py")
     config.model.backbone.out_levels = (2, 3, 4, 5)
-    config.model.neck.in_levels = (2, 3, 4, 5)
     config.model.neck.out_levels = (2, 3, 4, 5, 6, 7)
     config.model.neck.remat = True
     return config

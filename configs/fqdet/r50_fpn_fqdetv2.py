@@ -15,18 +15,36 @@ Parameters (trainable): 37 921 979 = R50 23 232 512 + FPN 3 868 672 + FQDetV2
 
 Ablation override (table 4.20 compares with FQDet; the per-change rows are in
 ``r50_fpn_fqdet.py``): e.g. back to FQDet's classification loss with
-``--config.model.head.cls_loss=focal --config.model.head.cls_loss_weight=1.0``.
+``--config.model.head.loss.cls=focal`` (weight 1).
 """
 
 import ml_collections
 
 from msvision.config import sibling_config
-from msvision.models.heads.fqdet import default_fqdet_config
+from msvision.models.build import module_config
 from msvision.train.optimizer import apply_schedule
+
+
+def fqdetv2_head() -> ml_collections.ConfigDict:
+    """The FQDetV2 head (``model.head``): the base FQDet with every change of 4.5.2."""
+    head = module_config("head", "fqdet")
+    head.anchors.aspect_ratios = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+    head.selector.num_queries = 1500
+    head.decoder.num_points = 1
+    head.decoder.ffn_dim = 2048
+    head.decoder.box_encoder = False
+    head.prediction.cls_net = "v2"
+    head.prediction.box_net = "v2"
+    head.prediction.box_scoring = True
+    head.loss.cls = "qfl"  # weight 0.5
+    head.loss.box = "eiou"  # weight 1.85
+    head.inference.strategy = "new"
+    head.inference.nms_iou = 0.65
+    return head
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = sibling_config(__file__, "../retinanet/r50_fpn.py")
-    config.model.head = default_fqdet_config("v2")
+    config.model.head = fqdetv2_head()
     apply_schedule(config.optim, "1x_single_drop")
     return config

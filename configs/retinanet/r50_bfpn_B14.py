@@ -15,15 +15,14 @@ layer with 3×3 output convs would add 1.77 M (37.8 M, 4.7 % off).
 import ml_collections
 
 from msvision.config import sibling_config
+from msvision.models.build import module_config
 from msvision.train.optimizer import apply_schedule
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = sibling_config(__file__, "r50_fpn.py")
-    config.model.neck = ml_collections.ConfigDict(dict(
-        name="bfpn", num_layers=1, num_bottlenecks=14, channels=256, hidden_channels=64, num_groups=8,
-        in_levels=(3, 4, 5), out_levels=(3, 4, 5, 6, 7), extra_source="input",
-    ))
-    config.model.head.num_convs = 1
+    config.model.neck = module_config("neck", "bfpn")
+    config.model.neck.num_layers = 1
+    config.model.neck.num_bottlenecks = 14
     apply_schedule(config.optim, "3x")  # thesis 3.4.1: table 3.1 rows train 36 epochs
     return config

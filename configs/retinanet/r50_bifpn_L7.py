@@ -17,15 +17,13 @@ separable layer is the one table 3.1 used.
 import ml_collections
 
 from msvision.config import sibling_config
+from msvision.models.build import module_config
 from msvision.train.optimizer import apply_schedule
 
 
 def get_config() -> ml_collections.ConfigDict:
     config = sibling_config(__file__, "r50_fpn.py")
-    config.model.neck = ml_collections.ConfigDict(dict(
-        name="bifpn", num_layers=7, channels=256, num_groups=8,
-        in_levels=(3, 4, 5), out_levels=(3, 4, 5, 6, 7), extra_source="input",
-    ))
-    config.model.head.num_convs = 1
+    config.model.neck = module_config("neck", "bifpn")
+    config.model.neck.num_layers = 7
     apply_schedule(config.optim, "3x")  # thesis 3.4.1: table 3.1 rows train 36 epochs
     return config

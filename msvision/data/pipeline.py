@@ -36,6 +36,10 @@ Config schema (``config.data``, an ``ml_collections.ConfigDict``; defaults from
   (``ReadOptions.prefetch_buffer_size``; at least ``num_threads``).
 - ``num_workers``: grain multiprocessing workers (0 = threads only).
 - ``with_masks``: also produce ``Batch.masks`` (``[B, M, H, W] bool``).
+- ``synthetic``: the built-in synthetic dataset (``enabled``, ``root``,
+  ``num_train``, ``num_val``, ``image_size``, ``seed``); when enabled it is
+  generated if absent and ``train``/``val`` point at it
+  (:mod:`msvision.train.data_setup`).
 
 Order and determinism. The training stream is a random-access grain
 ``MapDataset``: ``range(len(source)).seed(seed).shuffle().repeat()`` gives the
@@ -97,6 +101,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         prefetch_buffer=8,
         num_workers=0,
         with_masks=False,
+        # the built-in synthetic dataset (msvision.train.data_setup), generated when absent
+        synthetic=dict(enabled=False, root="data/shapes", num_train=600, num_val=100, image_size=224, seed=0),
     ))
 
 

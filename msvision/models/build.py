@@ -1,152 +1,160 @@
 """``build_model(config.model, rngs=...)``: a config section → a :class:`Detector`.
 
-Config schema (``config.model``), defaults = the thesis's R50-FPN-RetinaNet
-(chapter 3, C = 1) from :func:`default_model_config`:
+``config.model`` has the detector-level fields of :data:`MODEL_FIELDS` and one
+section per part, ``backbone``, ``neck`` and ``head``, each with a ``name`` that
+picks the module from :data:`BACKBONES`, :data:`NECKS` or :data:`HEADS`. The rest
+of a part's section maps one to one onto that module's constructor keyword
+arguments (:mod:`msvision.config_schema`): defaults live in the signatures only,
+unknown keys fail naming the closest valid key, and
+:func:`resolve_model_config` fills in every default so the saved config is
+complete. ``python -m msvision.models.build --kind neck --name tpn`` prints a
+module's fields with their defaults.
 
-  num_classes        int, set from the dataset by the trainer (80 on COCO).
-  dtype              'float32' | 'bfloat16': compute dtype (params stay float32,
-                     losses float32).
-  pixel_mean         RGB mean in 0..255 units (torchvision ImageNet).
-  pixel_std          RGB std in 0..255 units.
-  backbone:
-    name             'resnet'.
-    depth            18 | 34 | 50 | 101.
-    width            base width (64; tiny tests use e.g. 8).
-    frozen_stages    0 trains everything; k ≥ 1 freezes stem + stages 1..k (1,
-                     thesis section 2.4).
-    freeze_bn        BatchNorm affine frozen (True, thesis); statistics are always
-                     fixed.
-    norm             'frozen_bn' (thesis, pretrained weights) | 'group_norm'
-                     (trainable GroupNorm(8), for training from scratch).
-    out_levels       backbone levels returned, within 2..5 ((3, 4, 5); add 2 for P2).
-    pretrained       path to a torchvision ResNet ``.pth``; '' = random init.
-                     Loaded here (needs torch).
-  neck:
-    name             'fpn'.
-    variant          'mmdet' (extra convs on the lateral P5, the thesis's FPN
-                     baseline and the author's fpn_v3) | 'retinanet' (on C5,
-                     detectron2's RetinaNet).
-    in_levels        backbone levels consumed ((3, 4, 5)).
-    out_levels       pyramid levels produced ((3, 4, 5, 6, 7); P2–P7 with 2).
-    channels         pyramid width D (256).
-  head:
-    name             'retinanet' | 'fqdet' (FQDet/FQDetV2 fields:
-                     ``msvision/models/heads/fqdet.py``, ``default_fqdet_config``).
-    num_convs        C hidden 3×3 convs per subnet (1; the thesis uses 1 or 4).
-    anchor_base_scale, anchor_scales_per_octave, anchor_aspect_ratios
-                     sizes ``base·2^l·2^(j/n)``, j < n, × ratios h/w (4, 3,
-                     (0.5, 1, 2): RetinaNet's 9 anchors).
-    anchor_offset    anchor centre at ``stride·(x + offset)`` (0.0: detectron2 and
-                     the author's RetinaHead; FQDet's generator uses 0.5).
-    prior_prob       class-bias prior π (0.01).
-    focal_alpha, focal_gamma   sigmoid focal loss (0.25, 2.0).
-    box_loss         'l1' | 'smooth_l1' on deltas ('l1'; detectron2: smooth_l1).
-    smooth_l1_beta   β of smooth-L1 (0.1, detectron2).
-    box_loss_weight  weight of the box loss (1.0).
-    pos_iou, neg_iou IoU thresholds (0.5, 0.4).
-    allow_low_quality  detectron2's low-quality matches (True).
-    loss_normalization  'per_level' (thesis 3.4.1) | 'global' (detectron2).
-    loss_normalizer_momentum  EMA momentum of the positive count (0.9; 0 =
-                     current batch only, stateless).
-    loss_normalizer_init  initial EMA value (100, detectron2).
-    topk_candidates  per-level candidates before NMS (1000).
-    score_threshold  minimum score of a candidate (0.05).
-    nms_iou          class-aware NMS IoU (0.5).
-    max_detections   detections per image (100).
+Arguments the builder supplies itself (not config fields): ``rngs`` and ``dtype``
+(from ``model.dtype``) everywhere; the neck's ``in_channels`` (from the backbone);
+the head's ``num_classes`` (from ``model.num_classes``, set from the dataset by
+the trainer), ``levels`` and ``channels`` (from the neck). Builder-level fields:
+``backbone.pretrained`` (a torchvision ResNet ``.pth`` loaded after construction;
+needs torch).
 
-Registries are a plain ``if/elif`` on ``name``.
+With no fields set, the model is the thesis's R50-FPN-RetinaNet (chapter 3, C = 1).
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Callable
 
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from msvision.models.backbones.convert_torchvision import load_torchvision_resnet
+from msvision.config_schema import ConfigError, check_and_complete, schema_config, section_kwargs, signature_schema
 from msvision.models.backbones.resnet import ResNet
 from msvision.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector
-from msvision.models.heads.fqdet import build_fqdet_head
+from msvision.models.heads.fqdet import FQDetHead
 from msvision.models.heads.retinanet import RetinaNetHead
+from msvision.models.necks.bfpn import BottleneckFPN
+from msvision.models.necks.bifpn import BiFPN
+from msvision.models.necks.defenc import DefEncoder
 from msvision.models.necks.fpn import FPN
-from msvision.models.necks.registry_thesis import THESIS_NECKS, build_neck_thesis
+from msvision.models.necks.tpn import TPN
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# name -> (constructor, arguments fixed by the name)
+BACKBONES: dict[str, tuple[Callable, dict]] = {"resnet": (ResNet, {})}
+NECKS: dict[str, tuple[Callable, dict]] = {
+    "fpn": (FPN, {}),
+    "tpn": (TPN, {}),
+    "bifpn": (BiFPN, {}),
+    "bfpn": (BottleneckFPN, {"bottlenecks_first": True}),
+    "hfpn": (BottleneckFPN, {"bottlenecks_first": False}),
+    "defenc": (DefEncoder, {}),
+}
+HEADS: dict[str, tuple[Callable, dict]] = {"retinanet": (RetinaNetHead, {}), "fqdet": (FQDetHead, {})}
+REGISTRIES = {"backbone": BACKBONES, "neck": NECKS, "head": HEADS}
+DEFAULT_NAMES = {"backbone": "resnet", "neck": "fpn", "head": "retinanet"}
+
+SUPPLIED = {
+    "backbone": ("dtype", "rngs"),
+    "neck": ("in_channels", "dtype", "rngs"),
+    "head": ("num_classes", "levels", "channels", "dtype", "rngs"),
+}
+BUILDER_FIELDS = {"backbone": {"pretrained": ""}, "neck": {}, "head": {}}
+
+# Detector-level fields of ``config.model`` (with the part sections).
+MODEL_FIELDS = dict(
+    num_classes=80,  # set from the dataset by the trainer
+    dtype="float32",  # compute dtype: 'float32' | 'bfloat16' (params and losses stay float32)
+    pixel_mean=IMAGENET_MEAN,  # RGB, 0..255 units (torchvision ImageNet)
+    pixel_std=IMAGENET_STD,
+)
+
+
+def module_schema(kind: str, name: str) -> dict:
+    """Config schema of part ``kind`` ('backbone' | 'neck' | 'head') named ``name``."""
+    registry = REGISTRIES[kind]
+    if name not in registry:
+        raise ConfigError(f"model.{kind}.name: unknown {kind} {name!r}; choose from {sorted(registry)}")
+    fn, fixed = registry[name]
+    return {"name": name, **BUILDER_FIELDS[kind], **signature_schema(fn, SUPPLIED[kind] + tuple(fixed))}
+
+
+def module_config(kind: str, name: str) -> ml_collections.ConfigDict:
+    """Every field of a part's config section at its default, e.g. ``module_config('head', 'fqdet')``."""
+    return schema_config(module_schema(kind, name))
+
+
+def resolve_model_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks ``config.model`` against the schemas and fills in the defaults (in place).
+
+    Raises:
+      ConfigError: an unknown module name or key (naming the closest valid keys).
+    """
+    parts = {kind: model_cfg[kind] for kind in REGISTRIES if kind in model_cfg}
+    with model_cfg.unlocked():
+        for kind in parts:  # checked below against the schema of the module they name
+            del model_cfg[kind]
+        check_and_complete(model_cfg, {**MODEL_FIELDS, **{kind: {} for kind in REGISTRIES}}, "model")
+        for kind in REGISTRIES:
+            section = parts.get(kind, model_cfg[kind])
+            if not isinstance(section, ml_collections.ConfigDict):
+                raise ConfigError(f"model.{kind} must be a config section, got {section!r}")
+            model_cfg[kind] = section
+            name = section.get("name", DEFAULT_NAMES[kind])
+            check_and_complete(section, module_schema(kind, name), f"model.{kind}", f"{kind} {name!r}")
+    if model_cfg.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}")
+    return model_cfg
+
 
 def default_model_config() -> ml_collections.ConfigDict:
-    """The thesis's full-size R50-FPN-RetinaNet (C = 1)."""
-    return ml_collections.ConfigDict(
-        dict(
-            num_classes=80,
-            dtype="float32",
-            pixel_mean=IMAGENET_MEAN,
-            pixel_std=IMAGENET_STD,
-            backbone=dict(
-                name="resnet", depth=50, width=64, frozen_stages=1, freeze_bn=True, norm="frozen_bn",
-                out_levels=(3, 4, 5), pretrained="",
-            ),
-            neck=dict(name="fpn", variant="mmdet", in_levels=(3, 4, 5), out_levels=(3, 4, 5, 6, 7), channels=256),
-            head=dict(
-                name="retinanet", num_convs=1, anchor_base_scale=4.0, anchor_scales_per_octave=3,
-                anchor_aspect_ratios=(0.5, 1.0, 2.0), anchor_offset=0.0, prior_prob=0.01,
-                focal_alpha=0.25, focal_gamma=2.0, box_loss="l1", smooth_l1_beta=0.1, box_loss_weight=1.0,
-                pos_iou=0.5, neg_iou=0.4, allow_low_quality=True, loss_normalization="per_level",
-                loss_normalizer_momentum=0.9, loss_normalizer_init=100.0, topk_candidates=1000,
-                score_threshold=0.05, nms_iou=0.5, max_detections=100,
-            ),
-        )
-    )
+    """The thesis's full-size R50-FPN-RetinaNet (C = 1), every field explicit."""
+    return resolve_model_config(ml_collections.ConfigDict())
+
+
+def build_part(kind: str, section: Any, **supplied: Any):
+    """Builds one part ('backbone' | 'neck' | 'head') from its config section.
+
+    Args:
+      section: the section (a ``ConfigDict`` or dict; missing fields take their
+        defaults, unknown ones fail).
+      supplied: the arguments the builder supplies (see the module docstring), e.g.
+        ``in_channels=..., rngs=...`` for a neck.
+    """
+    section = ml_collections.ConfigDict(dict(section))
+    name = section.get("name", DEFAULT_NAMES[kind])
+    check_and_complete(section, module_schema(kind, name), f"model.{kind}", f"{kind} {name!r}")
+    fn, fixed = REGISTRIES[kind][name]
+    kwargs = section_kwargs(section, fn, skip=("name", *BUILDER_FIELDS[kind]))
+    return fn(**kwargs, **fixed, **supplied)
 
 
 def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Detector:
-    """Builds the detector described by ``model_cfg`` (schema in the module docstring)."""
-    if model_cfg.dtype not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}")
+    """Builds the detector described by ``model_cfg`` (see the module docstring)."""
+    model_cfg = resolve_model_config(ml_collections.ConfigDict(model_cfg.to_dict()))
     dtype = DTYPES[model_cfg.dtype]
+    backbone = build_part("backbone", model_cfg.backbone, dtype=dtype, rngs=rngs)
+    if model_cfg.backbone.pretrained:
+        from msvision.models.backbones.convert_torchvision import load_torchvision_resnet
 
-    b = model_cfg.backbone
-    if b.name == "resnet":
-        backbone = ResNet(
-            b.depth, out_levels=tuple(b.out_levels), width=b.width, frozen_stages=b.frozen_stages,
-            freeze_bn=b.freeze_bn, norm=b.get("norm", "frozen_bn"), dtype=dtype, rngs=rngs,
-        )
-        if b.pretrained:
-            load_torchvision_resnet(backbone, b.pretrained)
-    else:
-        raise ValueError(f"unknown backbone {b.name!r}")
+        load_torchvision_resnet(backbone, model_cfg.backbone.pretrained)
+    neck = build_part("neck", model_cfg.neck, in_channels=dict(backbone.out_channels), dtype=dtype, rngs=rngs)
+    head = build_part("head", model_cfg.head, num_classes=model_cfg.num_classes, levels=neck.out_levels,
+                       channels=neck.channels, dtype=dtype, rngs=rngs)
+    return Detector(backbone, neck, head, pixel_mean=tuple(model_cfg.pixel_mean),
+                    pixel_std=tuple(model_cfg.pixel_std), dtype=dtype)
 
-    n = model_cfg.neck
-    in_channels = {l: backbone.out_channels[l] for l in n.in_levels}
-    if n.name == "fpn":
-        neck = FPN(in_channels, tuple(n.out_levels), n.channels, variant=n.variant, dtype=dtype, rngs=rngs)
-    elif n.name in THESIS_NECKS:  # tpn, bifpn, bfpn, hfpn, defenc (fields: registry_thesis docstring)
-        neck = build_neck_thesis(n, in_channels=in_channels, rngs=rngs, dtype=dtype)
-    else:
-        raise ValueError(f"unknown neck {n.name!r}")
 
-    h = model_cfg.head
-    if h.name == "retinanet":
-        head = RetinaNetHead(
-            model_cfg.num_classes, neck.out_levels, neck.channels,
-            num_convs=h.num_convs, anchor_base_scale=h.anchor_base_scale,
-            anchor_scales_per_octave=h.anchor_scales_per_octave, anchor_aspect_ratios=tuple(h.anchor_aspect_ratios),
-            anchor_offset=h.anchor_offset, prior_prob=h.prior_prob, focal_alpha=h.focal_alpha,
-            focal_gamma=h.focal_gamma, box_loss=h.box_loss, smooth_l1_beta=h.smooth_l1_beta,
-            box_loss_weight=h.box_loss_weight, pos_iou=h.pos_iou, neg_iou=h.neg_iou,
-            allow_low_quality=h.allow_low_quality, loss_normalization=h.loss_normalization,
-            loss_normalizer_momentum=h.loss_normalizer_momentum, loss_normalizer_init=h.loss_normalizer_init,
-            topk_candidates=h.topk_candidates, score_threshold=h.score_threshold, nms_iou=h.nms_iou,
-            max_detections=h.max_detections, dtype=dtype, rngs=rngs,
-        )
-    elif h.name == "fqdet":  # FQDet / FQDetV2 (fields: msvision/models/heads/fqdet.py)
-        head = build_fqdet_head(
-            h, num_classes=model_cfg.num_classes, levels=neck.out_levels, channels=neck.channels,
-            rngs=rngs, dtype=dtype,
-        )
-    else:
-        raise ValueError(f"unknown head {h.name!r}")
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Print a model part's config fields and their defaults.")
+    parser.add_argument("--kind", choices=sorted(REGISTRIES), required=True)
+    parser.add_argument("--name", required=True)
+    args = parser.parse_args(argv)
+    print(json.dumps(module_config(args.kind, args.name).to_dict(), indent=2, default=str))
 
-    return Detector(
-        backbone, neck, head, pixel_mean=tuple(model_cfg.pixel_mean), pixel_std=tuple(model_cfg.pixel_std), dtype=dtype
-    )
+
+if __name__ == "__main__":
+    main()

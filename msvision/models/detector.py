@@ -58,10 +58,11 @@ class Detector(nnx.Module):
         return jnp.where(mask, images, 0.0).astype(self.dtype)
 
     def pyramid(self, batch: Batch) -> dict[int, Array]:
-        features = self.backbone(self.normalize_images(batch))
-        if getattr(self.neck, "uses_pixel_mask", False):  # attention necks ignore the padding
-            return self.neck(features, pixel_mask=batch.pixel_mask(jnp))
-        return self.neck(features)
+        """The neck's pyramid; every part is padding-aware (``batch.image_sizes``), so an
+        image's features do not depend on the padding of its batch."""
+        image_sizes = jnp.asarray(batch.image_sizes, jnp.int32)
+        features = self.backbone(self.normalize_images(batch), image_sizes)
+        return self.neck(features, image_sizes)
 
     def losses(self, batch: Batch) -> tuple[Array, dict[str, Array]]:
         """Total loss (float32 scalar) and a dict of scalar metrics."""

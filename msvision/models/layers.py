@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.ops.conv import conv2d
+from msvision.ops.padding import apply_mask
 
 Array = jax.Array
 Dtype = Any
@@ -109,10 +110,17 @@ class Conv2d(nnx.Module):
         self.kernel = var(kernel_init(rngs.params(), shape, jnp.float32))
         self.bias = var(bias_init(rngs.params(), (out_features,), jnp.float32)) if use_bias else None
 
-    def __call__(self, x: Array) -> Array:
-        """``x: [B, H, W, in]`` → ``[B, H', W', out]``."""
+    def __call__(self, x: Array, mask: Optional[Array] = None) -> Array:
+        """``x: [B, H, W, in]`` → ``[B, H', W', out]``.
+
+        ``mask``: optional ``[B, H, W, 1] bool`` valid cells of ``x``; a k×k
+        convolution (k > 1) then sees zeros outside them, as the unpadded image
+        would (:mod:`msvision.ops.padding`). 1×1 convolutions ignore it.
+        """
         dtype = self.dtype or x.dtype
         x = x.astype(dtype)
+        if self.kernel_size > 1:
+            x = apply_mask(x, mask)
         p = self.padding
         # lax.conv_general_dilated, with a matmul kernel gradient on the CPU
         y = conv2d(x, self.kernel[...].astype(dtype), self.stride, ((p, p), (p, p)), self.dilation)
@@ -147,11 +155,54 @@ class FrozenBatchNorm(nnx.Module):
         self.mean = FrozenStat(jnp.zeros((num_features,), jnp.float32))
         self.var = FrozenStat(jnp.ones((num_features,), jnp.float32))
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, mask: Optional[Array] = None) -> Array:
+        """``x: [..., C]``; ``mask`` is accepted for interface parity with
+        :class:`GroupNorm` and unused (a pointwise map)."""
+        del mask
         scale = self.weight[...] * jax.lax.rsqrt(self.var[...] + self.eps)
         shift = self.bias[...] - self.mean[...] * scale
         dtype = self.dtype or x.dtype
         return x.astype(dtype) * scale.astype(dtype) + shift.astype(dtype)
+
+
+class GroupNorm(nnx.Module):
+    """``torch.nn.GroupNorm(num_groups, num_features)`` on NHWC, padding-aware.
+
+    Statistics over H, W and the channels of each group, taken over the valid cells
+    only when a ``mask`` is given (so an image's output does not depend on the
+    padding of its batch; :mod:`msvision.ops.padding`). Computed in float32.
+
+    Attributes:
+      scale, bias: ``[num_features]`` affine (``nnx.Param``; names as ``nnx.GroupNorm``).
+    """
+
+    def __init__(self, num_features: int, num_groups: int = 8, *, epsilon: float = 1e-5,
+                 scale_init: Initializer = nnx.initializers.ones, dtype: Optional[Dtype] = None, rngs: nnx.Rngs):
+        if num_features % num_groups:
+            raise ValueError(f"GroupNorm: {num_features} features are not divisible into {num_groups} groups")
+        self.num_features = num_features
+        self.num_groups = num_groups
+        self.epsilon = epsilon
+        self.dtype = dtype
+        self.scale = nnx.Param(scale_init(rngs.params(), (num_features,), jnp.float32))
+        self.bias = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+
+    def __call__(self, x: Array, mask: Optional[Array] = None) -> Array:
+        """``x: [B, H, W, C]``, ``mask: [B, H, W, 1] bool`` or None → ``[B, H, W, C]``."""
+        b, h, w, c = x.shape
+        g = self.num_groups
+        xf = x.astype(jnp.float32).reshape(b, h, w, g, c // g)
+        if mask is None:
+            mean = jnp.mean(xf, axis=(1, 2, 4), keepdims=True)
+            var = jnp.mean(jnp.square(xf - mean), axis=(1, 2, 4), keepdims=True)
+        else:
+            m = mask.astype(jnp.float32)[..., None]  # [B, H, W, 1, 1]
+            count = jnp.maximum(jnp.sum(m, axis=(1, 2), keepdims=True) * (c // g), 1.0)
+            mean = jnp.sum(xf * m, axis=(1, 2, 4), keepdims=True) / count
+            var = jnp.sum(jnp.square(xf - mean) * m, axis=(1, 2, 4), keepdims=True) / count
+        y = ((xf - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
+        y = y * self.scale[...] + self.bias[...]
+        return y.astype(self.dtype or x.dtype)
 
 
 def max_pool_3x3_s2(x: Array) -> Array:
@@ -160,17 +211,6 @@ def max_pool_3x3_s2(x: Array) -> Array:
     return jax.lax.reduce_window(
         x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0))
     )
-
-
-def resize_nearest(x: Array, size: Sequence[int]) -> Array:
-    """``F.interpolate(x, size, mode='nearest')`` on NHWC: source index floor(i·in/out)."""
-    h_in, w_in = x.shape[1:3]
-    h, w = size
-    if (h, w) == (h_in, w_in):
-        return x
-    rows = (jnp.arange(h) * h_in) // h
-    cols = (jnp.arange(w) * w_in) // w
-    return x[:, rows][:, :, cols]
 
 
 def count_variables(tree, variable_type: type = nnx.Param, exclude: tuple = ()) -> int:

@@ -16,10 +16,48 @@ latter.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Mapping, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from msvision.ops.padding import valid_sizes
+
+
+@dataclasses.dataclass(frozen=True)
+class AnchorSpec:
+    """The anchors of a head (config section ``model.head.anchors``).
+
+    Attributes:
+      base_scale: sizes on level ``l`` are ``base_scale · 2^l · 2^(j/num_sizes)``,
+        ``j < num_sizes`` (RetinaNet's, thesis 3.4.1 and 4.4.1).
+      num_sizes: sizes per level (3).
+      aspect_ratios: ratios ``h / w`` (RetinaNet's (0.5, 1, 2); FQDetV2 adds 1/8,
+        1/4, 4, 8).
+      offset: anchor centre of cell ``(y, x)`` at ``stride · (x + offset)``: 0.5
+        in the author's FQDet code, 0.0 in detectron2's RetinaNet.
+    """
+
+    base_scale: float = 4.0
+    num_sizes: int = 3
+    aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    offset: float = 0.5
+
+    @property
+    def num_types(self) -> int:
+        """Anchors per feature cell."""
+        return self.num_sizes * len(self.aspect_ratios)
+
+    def sizes(self, level: int) -> tuple[float, ...]:
+        return retinanet_anchor_sizes(level, self.base_scale, self.num_sizes)
+
+    def pyramid(self, feature_hws: Mapping[int, tuple[int, int]]) -> np.ndarray:
+        """``[N, 4]`` anchors of every level of ``feature_hws`` (see :func:`pyramid_anchors`)."""
+        sizes = {l: self.sizes(l) for l in feature_hws}
+        return pyramid_anchors(feature_hws, sizes, tuple(self.aspect_ratios), offset=self.offset)
 
 
 def anchor_cell_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> np.ndarray:
@@ -44,14 +82,14 @@ def anchor_cell_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -
     return np.asarray(shapes, dtype=np.float32).reshape(-1, 2)
 
 
-def retinanet_anchor_sizes(level: int, base_scale: float = 4, scales_per_octave: int = 3) -> tuple:
+def retinanet_anchor_sizes(level: int, base_scale: float = 4, num_sizes: int = 3) -> tuple:
     """RetinaNet sizes on level ``l``: ``base_scale * 2**l * 2**(j / n)``, ``j < n``.
 
     ``retinanet_anchor_sizes(3) == (32, 40.32, 50.80)`` (author notes §2).
     """
     return tuple(
-        float(base_scale * 2.0**level * 2.0 ** (j / scales_per_octave))
-        for j in range(scales_per_octave)
+        float(base_scale * 2.0**level * 2.0 ** (j / num_sizes))
+        for j in range(num_sizes)
     )
 
 
@@ -110,3 +148,27 @@ def pyramid_anchors(
         for level in sorted(feature_hws)
     ]
     return np.concatenate(out, axis=0)
+
+
+def anchor_cells(feature_hws: dict[int, tuple[int, int]], num_types: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(cells [N, 2] int32 (y, x), strides [N] int32)`` of every anchor, in the
+    flattening order of :mod:`msvision.ops.anchors`."""
+    cells, strides = [], []
+    for level in sorted(feature_hws):
+        h, w = feature_hws[level]
+        yx = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), -1).reshape(-1, 1, 2)
+        cells.append(np.broadcast_to(yx, (h * w, num_types, 2)).reshape(-1, 2))
+        strides.append(np.full((h * w * num_types,), 2**level))
+    return np.concatenate(cells).astype(np.int32), np.concatenate(strides).astype(np.int32)
+
+
+def anchors_in_valid_map(cells: np.ndarray, strides: np.ndarray, image_sizes: jax.Array) -> jax.Array:
+    """``[B, N]`` bool: the anchor's feature cell lies inside the image's valid map.
+
+    Args:
+      cells: ``[N, 2]`` (y, x) cell of each anchor; strides: ``[N]`` its level's stride.
+      image_sizes: ``[B, 2]`` int ``(h, w)`` of the images inside the padding.
+    """
+    sizes = jnp.asarray(image_sizes, jnp.int32)[:, None, :]  # [B, 1, 2]
+    limits = valid_sizes(sizes, jnp.asarray(strides)[None, :, None])  # [B, N, 2]
+    return jnp.all(jnp.asarray(cells)[None] < limits, axis=-1)

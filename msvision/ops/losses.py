@@ -17,8 +17,11 @@ from msvision.ops.boxes import box_area
 Array = jnp.ndarray
 
 
-def _bce_with_logits(logits: Array, targets: Array) -> Array:
-    # max(x, 0) - x t + log(1 + exp(-|x|)), as torch.binary_cross_entropy_with_logits.
+def sigmoid_bce_loss(logits: Array, targets: Array) -> Array:
+    """Elementwise ``torch.nn.functional.binary_cross_entropy_with_logits`` (no reduction).
+
+    ``max(x, 0) - x t + log(1 + exp(-|x|))``; ``logits``, ``targets`` broadcastable, float.
+    """
     return jnp.maximum(logits, 0) - logits * targets + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
@@ -38,7 +41,7 @@ def sigmoid_focal_loss(
     """
     targets = targets.astype(logits.dtype)
     p = jax.nn.sigmoid(logits)
-    ce = _bce_with_logits(logits, targets)
+    ce = sigmoid_bce_loss(logits, targets)
     p_t = p * targets + (1 - p) * (1 - targets)
     loss = ce * (1 - p_t) ** gamma
     if alpha >= 0:
@@ -59,7 +62,7 @@ def quality_focal_loss(logits: Array, soft_targets: Array, beta: float = 2.0) ->
     """
     soft_targets = soft_targets.astype(logits.dtype)
     scale = jnp.abs(jax.nn.sigmoid(logits) - soft_targets) ** beta
-    return _bce_with_logits(logits, soft_targets) * scale
+    return sigmoid_bce_loss(logits, soft_targets) * scale
 
 
 def smooth_l1_loss(pred: Array, target: Array, beta: float) -> Array:

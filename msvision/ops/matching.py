@@ -10,7 +10,7 @@ slots (padding slots never match). ``vmap`` them over the batch.
   :func:`topk_candidates_per_gt` / :func:`topk_matching_from_candidates` for the
   FQDet head, whose queries are a selected subset of the anchors.
 - :func:`hungarian_matching`: exact one-to-one matching via scipy in a
-  ``jax.pure_callback`` (host), and :func:`hungarian_matching_ingraph`, an
+  ``jax.pure_callback`` (host), and :func:`auction_matching`, an
   epsilon-scaled auction algorithm that stays on the device.
 
 Crowd ground truth (COCO ``iscrowd``) is never a positive target. detectron2 and
@@ -268,14 +268,14 @@ def hungarian_matching(cost: Array, gt_valid: Array) -> tuple[Array, Array]:
     return jnp.where(positive, matched, 0).astype(jnp.int32), positive
 
 
-def hungarian_matching_ingraph(
+def auction_matching(
     cost: Array,
     gt_valid: Array,
     *,
     eps: Optional[float] = None,
     max_iterations: int = 100_000,
 ) -> tuple[Array, Array]:
-    """Minimum-cost matching on the device: Jacobi forward auction (Bertsekas).
+    """Minimum-cost matching on the device by an auction algorithm (Jacobi forward auction, Bertsekas): the in-graph alternative to the exact :func:`hungarian_matching`.
 
     The real gts bid for predictions; each round every unassigned gt bids
     ``price + (best - second best net value) + eps`` on its best prediction and each
@@ -301,7 +301,7 @@ def hungarian_matching_ingraph(
     """
     n, m = cost.shape
     if m > n:
-        raise ValueError(f"hungarian_matching_ingraph needs N >= M, got cost of shape {cost.shape}")
+        raise ValueError(f"auction_matching needs N >= M, got cost of shape {cost.shape}")
     if n == 0 or m == 0:
         return jnp.zeros((n,), jnp.int32), jnp.zeros((n,), bool)
     eps = min(1e-3, 0.1 / m) if eps is None else float(eps)

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from msvision.models.layers import count_variables, resize_nearest
+from msvision.models.build import build_part
+from msvision.models.layers import count_variables
 from msvision.models.necks.defenc import DefEncoder, encoder_reference_points, valid_ratios
-from msvision.models.necks.registry_thesis import build_neck_thesis
+from msvision.ops.padding import padding_mask
 
 D, HEADS, POINTS, FFN = 32, 4, 2, 64
 IN_P3 = {3: 8, 4: 16, 5: 24}
@@ -28,10 +29,8 @@ def _features(in_channels, size=IMAGE, batch=2, seed=0):
             for k, (l, c) in zip(keys, sorted(in_channels.items()))}
 
 
-def _pixel_mask(size=IMAGE, sizes=SIZES):
-    h, w = size
-    hs, ws = jnp.array([s[0] for s in sizes]), jnp.array([s[1] for s in sizes])
-    return (jnp.arange(h)[None, :, None] < hs[:, None, None]) & (jnp.arange(w)[None, None, :] < ws[:, None, None])
+def _image_sizes(sizes=SIZES):
+    return jnp.asarray(sizes, jnp.int32)
 
 
 def _tiny(in_channels=IN_P3, out_levels=(3, 4, 5, 6, 7), impl="xla", layers=2, seed=0, remat=False):
@@ -48,12 +47,11 @@ def test_full_size_parameter_counts():
     """ChannelMapper (bias-free convs + GN) 6 228 480; per layer MSDA 254 944 + 2 LN
     1 024 + FFN 1 050 880; level embedding 5 × 256 (P3) / 6 × 256 (P2)."""
     inc = {2: 256, 3: 512, 4: 1024, 5: 2048}
-    p3 = nnx.eval_shape(lambda: build_neck_thesis(dict(name="defenc", in_levels=(3, 4, 5)), in_channels=inc,
-                                                  rngs=nnx.Rngs(0)))
+    p3 = nnx.eval_shape(lambda: build_part("neck", dict(name="defenc"), in_channels={l: inc[l] for l in (3, 4, 5)},
+                                           rngs=nnx.Rngs(0)))
     assert count_variables(p3) == 6_228_480 + 6 * (254_944 + 1_024 + 1_050_880) + 5 * 256 == 14_070_848
-    p2 = nnx.eval_shape(lambda: build_neck_thesis(
-        dict(name="defenc", in_levels=(2, 3, 4, 5), out_levels=(2, 3, 4, 5, 6, 7)), in_channels=inc,
-        rngs=nnx.Rngs(0)))
+    p2 = nnx.eval_shape(lambda: build_part("neck", dict(name="defenc", out_levels=(2, 3, 4, 5, 6, 7)),
+                                           in_channels=inc, rngs=nnx.Rngs(0)))
     msda_p2 = 2 * 65_792 + (256 * 384 + 384) + (256 * 192 + 192)
     assert count_variables(p2) == 6_228_480 + 65_536 + 512 + 6 * (msda_p2 + 1_024 + 1_050_880) + 6 * 256
     assert len(p3.layers) == 6 and p3.layers[0].ffn_in.kernel.shape == (256, 2048)
@@ -64,8 +62,8 @@ def test_p2_shapes_odd_size():
     in_channels, out_levels, size = IN_P2, (2, 3, 4, 5, 6, 7), (75, 61)
     model = _tiny(in_channels, out_levels, layers=1)
     graphdef, state = nnx.split(model)
-    apply = jax.jit(lambda s, f, m: nnx.merge(graphdef, s)(f, pixel_mask=m))
-    out = apply(state, _features(in_channels, size), _pixel_mask(size))
+    apply = jax.jit(lambda s, f, m: nnx.merge(graphdef, s)(f, m))
+    out = apply(state, _features(in_channels, size), _image_sizes())
     h, w = size
     for level in out_levels:
         hl, wl = h, w
@@ -94,41 +92,50 @@ def test_padded_positions_do_not_influence_valid_outputs():
     per position, so the encoder's valid outputs ignore what the padding contains."""
     model = _tiny(layers=1)
     feats = _features(IN_P3)
-    mask = _pixel_mask()
-    pyramid = model.input_proj(feats)
+    sizes = _image_sizes()
+    pyramid = model.input_proj(feats, sizes)
     noisy = {}
     for level, x in pyramid.items():
-        valid = resize_nearest(mask[..., None], x.shape[1:3])
+        valid = padding_mask(sizes, x.shape[1:3], 2**level)
         noisy[level] = jnp.where(valid, x, 100.0 * jax.random.normal(jax.random.key(level), x.shape))
     graphdef, state = nnx.split(model)
-    encode = jax.jit(lambda p: nnx.merge(graphdef, state).encode(p, mask))
+    encode = jax.jit(lambda p: nnx.merge(graphdef, state).encode(p, sizes))
     a, b = encode(pyramid), encode(noisy)
     for level in a:
-        valid = resize_nearest(mask[..., None], a[level].shape[1:3])
+        valid = padding_mask(sizes, a[level].shape[1:3], 2**level)
         np.testing.assert_allclose(jnp.where(valid, a[level], 0), jnp.where(valid, b[level], 0), atol=1e-4)
 
 
 def _torch_encoder(model, feats, pixel_mask):
-    """mmdet ChannelMapper + DeformableDETR encoder (as DetSeg's DeformEncoder calls it)."""
+    """mmdet ChannelMapper + DeformableDETR encoder (as DetSeg's DeformEncoder calls it),
+    in float64 (a build-independent oracle)."""
     import torch
     import torch.nn.functional as F
 
+    torch.set_default_dtype(torch.float64)
+
     def t(a):
-        return torch.from_numpy(np.array(a))
+        a = np.array(a)
+        return torch.from_numpy(a.astype(np.float64) if a.dtype.kind == "f" else a)
 
     def lin(m, x):
         return x @ t(m.kernel[...]) + t(m.bias[...])
+
+    def group_norm(x, groups, norm):  # F.group_norm, also on 1×1 maps with one channel per group
+        b, c = x.shape[:2]
+        g = x.reshape(b, groups, -1)
+        g = (g - g.mean(-1, keepdim=True)) / torch.sqrt(g.var(-1, unbiased=False, keepdim=True) + 1e-5)
+        return g.reshape(x.shape) * t(norm.scale[...])[:, None, None] + t(norm.bias[...])[:, None, None]
 
     # ChannelMapper
     cm = model.input_proj
     srcs = []
     for level, conv, norm in zip(cm.lateral_levels, cm.lateral_convs, cm.lateral_norms):
         x = F.conv2d(t(feats[level]).permute(0, 3, 1, 2), t(conv.kernel[...]).permute(3, 2, 0, 1))
-        srcs.append(F.group_norm(x, 32, t(norm.scale[...]), t(norm.bias[...]), eps=1e-5))
+        srcs.append(group_norm(x, 32, norm))
     x = t(feats[cm.in_levels[-1]]).permute(0, 3, 1, 2)
     for conv, norm in zip(cm.extra_convs, cm.extra_norms):
-        x = F.group_norm(F.conv2d(x, t(conv.kernel[...]).permute(3, 2, 0, 1), stride=2, padding=1), 32,
-                         t(norm.scale[...]), t(norm.bias[...]), eps=1e-5)
+        x = group_norm(F.conv2d(x, t(conv.kernel[...]).permute(3, 2, 0, 1), stride=2, padding=1), 32, norm)
         srcs.append(x)
 
     # DeformEncoder.forward
@@ -143,7 +150,7 @@ def _torch_encoder(model, feats, pixel_mask):
         y_e = y_e / (y_e[:, -1:, :] + 1e-6) * 2 * math.pi
         x_e = x_e / (x_e[:, :, -1:] + 1e-6) * 2 * math.pi
         nf = D // 2
-        dim_t = torch.arange(nf, dtype=torch.float32)
+        dim_t = torch.arange(nf, dtype=torch.float64)
         dim_t = 20 ** (2 * (dim_t // 2) / nf)
         px, py = x_e[..., None] / dim_t, y_e[..., None] / dim_t
         px = torch.stack((px[..., 0::2].sin(), px[..., 1::2].cos()), dim=4).flatten(3)
@@ -165,7 +172,7 @@ def _torch_encoder(model, feats, pixel_mask):
                                  ry.reshape(-1)[None] / (valid_r[:, None, lvl, 1] * h)), -1))
     ref = torch.cat(refs, 1)[:, :, None] * valid_r[:, None]
     L, M, P = len(shapes), HEADS, POINTS
-    normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32)
+    normalizer = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float64)
     for layer in model.layers:
         sa = layer.self_attn
         q = query + query_pos
@@ -192,23 +199,28 @@ def _torch_encoder(model, feats, pixel_mask):
     for h, w in shapes:
         outs.append(query[:, start:start + h * w].reshape(bs, h, w, D).numpy())
         start += h * w
+    torch.set_default_dtype(torch.float32)
     return outs
 
 
 @pytest.mark.oracle
 def test_matches_torch_mmdet_transcription():
-    """DefEnc-P3 with a padded batch against the torch transcription; without a mask
-    the neck must equal the all-valid mask."""
+    """DefEnc-P3 on a padded batch against the torch transcription run on each image
+    alone (cropped to its valid cells, no padding: what the thesis evaluates); without
+    image sizes the neck must equal the all-valid case."""
     model = _tiny(layers=1)
     graphdef, state = nnx.split(model)
-    apply = jax.jit(lambda f, m: nnx.merge(graphdef, state)(f, pixel_mask=m))
+    apply = jax.jit(lambda f, m: nnx.merge(graphdef, state)(f, m))
     feats = _features(IN_P3)
-    mask = _pixel_mask()
-    ours = apply(feats, mask)
-    ref = _torch_encoder(model, feats, mask)
-    for level, r in zip(model.out_levels, ref):
-        np.testing.assert_allclose(np.asarray(ours[level]), r, rtol=2e-4, atol=2e-4)
-    all_valid = apply(feats, jnp.ones_like(mask))
+    ours = apply(feats, _image_sizes())
+    for b, (h, w) in enumerate(SIZES):
+        crop = {l: f[b:b + 1, :-(-h // 2**l), :-(-w // 2**l)] for l, f in feats.items()}
+        ref = _torch_encoder(model, crop, np.ones((1, h, w), bool))
+        for level, r in zip(model.out_levels, ref):
+            got = np.asarray(ours[level][b:b + 1, :r.shape[1], :r.shape[2]], np.float64)
+            # float32 against float64 through one encoder layer: measured ~1e-6 of the scale
+            assert np.abs(got - r).max() <= 2e-5 * np.abs(r).max(), (b, level, np.abs(got - r).max())
+    all_valid = apply(feats, jnp.asarray([IMAGE, IMAGE], jnp.int32))
     unmasked = jax.jit(lambda f: nnx.merge(graphdef, state)(f))(feats)
     for level in unmasked:
         np.testing.assert_allclose(np.asarray(unmasked[level]), np.asarray(all_valid[level]), rtol=1e-5, atol=1e-5)
@@ -217,11 +229,11 @@ def test_matches_torch_mmdet_transcription():
 def test_xla_and_pallas_interpret_msda_agree():
     pytest.importorskip("msvision.ops.msda.triton_kernel")
     feats = _features(IN_P3, size=(24, 20))
-    mask = _pixel_mask((24, 20), ((24, 20), (17, 12)))
+    sizes = _image_sizes(((24, 20), (17, 12)))
     outs = []
     for impl in ("xla", "triton_interpret"):
         model = _tiny(impl=impl, layers=1, seed=3)
-        outs.append(model(feats, pixel_mask=mask))
+        outs.append(model(feats, sizes))
     for level in outs[0]:
         np.testing.assert_allclose(np.asarray(outs[0][level]), np.asarray(outs[1][level]), rtol=1e-4, atol=1e-4)
 
@@ -230,7 +242,7 @@ def _loss_and_grad(model, feats, mask):
     graphdef, params = nnx.split(model)
 
     def loss(params, feats):
-        out = nnx.merge(graphdef, params)(feats, pixel_mask=mask)
+        out = nnx.merge(graphdef, params)(feats, mask)
         return sum(jnp.sum(jnp.sin(v)) for v in out.values())  # a non-trivial cotangent
 
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), params
@@ -241,7 +253,7 @@ def test_remat_matches_unrolled_layers_and_saves_memory():
     outputs and gradients, for the weights of every layer and for the input features,
     and XLA plans fewer temporary bytes for the backward pass."""
     feats = _features(IN_P2, size=(96, 80))
-    mask = _pixel_mask((96, 80), ((96, 80), (70, 51)))
+    mask = _image_sizes(((96, 80), (70, 51)))
     results, temp_bytes = [], []
     for remat in (False, True):
         fn, params = _loss_and_grad(_tiny(IN_P2, (2, 3, 4, 5, 6, 7), layers=3, seed=5, remat=remat), feats, mask)

@@ -10,12 +10,22 @@ import optax
 import pytest
 from flax import nnx
 
+import pathlib
+
+import ml_collections
+
+from msvision.config import load_config_file
+from msvision.config_schema import ConfigError, section_kwargs
 from msvision.models.backbones.resnet import ResNet
+from msvision.models.build import module_config, resolve_model_config
 from msvision.models.detector import Detector
-from msvision.models.heads.fqdet import FQDetHead, build_fqdet_head, default_fqdet_config
+from msvision.models.heads.fqdet import FQDetHead
 from msvision.models.layers import count_variables
 from msvision.models.necks.fpn import FPN
+from msvision.ops.anchors import anchor_cells
 from msvision.structures import Batch
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
 LEVELS = (3, 4, 5, 6, 7)
 D = 16
@@ -45,18 +55,28 @@ def make_pyramid(seed=0, hw=64):
     return {l: jnp.asarray(rng.normal(size=(2, -(-hw // 2**l), -(-hw // 2**l), D)), jnp.float32) for l in LEVELS}
 
 
+def head_config(version: str) -> ml_collections.ConfigDict:
+    """The ``model.head`` section of the thesis configs: base FQDet ('v1') or FQDetV2 ('v2')."""
+    if version == "v1":
+        return module_config("head", "fqdet")
+    return load_config_file(str(CONFIGS / "fqdet" / "r50_fpn_fqdetv2.py")).model.head
+
+
 def tiny_cfg(version="v1", **overrides):
-    cfg = default_fqdet_config(version)
+    """``overrides``: ``section__field=value`` (e.g. ``selector__num_queries=20``)."""
+    cfg = head_config(version)
     # One decoder layer keeps XLA compiles short; the overfitting tests use two.
-    cfg.update(num_queries=20, num_layers=1, ffn_dim=32, selector_hidden=8, num_heads=4, self_attn_heads=4,
-               msda_impl="xla")
-    cfg.update(overrides)
+    small = dict(selector__num_queries=20, selector__hidden_channels=8, decoder__num_layers=1, decoder__ffn_dim=32,
+                 decoder__num_heads=4, decoder__self_attn_heads=4, decoder__msda_impl="xla")
+    for key, value in {**small, **overrides}.items():
+        section, field = key.split("__")
+        cfg[section][field] = value
     return cfg
 
 
 def tiny_head(version="v1", **overrides) -> FQDetHead:
-    return build_fqdet_head(tiny_cfg(version, **overrides), num_classes=K, levels=LEVELS, channels=D,
-                            rngs=nnx.Rngs(0))
+    cfg = tiny_cfg(version, **overrides)
+    return FQDetHead(K, LEVELS, D, rngs=nnx.Rngs(0), **section_kwargs(cfg, FQDetHead, skip=("name",)))
 
 
 def np_iou(a, b):
@@ -68,26 +88,26 @@ def np_iou(a, b):
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
 
 
-def in_image(anchors, hw):
-    cx = 0.5 * (anchors[:, 0] + anchors[:, 2])
-    cy = 0.5 * (anchors[:, 1] + anchors[:, 3])
-    return (cx < hw[1]) & (cy < hw[0])
+def in_image(head, pyramid, hw):
+    """``[N]`` bool: the anchor's cell lies in the image's valid map (ceil(h/2^l) × ceil(w/2^l))."""
+    cells, strides = anchor_cells({l: pyramid[l].shape[1:3] for l in LEVELS}, head.anchor_spec.num_types)
+    return (cells[:, 0] < -(-hw[0] // strides)) & (cells[:, 1] < -(-hw[1] // strides))
 
 
 # --- stage 1 --------------------------------------------------------------------------
 
 
 def test_query_selection_vs_argsort():
-    head = tiny_head(num_queries=200)
+    head = tiny_head(selector__num_queries=200)
     batch, pyramid = make_batch(), make_pyramid()
     res = jax.jit(lambda p, b: {k: v for k, v in head(p, b).items() if k in ("sel_logits", "query_ids")})(
         pyramid, batch)
-    anchors = head.anchor_tables(pyramid)[0]
+    anchors = head.anchor_tables(pyramid)["anchors"]
     logits, qids = np.asarray(res["sel_logits"]), np.asarray(res["query_ids"])
     assert qids.shape == (2, 200) and logits.shape == (2, anchors.shape[0])
     padding_would_win = False
     for b in range(2):
-        ok = in_image(anchors, batch.image_sizes[b])
+        ok = in_image(head, pyramid, batch.image_sizes[b])
         expected = np.argsort(-np.where(ok, logits[b], -np.inf), kind="stable")[:200]
         np.testing.assert_array_equal(qids[b], expected)
         assert ok[qids[b]].all() and len(set(qids[b])) == 200
@@ -95,12 +115,11 @@ def test_query_selection_vs_argsort():
     assert padding_would_win  # the mask matters for this batch
 
 
-def np_topk_matching(anchors, hw, gt, real, query_anchor_ids, k):
+def np_topk_matching(anchors, gt, real, query_anchor_ids, k):
     """The author's rule (notes §2, TopMatcher): per gt its top-k anchors by IoU over all
-    (in-image) anchors; a selected anchor in those lists is positive; conflicts go to
-    the best rank, then the higher IoU, then the lower gt index."""
+    anchors (padding included, as the released code); a selected anchor in those lists is
+    positive; conflicts go to the best rank, then the higher IoU, then the lower gt index."""
     iou = np_iou(anchors, gt)
-    iou[~in_image(anchors, hw)] = -1.0
     lists = {m: list(np.argsort(-iou[:, m], kind="stable")[:k]) for m in range(len(gt)) if real[m]}
     matched = np.zeros(len(query_anchor_ids), np.int64)
     positive = np.zeros(len(query_anchor_ids), bool)
@@ -118,36 +137,36 @@ def np_topk_matching(anchors, hw, gt, real, query_anchor_ids, k):
 def test_static_topk_matching_through_head_vs_numpy_loop():
     head = tiny_head()
     batch, pyramid = make_batch(), make_pyramid()
-    anchors = head.anchor_tables(pyramid)[0]
+    anchors = head.anchor_tables(pyramid)["anchors"]
     rng = np.random.default_rng(3)
-    anchor_valid = jnp.asarray(np.stack([in_image(anchors, hw) for hw in batch.image_sizes]))
-    sel_pos, _, cands, cand_valid = jax.jit(lambda v: head.selection_targets(anchors, v, batch))(anchor_valid)
+    anchor_valid = jnp.asarray(np.stack([in_image(head, pyramid, hw) for hw in batch.image_sizes]))
+    sel_pos, _, cands, cand_valid = jax.jit(lambda v: head.matcher.selection_targets(anchors, v, batch))(
+        anchor_valid)
 
     # Queries: half from the gts' top-20 lists (so many match), half random in-image anchors.
     qids = []
     for b in range(2):
         iou = np_iou(anchors, batch.boxes[b])
         near = np.unique(np.argsort(-iou, axis=0, kind="stable")[:20].reshape(-1))
-        ok = np.flatnonzero(in_image(anchors, batch.image_sizes[b]))
+        ok = np.flatnonzero(in_image(head, pyramid, batch.image_sizes[b]))
         pick = np.concatenate([rng.choice(near, 30, replace=False), rng.choice(ok, 30, replace=False)])
         qids.append(np.unique(pick)[:50])
     qids = np.stack(qids).astype(np.int32)
     out = dict(priors=jnp.asarray(anchors)[qids])
-    matched, positive, ignore = jax.jit(lambda o, q: head.query_targets(o, q, cands, cand_valid, batch))(
+    matched, positive, ignore = jax.jit(lambda o, q: head.matcher.query_targets(o, q, cands, cand_valid, batch, K))(
         out, jnp.asarray(qids))
 
     for b in range(2):
         real = batch.valid[b] & ~batch.is_crowd[b]
-        m_ref, p_ref = np_topk_matching(anchors, batch.image_sizes[b], batch.boxes[b], real, qids[b], 15)
+        m_ref, p_ref = np_topk_matching(anchors, batch.boxes[b], real, qids[b], 15)
         np.testing.assert_array_equal(np.asarray(positive[b]), p_ref)
         np.testing.assert_array_equal(np.asarray(matched[b])[p_ref], m_ref[p_ref])
         assert 5 < p_ref.sum() < len(p_ref)
         # stage 1: the same rule with k = 5 over all anchors
-        _, s_ref = np_topk_matching(anchors, batch.image_sizes[b], batch.boxes[b], real,
-                                    np.arange(len(anchors)), 5)
+        _, s_ref = np_topk_matching(anchors, batch.boxes[b], real, np.arange(len(anchors)), 5)
         np.testing.assert_array_equal(np.asarray(sel_pos[b]), s_ref)
         assert s_ref.sum() == 5 * real.sum()
-    assert not np.asarray(ignore).any()  # the crowd box is too small to cover 70 % of any prior
+    assert not np.asarray(ignore).any()  # no ignore rule is on by default
 
 
 # --- inference ------------------------------------------------------------------------
@@ -165,7 +184,8 @@ def np_greedy_nms(boxes, scores, labels, thr, max_out):
 
 @pytest.mark.parametrize("strategy", ["new", "old"])
 def test_inference_strategy_vs_numpy_loop(strategy):
-    head = tiny_head("v2", num_queries=20, inference=strategy, nms_candidates=30, max_detections=10, nms_iou=0.5)
+    head = tiny_head("v2", selector__num_queries=20, inference__strategy=strategy, inference__nms_candidates=30,
+                     inference__max_detections=10, inference__nms_iou=0.5)
     batch, pyramid = make_batch(), make_pyramid(1)
     # Sharper class scores so several classes compete per box.
     head.heads[0].cls.bias[...] = jnp.asarray([0.5, 0.0, -0.5, -2.0])
@@ -201,7 +221,7 @@ def test_learned_duplicate_removal_vs_pairwise_loop(variant):
     detection of every same-label pair with duplicate score d > 0.5; 'soft_learned'
     multiplies a detection's score by (1 - d)^2 for every higher-scoring same-label
     detection. Equal scores rank by candidate order; invalid candidates never act."""
-    head = tiny_head("v2", duplicate_removal=variant)
+    head = tiny_head("v2", inference__duplicate_removal=variant)
     rng = np.random.default_rng(7)
     # duplicate logits spread around 0 (at init they are all close to it)
     head.duplicate_net.logits.kernel[...] = jnp.asarray(rng.normal(size=(D, 1)) * 3, jnp.float32)
@@ -211,8 +231,8 @@ def test_learned_duplicate_removal_vs_pairwise_loop(variant):
     labels = jnp.asarray(rng.integers(0, 2, (b, c)), jnp.int32)
     scores = np.round(rng.uniform(0, 1, (b, c)), 1).astype(np.float32)  # rounding makes ties
     valid = rng.uniform(size=(b, c)) > 0.2
-    out_scores, out_valid = head._learned_duplicate_removal(queries, query_ids, labels, jnp.asarray(scores),
-                                                            jnp.asarray(valid))
+    out_scores, out_valid = head.postprocess.learned_duplicate_removal(
+        head.duplicate_net(queries), query_ids, labels, jnp.asarray(scores), jnp.asarray(valid))
     d_all = np.asarray(jax.nn.sigmoid(head.duplicate_net(queries)), np.float64)
     for i in range(b):
         d = d_all[i][np.asarray(query_ids[i])][:, np.asarray(query_ids[i])]
@@ -256,7 +276,7 @@ def _np_eiou(p, t, smooth=0.1, eps=1e-6):
 
 @pytest.mark.parametrize("version,reduction", [("v1", "sum"), ("v2", "sum"), ("v2", "mean_per_gt")])
 def test_losses_vs_formulas(version, reduction):
-    head = tiny_head(version, loss_reduction=reduction)
+    head = tiny_head(version, loss__reduction=reduction)
     batch = make_batch()
     rng = np.random.default_rng(5)
     b, q = 2, 6
@@ -274,8 +294,8 @@ def test_losses_vs_formulas(version, reduction):
     ignore = np.zeros((b, q), bool)
     ignore[1, 5] = True
     num_gt = 4.0
-    losses = jax.jit(lambda o: head.output_losses(o, jnp.asarray(matched), jnp.asarray(positive),
-                                                   jnp.asarray(ignore), batch, jnp.float32(num_gt)))(out)
+    losses = jax.jit(lambda o: head.criterion.output_losses(o, jnp.asarray(matched), jnp.asarray(positive),
+                                                             jnp.asarray(ignore), batch, K, jnp.float32(num_gt)))(out)
 
     cls_sum = box_sum = score_sum = 0.0
     for i in range(b):
@@ -321,31 +341,44 @@ def test_losses_vs_formulas(version, reduction):
 
 
 def test_config_and_builder():
-    v1, v2 = default_fqdet_config("v1"), default_fqdet_config("v2")
-    assert (v1.num_points, v1.num_queries, len(v1.anchor_aspect_ratios), v1.box_encoder) == (4, 300, 3, True)
-    assert (v2.num_points, v2.num_queries, len(v2.anchor_aspect_ratios), v2.box_encoder) == (1, 1500, 7, False)
-    with pytest.raises(ValueError, match="unknown"):
-        build_fqdet_head(dict(name="fqdet", num_querys=3), num_classes=K, levels=LEVELS, channels=D,
-                         rngs=nnx.Rngs(0))
+    v1, v2 = head_config("v1"), head_config("v2")
+    assert (v1.decoder.num_points, v1.selector.num_queries, len(v1.anchors.aspect_ratios), v1.decoder.box_encoder) == (
+        4, 300, 3, True)
+    assert (v2.decoder.num_points, v2.selector.num_queries, len(v2.anchors.aspect_ratios), v2.decoder.box_encoder) == (
+        1, 1500, 7, False)
+    model = ml_collections.ConfigDict(dict(head=dict(name="fqdet", selector=dict(num_querys=3))))
+    with pytest.raises(ConfigError, match="model.head.selector.num_queries"):
+        resolve_model_config(model)
     with pytest.raises(ValueError, match="iterative_refinement"):
-        tiny_head(iterative_refinement=True)
+        tiny_head(decoder__iterative_refinement=True)
     with pytest.raises(ValueError, match="matching"):
-        tiny_head(matching="greedy")
+        tiny_head(matcher__matching="greedy")
     # Non-shared auxiliary heads add (num_layers - 1) prediction heads (table 4.3).
-    count = lambda **kw: count_variables(nnx.eval_shape(lambda: tiny_head(num_layers=3, **kw)))  # noqa: E731
+    count = lambda **kw: count_variables(  # noqa: E731
+        nnx.eval_shape(lambda: tiny_head(decoder__num_layers=3, **kw)))
     one = count_variables(nnx.eval_shape(lambda: tiny_head()).heads[0])
-    assert count(aux_losses=True) == count()
-    assert count(aux_losses=True, aux_shared=False) == count() + 2 * one
+    assert count(prediction__aux_losses=True) == count()
+    assert count(prediction__aux_losses=True, prediction__aux_shared=False) == count() + 2 * one
+
+
+def test_iou_losses_take_the_thesis_weights():
+    """Thesis 4.5.2: choosing a box loss brings its weight (GIoU/DIoU/CIoU 1.3, EIoU 1.85)."""
+    for box, weight in (("l1", 1.0), ("giou", 1.3), ("diou", 1.3), ("ciou", 1.3), ("eiou", 1.85)):
+        assert tiny_head(loss__box=box).criterion.box_loss_weight == weight
+    assert tiny_head(loss__box="giou", loss__box_weight=2.0).criterion.box_loss_weight == 2.0
+    assert tiny_head(loss__cls="qfl").criterion.cls_loss_weight == 0.5
 
 
 @pytest.mark.parametrize("overrides", [
-    dict(matching="absolute"),
-    dict(matching="hungarian"),
-    dict(matching="hungarian_ingraph"),
-    dict(aux_losses=True, aux_shared=False, iterative_refinement=True, box_loss="giou", box_loss_weight=None,
-         num_layers=2),
-    dict(duplicate_removal="soft_learned", cls_loss="qfl", box_scoring=True, box_loss="ciou"),
-    dict(duplicate_removal="learned", box_loss="diou", inference="new"),
+    dict(matcher__matching="absolute"),
+    dict(matcher__matching="hungarian"),
+    dict(matcher__matching="auction"),
+    dict(matcher__crowd_ignore=True, matcher__ignore_padding_anchors=True),
+    dict(prediction__aux_losses=True, prediction__aux_shared=False, decoder__iterative_refinement=True,
+         loss__box="giou", decoder__num_layers=2),
+    dict(inference__duplicate_removal="soft_learned", loss__cls="qfl", prediction__box_scoring=True,
+         loss__box="ciou"),
+    dict(inference__duplicate_removal="learned", loss__box="diou", inference__strategy="new"),
 ])
 def test_ablation_switches_finite(overrides):
     head = tiny_head(**overrides)
@@ -353,10 +386,10 @@ def test_ablation_switches_finite(overrides):
     (loss, metrics), dets = jax.jit(lambda p, b: (head.losses(p, b), head.predict(p, b)))(pyramid, batch)
     assert np.isfinite(float(loss)) and all(np.isfinite(float(v)) for v in metrics.values())
     assert dets.boxes.shape == (2, 100, 4) and int(dets.num_valid.min()) > 0
-    if overrides.get("matching", "").startswith("hungarian"):
+    if overrides.get("matcher__matching") in ("hungarian", "auction"):
         # one-to-one: every real gt matched exactly once (2 real gts per image)
         assert float(metrics["num_pos_queries"]) == 2.0
-    if "duplicate_removal" in overrides:
+    if "inference__duplicate_removal" in overrides:
         assert "loss_dup" in metrics
 
 
@@ -384,7 +417,7 @@ def _overfit(model, loss_fn, steps=60, lr=3e-3):
 @pytest.mark.parametrize("version", ["v1", "v2"])
 def test_head_overfits_one_batch(version):
     """Width 16, 2 decoder layers, 20 queries, on a fixed pyramid (about 10 s each)."""
-    head = tiny_head(version, num_layers=2)
+    head = tiny_head(version, decoder__num_layers=2)
     batch, pyramid = make_batch(), make_pyramid()
     losses = _overfit(head, lambda h: h.losses(pyramid, batch)[0])
     assert np.isfinite(losses).all() and losses[0] > 0
@@ -395,8 +428,8 @@ def tiny_detector(version):
     rngs = nnx.Rngs(0)
     backbone = ResNet(18, out_levels=(3, 4, 5), width=8, rngs=rngs)
     neck = FPN({l: backbone.out_channels[l] for l in (3, 4, 5)}, LEVELS, D, variant="mmdet", rngs=rngs)
-    head = build_fqdet_head(tiny_cfg(version, num_layers=2), num_classes=K, levels=neck.out_levels, channels=D,
-                            rngs=rngs)
+    cfg = tiny_cfg(version, decoder__num_layers=2)
+    head = FQDetHead(K, neck.out_levels, D, rngs=rngs, **section_kwargs(cfg, FQDetHead, skip=("name",)))
     return Detector(backbone, neck, head)
 
 

@@ -18,6 +18,7 @@ import pytest
 from flax import nnx
 
 from msvision.config import load_config_file
+from msvision.models.build import build_model
 from msvision.models.layers import count_variables
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "retinanet")
@@ -36,36 +37,10 @@ TABLE_3_1 = {
 }
 
 
-def abstract_detector_parts(model_cfg):
-    """``(backbone, neck, head)`` as abstract modules for ``config.model``.
-
-    Uses ``build_model`` when it knows the neck; until ``build.py`` dispatches to
-    :func:`build_neck_thesis`, the backbone and head come from ``build_model`` on the
-    same config with an FPN neck and the thesis neck from ``build_neck_thesis`` on
-    the backbone's channels — the same three modules ``Detector`` composes.
-    """
-    from msvision.models.build import build_model
-    from msvision.models.necks.registry_thesis import THESIS_NECKS, build_neck_thesis
-
-    try:
-        model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
-        return model.backbone, model.neck, model.head
-    except ValueError as err:
-        if model_cfg.neck.name not in THESIS_NECKS or "neck" not in str(err):
-            raise
-    fpn_cfg = model_cfg.copy_and_resolve_references()
-    fpn_cfg.neck = dict(name="fpn", variant="retinanet", in_levels=tuple(model_cfg.neck.in_levels),
-                        out_levels=tuple(model_cfg.neck.out_levels), channels=model_cfg.neck.channels)
-    model = nnx.eval_shape(lambda: build_model(fpn_cfg, rngs=nnx.Rngs(0)))
-    in_channels = {l: model.backbone.out_channels[l] for l in model_cfg.neck.in_levels}
-    neck = nnx.eval_shape(lambda: build_neck_thesis(model_cfg.neck, in_channels=in_channels, rngs=nnx.Rngs(0)))
-    return model.backbone, neck, model.head
-
-
 def _params(name):
-    pytest.importorskip("msvision.models.build")
     config = load_config_file(os.path.join(CONFIG_DIR, name))
-    return [count_variables(part, nnx.Param) for part in abstract_detector_parts(config.model)]
+    model = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(0)))
+    return [count_variables(part, nnx.Param) for part in (model.backbone, model.neck, model.head)]
 
 
 @pytest.mark.parametrize(
@@ -75,5 +50,6 @@ def test_table31_parameter_count(name):
     table_m, exact, _ = TABLE_3_1[name]
     backbone, neck, head = _params(name)
     total = backbone + neck + head
-    assert abs(total / 1e6 - table_m) / table_m < 0.01, (name, total, table_m)
+    assert abs(total / 1e6 - table_m) <= 0.05 and abs(total / 1e6 - table_m) / table_m < 0.002, (
+        name, total, table_m)
     assert total == exact, (name, backbone, neck, head)

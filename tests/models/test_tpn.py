@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from msvision.models.necks.bfpn import BFPN, HFPN, BottleneckFPN
+from msvision.models.build import build_part
+from msvision.models.layers import GroupNorm
+from msvision.models.necks.bfpn import BottleneckFPN
 from msvision.models.necks.bottleneck import Bottleneck
-from msvision.models.necks.registry_thesis import build_neck_thesis
-from msvision.models.necks.tpn import TPN, BottomUp, TopDown, TPNLayer, resize_bilinear
+from msvision.models.necks.tpn import TPN, BottomUp, TopDown, TPNLayer
 
 D, HID = 32, 16  # tiny widths; GroupNorm(8) still has 4 / 2 channels per group
 
@@ -33,7 +34,7 @@ def _jit_apply(model):
 
 
 def _count(model, cls):
-    return sum(1 for _, m in model.iter_modules() if isinstance(m, cls))
+    return sum(1 for _, m in nnx.iter_modules(model) if isinstance(m, cls))
 
 
 IN_P3 = {3: 16, 4: 24, 5: 40}
@@ -82,9 +83,10 @@ def test_tpn_operation_counts(L, B, out_levels):
 
 
 def test_bfpn_hfpn_operation_counts_and_order():
-    for cls in (BFPN, HFPN):
-        model = nnx.eval_shape(lambda: cls(IN_P3, num_layers=2, num_bottlenecks=2, channels=D,
-                                           hidden_channels=HID, rngs=nnx.Rngs(0)))
+    for first in (True, False):
+        model = nnx.eval_shape(lambda: BottleneckFPN(IN_P3, bottlenecks_first=first, num_layers=2,
+                                                     num_bottlenecks=2, channels=D, hidden_channels=HID,
+                                                     rngs=nnx.Rngs(0)))
         assert _count(model, Bottleneck) == 2 * 2 * 5 and _count(model, TopDown) == 4
         assert _count(model, BottomUp) == 0
     # bFPN = bottlenecks then top-down; hFPN = top-down then bottlenecks: the coarsest
@@ -105,8 +107,8 @@ def test_gradients_reach_every_input_level(name, target, in_channels):
     input through the top-down pass."""
     in_levels = tuple(sorted(in_channels))
     cfg = dict(name=name, num_layers=1, num_bottlenecks=1, channels=D, hidden_channels=HID,
-               in_levels=in_levels, out_levels=in_levels + (6, 7))
-    model = build_neck_thesis(cfg, in_channels=in_channels, rngs=nnx.Rngs(0))
+               out_levels=in_levels + (6, 7))
+    model = build_part("neck", cfg, in_channels=in_channels, rngs=nnx.Rngs(0))
     graphdef, state = nnx.split(model)
     feats = _features(in_channels, (64, 80))
     weights = jax.random.normal(jax.random.key(10), (1, 1, 1, D))
@@ -118,20 +120,6 @@ def test_gradients_reach_every_input_level(name, target, in_channels):
     grads = jax.grad(loss)(feats)
     for level, g in grads.items():
         assert float(jnp.linalg.norm(g)) > 0, f"no gradient from P{target} reaches C{level}"
-
-
-@pytest.mark.oracle
-@pytest.mark.parametrize("src,dst", [((4, 4), (8, 8)), ((13, 7), (25, 13)), ((1, 2), (2, 3)),
-                                     ((7, 10), (13, 19)), ((6, 6), (4, 5))])
-def test_resize_bilinear_matches_torch(src, dst):
-    import torch
-    import torch.nn.functional as F
-
-    x = np.random.default_rng(0).normal(size=(2, *src, 3)).astype(np.float32)
-    ours = np.asarray(resize_bilinear(jnp.asarray(x), dst))
-    ref = F.interpolate(torch.from_numpy(x).permute(0, 3, 1, 2), size=dst, mode="bilinear",
-                        align_corners=False).permute(0, 2, 3, 1).numpy()
-    np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_top_down_residual_zero_mean_at_init():
@@ -147,7 +135,7 @@ def test_top_down_residual_zero_mean_at_init():
 
     def residual_means(seed):
         op = TopDown(channels, rngs=nnx.Rngs(seed))
-        r = op.residual(coarse, (12, 12))
+        r = op(jnp.zeros((2, 12, 12, channels)), coarse)  # the residual added to a zero P_l
         return jnp.mean(r, axis=(0, 1, 2))  # [D] per-channel spatial mean
 
     means = np.concatenate([np.asarray(residual_means(s)) for s in range(seeds)])  # [S·D]
@@ -164,7 +152,7 @@ def _torch_tpn_layer(layer, maps):
     import torch.nn.functional as F
 
     def t(a):
-        return torch.from_numpy(np.array(a))
+        return torch.from_numpy(np.array(a, np.float64))  # a float64 oracle: build-independent
 
     def preact(mod, x):
         x = F.relu(F.group_norm(x, 8, t(mod.norm.scale[...]), t(mod.norm.bias[...]), eps=1e-5))
@@ -195,7 +183,7 @@ def _torch_tpn_layer(layer, maps):
 def test_tpn_layer_matches_torch_transcription():
     layer = TPNLayer(5, 2, D, HID, rngs=nnx.Rngs(3))
     # randomise GroupNorm affine so scale/shift mistakes are visible
-    norms = [m for _, m in layer.iter_modules() if isinstance(m, nnx.GroupNorm)]
+    norms = [m for _, m in nnx.iter_modules(layer) if isinstance(m, GroupNorm)]
     for i, norm in enumerate(norms):
         k1, k2 = jax.random.split(jax.random.key(100 + i))
         norm.scale[...] = 1.0 + 0.3 * jax.random.normal(k1, norm.scale.shape)
@@ -205,7 +193,11 @@ def test_tpn_layer_matches_torch_transcription():
     ours = layer(maps)
     ref = _torch_tpn_layer(layer, maps)
     for a, b in zip(ours, ref):
-        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-4)
+        # float32 against float64: ~40 chained convs/norms of fan-in <= 288 accumulate a
+        # relative error of a few 1e-6 of the map's scale; 2e-5 of it leaves a margin
+        # of about 50 over the measured 4e-7, and a wrong weight or order is O(1).
+        err = np.abs(np.asarray(a, np.float64) - b).max()
+        assert err <= 2e-5 * np.abs(b).max(), (err, np.abs(b).max())
 
 
 @pytest.mark.oracle
@@ -229,6 +221,6 @@ def test_registry_builds_full_size_neck():
     from msvision.models.layers import count_variables
 
     for (name, L, B), n in expected.items():
-        cfg = dict(name=name, num_layers=L, num_bottlenecks=B, in_levels=(3, 4, 5))
-        model = nnx.eval_shape(lambda: build_neck_thesis(cfg, in_channels=in_channels, rngs=nnx.Rngs(0)))
+        cfg = dict(name=name, num_layers=L, num_bottlenecks=B)
+        model = nnx.eval_shape(lambda: build_part("neck", cfg, in_channels=in_channels, rngs=nnx.Rngs(0)))
         assert count_variables(model) == n, (name, L, B)

@@ -190,7 +190,7 @@ def test_hungarian_ingraph_near_optimal():
     cost[1, :, 3] = np.inf  # a forbidden column still ends up matched (only choice)
     valid = np.ones((b, m), bool)
     valid[0, -3:] = False
-    matched, positive = map(np.asarray, jax.jit(jax.vmap(Mt.hungarian_matching_ingraph))(cost, valid))
+    matched, positive = map(np.asarray, jax.jit(jax.vmap(Mt.auction_matching))(cost, valid))
     for i in range(b):
         cols = np.flatnonzero(valid[i])
         assert positive[i].sum() == len(cols)

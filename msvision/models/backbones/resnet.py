@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msvision.models.layers import Conv2d, FrozenBatchNorm, kaiming_normal_fan_out, max_pool_3x3_s2
+from msvision.models.layers import Conv2d, FrozenBatchNorm, GroupNorm, kaiming_normal_fan_out, max_pool_3x3_s2
+from msvision.ops.padding import apply_mask, padding_mask
 
 Array = jax.Array
 
@@ -46,9 +47,7 @@ def _norm(channels, *, norm, train_bn, dtype, rngs, zero_init=False):
         return FrozenBatchNorm(channels, trainable_affine=train_bn, dtype=dtype)
     if norm == "group_norm":
         scale_init = nnx.initializers.zeros if zero_init else nnx.initializers.ones
-        return nnx.GroupNorm(
-            channels, num_groups=min(8, channels), epsilon=1e-5, scale_init=scale_init, dtype=dtype, rngs=rngs
-        )
+        return GroupNorm(channels, min(8, channels), epsilon=1e-5, scale_init=scale_init, dtype=dtype, rngs=rngs)
     raise ValueError(f"unknown ResNet norm {norm!r} (frozen_bn | group_norm)")
 
 
@@ -66,6 +65,7 @@ class BasicBlock(nnx.Module):
     def __init__(self, cin, width, stride, *, frozen, train_bn, dtype, rngs, norm="frozen_bn"):
         cout = width * self.expansion
         n = dict(norm=norm, train_bn=train_bn, dtype=dtype, rngs=rngs)
+        self.stride = stride
         self.conv1 = _conv(cin, width, 3, stride, frozen, dtype, rngs)
         self.bn1 = _norm(width, **n)
         self.conv2 = _conv(width, cout, 3, 1, frozen, dtype, rngs)
@@ -74,11 +74,14 @@ class BasicBlock(nnx.Module):
         self.downsample_conv = _conv(cin, cout, 1, stride, frozen, dtype, rngs) if needs_projection else None
         self.downsample_bn = _norm(cout, **n) if needs_projection else None
 
-    def __call__(self, x: Array) -> Array:
-        y = jax.nn.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, in_stride: int = 1) -> Array:
+        """``x`` of stride ``in_stride``; ``image_sizes [B, 2]`` makes it padding-aware."""
+        y = self.conv1(x, padding_mask(image_sizes, x.shape[1:3], in_stride))
+        m_out = padding_mask(image_sizes, y.shape[1:3], in_stride * self.stride)
+        y = jax.nn.relu(self.bn1(y, m_out))
+        y = self.bn2(self.conv2(y, m_out), m_out)
         if self.downsample_conv is not None:
-            x = self.downsample_bn(self.downsample_conv(x))
+            x = self.downsample_bn(self.downsample_conv(x), m_out)
         return jax.nn.relu(y + x)
 
 
@@ -88,6 +91,7 @@ class Bottleneck(nnx.Module):
     def __init__(self, cin, width, stride, *, frozen, train_bn, dtype, rngs, norm="frozen_bn"):
         cout = width * self.expansion
         n = dict(norm=norm, train_bn=train_bn, dtype=dtype, rngs=rngs)
+        self.stride = stride
         self.conv1 = _conv(cin, width, 1, 1, frozen, dtype, rngs)
         self.bn1 = _norm(width, **n)
         self.conv2 = _conv(width, width, 3, stride, frozen, dtype, rngs)  # v1.5: stride here
@@ -98,12 +102,16 @@ class Bottleneck(nnx.Module):
         self.downsample_conv = _conv(cin, cout, 1, stride, frozen, dtype, rngs) if needs_projection else None
         self.downsample_bn = _norm(cout, **n) if needs_projection else None
 
-    def __call__(self, x: Array) -> Array:
-        y = jax.nn.relu(self.bn1(self.conv1(x)))
-        y = jax.nn.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, in_stride: int = 1) -> Array:
+        """``x`` of stride ``in_stride``; ``image_sizes [B, 2]`` makes it padding-aware."""
+        m_in = padding_mask(image_sizes, x.shape[1:3], in_stride)
+        y = jax.nn.relu(self.bn1(self.conv1(x), m_in))
+        y = self.conv2(y, m_in)
+        m_out = padding_mask(image_sizes, y.shape[1:3], in_stride * self.stride)
+        y = jax.nn.relu(self.bn2(y, m_out))
+        y = self.bn3(self.conv3(y), m_out)
         if self.downsample_conv is not None:
-            x = self.downsample_bn(self.downsample_conv(x))
+            x = self.downsample_bn(self.downsample_conv(x), m_out)
         return jax.nn.relu(y + x)
 
 
@@ -126,8 +134,11 @@ class ResNet(nnx.Module):
         torchvision weights).
       dtype: compute dtype; parameters stay float32.
 
-    Call: ``images [B, H, W, 3]`` (normalised) → ``{level: [B, ⌈H/2^l⌉, ⌈W/2^l⌉, C_l]}``
-    with ``C_l = width·2^(l-2)·expansion``.
+    Call: ``images [B, H, W, 3]`` (normalised, zero on the padding), optional
+    ``image_sizes [B, 2]`` int (h, w) inside the padding → ``{level: [B, ⌈H/2^l⌉,
+    ⌈W/2^l⌉, C_l]}`` with ``C_l = width·2^(l-2)·expansion``. With ``image_sizes``
+    every image's valid cells are what the image alone would give
+    (:mod:`msvision.ops.padding`).
     """
 
     def __init__(
@@ -186,15 +197,19 @@ class ResNet(nnx.Module):
     def stages(self) -> list:
         return [s for s in (self.layer1, self.layer2, self.layer3, self.layer4) if s is not None]
 
-    def __call__(self, images: Array) -> dict[int, Array]:
-        x = jax.nn.relu(self.bn1(self.conv1(images)))
-        x = max_pool_3x3_s2(x)
+    def __call__(self, images: Array, image_sizes: Optional[Array] = None) -> dict[int, Array]:
+        x = self.conv1(images, padding_mask(image_sizes, images.shape[1:3], 1))
+        x = jax.nn.relu(self.bn1(x, padding_mask(image_sizes, x.shape[1:3], 2)))
+        # Post-ReLU values are >= 0, so zeros in the padding never win the max.
+        x = max_pool_3x3_s2(apply_mask(x, padding_mask(image_sizes, x.shape[1:3], 2)))
         if self.frozen_stages >= 1:
             x = jax.lax.stop_gradient(x)
         features = {}
+        stride = 4
         for i, stage in enumerate(self.stages()):
             for block in stage:
-                x = block(x)
+                x = block(x, image_sizes, stride)
+                stride *= block.stride
             if i + 1 <= self.frozen_stages:
                 x = jax.lax.stop_gradient(x)
             if i + 2 in self.out_levels:

@@ -15,9 +15,12 @@ Anchors: 3 sizes × 3 aspect ratios per level, sizes ``4·2^l·2^(j/3)``, centre
 
 Targets: absolute IoU matching (≥ 0.5 positive, < 0.4 negative, ignore between,
 low-quality matches as detectron2; anchors mostly inside crowd boxes ignored,
-see :func:`msvision.ops.matching.absolute_iou_matching`). Anchors whose centre lies
-in the padding of the batch are never negatives (they see no image), but stay
-positive if matched. Box targets: Faster R-CNN deltas, weights (1, 1, 1, 1).
+see :func:`msvision.ops.matching.absolute_iou_matching`). Box targets: Faster
+R-CNN deltas, weights (1, 1, 1, 1). Crowd boxes are never positives; two rules
+that neither the thesis nor the released code has are switches, off by default:
+``crowd_ignore`` (anchors more than 70 % inside a crowd box are ignored rather
+than negative) and ``ignore_padding_anchors`` (anchors of feature cells outside the
+image's valid map are never negatives).
 
 Losses: sigmoid focal (α 0.25, γ 2) summed over non-ignored anchors and classes;
 box L1 (thesis default here; detectron2 uses smooth-L1 β 0.1: ``box_loss``)
@@ -40,7 +43,10 @@ Normalisation (``loss_normalization``):
 Inference (detectron2, fixed shapes): per level, scores ``sigmoid`` over all
 (anchor, class) pairs, the ``topk_candidates`` best above ``score_threshold``,
 decode, clip to the image size, class-aware NMS (IoU 0.5) over all levels, the
-``max_detections`` best with a valid mask.
+``max_detections`` best with a valid mask. Only anchors of feature cells inside
+the image's valid map are candidates, and the subnets' convolutions see zeros
+outside it, so an image's detections do not depend on its batch
+(:mod:`msvision.ops.padding`).
 """
 
 from __future__ import annotations
@@ -55,7 +61,8 @@ import numpy as np
 from flax import nnx
 
 from msvision.models.layers import Conv2d
-from msvision.ops import anchors as anchor_ops
+from msvision.ops.anchors import AnchorSpec, anchor_cells, anchors_in_valid_map
+from msvision.ops.padding import padding_mask
 from msvision.ops.boxes import box_ioa, box_iou, clip_boxes, decode_box_deltas, encode_box_deltas
 from msvision.ops.losses import l1_loss, sigmoid_focal_loss, smooth_l1_loss
 from msvision.ops.matching import absolute_iou_matching
@@ -81,13 +88,10 @@ class RetinaNetHead(nnx.Module):
         self,
         num_classes: int,
         levels: Sequence[int] = (3, 4, 5, 6, 7),
-        in_channels: int = 256,
+        channels: int = 256,
         *,
         num_convs: int = 1,
-        anchor_base_scale: float = 4.0,
-        anchor_scales_per_octave: int = 3,
-        anchor_aspect_ratios: Sequence[float] = (0.5, 1.0, 2.0),
-        anchor_offset: float = 0.0,
+        anchors: AnchorSpec = AnchorSpec(offset=0.0),
         prior_prob: float = 0.01,
         focal_alpha: float = 0.25,
         focal_gamma: float = 2.0,
@@ -97,6 +101,8 @@ class RetinaNetHead(nnx.Module):
         pos_iou: float = 0.5,
         neg_iou: float = 0.4,
         allow_low_quality: bool = True,
+        crowd_ignore: bool = False,
+        ignore_padding_anchors: bool = False,
         loss_normalization: str = "per_level",
         loss_normalizer_momentum: float = 0.9,
         loss_normalizer_init: float = 100.0,
@@ -113,12 +119,10 @@ class RetinaNetHead(nnx.Module):
             raise ValueError(f"loss_normalization must be 'per_level' or 'global', got {loss_normalization!r}")
         self.num_classes = num_classes
         self.levels = tuple(sorted(levels))
-        self.anchor_sizes = {
-            l: anchor_ops.retinanet_anchor_sizes(l, anchor_base_scale, anchor_scales_per_octave) for l in self.levels
-        }
-        self.anchor_aspect_ratios = tuple(anchor_aspect_ratios)
-        self.anchor_offset = anchor_offset
-        self.num_anchors = anchor_scales_per_octave * len(self.anchor_aspect_ratios)
+        self.anchor_spec = anchors
+        self.num_anchors = anchors.num_types
+        self.crowd_ignore = crowd_ignore
+        self.ignore_padding_anchors = ignore_padding_anchors
         self.focal_alpha = focal_alpha
         self.focal_gamma = focal_gamma
         self.box_loss = box_loss
@@ -135,53 +139,58 @@ class RetinaNetHead(nnx.Module):
         self.max_detections = max_detections
 
         init = dict(kernel_init=nnx.initializers.normal(0.01), dtype=dtype, rngs=rngs)
-        self.cls_subnet = nnx.List([Conv2d(in_channels, in_channels, 3, **init) for _ in range(num_convs)])
-        self.box_subnet = nnx.List([Conv2d(in_channels, in_channels, 3, **init) for _ in range(num_convs)])
+        self.cls_subnet = nnx.List([Conv2d(channels, channels, 3, **init) for _ in range(num_convs)])
+        self.box_subnet = nnx.List([Conv2d(channels, channels, 3, **init) for _ in range(num_convs)])
         prior_bias = -math.log((1 - prior_prob) / prior_prob)
         self.cls_score = Conv2d(
-            in_channels, self.num_anchors * num_classes, 1, bias_init=nnx.initializers.constant(prior_bias), **init
+            channels, self.num_anchors * num_classes, 1, bias_init=nnx.initializers.constant(prior_bias), **init
         )
-        self.bbox_pred = Conv2d(in_channels, self.num_anchors * 4, 1, **init)
+        self.bbox_pred = Conv2d(channels, self.num_anchors * 4, 1, **init)
         num_normalizers = len(self.levels) if loss_normalization == "per_level" else 1
         self.loss_normalizer = LossNormalizer(jnp.full((num_normalizers,), loss_normalizer_init, jnp.float32))
 
     # --- network ---------------------------------------------------------------------
 
-    def __call__(self, pyramid: dict[int, Array]) -> tuple[dict[int, Array], dict[int, Array]]:
+    def __call__(self, pyramid: dict[int, Array], image_sizes: Array | None = None
+                 ) -> tuple[dict[int, Array], dict[int, Array]]:
         logits, deltas = {}, {}
         for level in self.levels:
             x = pyramid[level]
             b, h, w, _ = x.shape
+            mask = padding_mask(image_sizes, (h, w), 2**level)
             c = x
             for conv in self.cls_subnet:
-                c = jax.nn.relu(conv(c))
+                c = jax.nn.relu(conv(c, mask))
             r = x
             for conv in self.box_subnet:
-                r = jax.nn.relu(conv(r))
+                r = jax.nn.relu(conv(r, mask))
             logits[level] = self.cls_score(c).astype(jnp.float32).reshape(b, h * w * self.num_anchors, self.num_classes)
             deltas[level] = self.bbox_pred(r).astype(jnp.float32).reshape(b, h * w * self.num_anchors, 4)
         return logits, deltas
 
     def anchors(self, pyramid: dict[int, Array]) -> dict[int, np.ndarray]:
         """``{level: [H_l·W_l·A, 4]}`` anchors in padded-input pixels (trace-time constants)."""
-        return {
-            l: anchor_ops.grid_anchors(
-                pyramid[l].shape[1:3],
-                2**l,
-                anchor_ops.anchor_cell_shapes(self.anchor_sizes[l], self.anchor_aspect_ratios),
-                offset=self.anchor_offset,
-            )
-            for l in self.levels
-        }
+        return {l: self.anchor_spec.pyramid({l: tuple(pyramid[l].shape[1:3])}) for l in self.levels}
+
+    def anchor_valid(self, pyramid: dict[int, Array], image_sizes: Array) -> dict[int, Array]:
+        """``{level: [B, H_l·W_l·A] bool}``: the anchor's cell lies in the image's valid map."""
+        out = {}
+        for l in self.levels:
+            cells, strides = anchor_cells({l: tuple(pyramid[l].shape[1:3])}, self.num_anchors)
+            out[l] = anchors_in_valid_map(cells, strides, image_sizes)
+        return out
 
     # --- training --------------------------------------------------------------------
 
-    def targets(self, anchors: np.ndarray, batch: Batch) -> tuple[Array, Array, Array]:
+    def targets(self, anchors: np.ndarray, batch: Batch, anchor_valid: Array | None = None
+                ) -> tuple[Array, Array, Array]:
         """Anchor labels for a batch.
 
         Args:
           anchors: ``[N, 4]`` all levels concatenated.
           batch: ground truth in padded-input pixels.
+          anchor_valid: ``[B, N]`` bool, anchor cell inside the valid map (used by
+            ``ignore_padding_anchors``).
 
         Returns:
           match_label ``[B, N]`` int32 (1 positive, 0 negative, -1 ignore),
@@ -197,15 +206,13 @@ class RetinaNetHead(nnx.Module):
             ioa = box_ioa(anchors_j, boxes)
             return absolute_iou_matching(
                 iou, valid, pos_iou=self.pos_iou, neg_iou=self.neg_iou,
-                allow_low_quality=self.allow_low_quality, gt_is_crowd=is_crowd, crowd_ioa=ioa,
+                allow_low_quality=self.allow_low_quality, gt_is_crowd=is_crowd,
+                crowd_ioa=ioa if self.crowd_ignore else None,
             )
 
         matched, label = jax.vmap(match_one)(gt_boxes, jnp.asarray(batch.valid), jnp.asarray(batch.is_crowd))
-        # Anchors centred in the padding see no image: never negatives.
-        centres = 0.5 * (anchors_j[:, :2] + anchors_j[:, 2:])  # [N, 2] (x, y)
-        sizes = jnp.asarray(batch.image_sizes, jnp.float32)  # [B, 2] (h, w)
-        inside = (centres[None, :, 0] < sizes[:, None, 1]) & (centres[None, :, 1] < sizes[:, None, 0])
-        label = jnp.where((label == 0) & ~inside, -1, label)
+        if self.ignore_padding_anchors and anchor_valid is not None:
+            label = jnp.where((label == 0) & ~anchor_valid, -1, label)
         cls_target = jnp.take_along_axis(jnp.asarray(batch.labels), matched, axis=1)
         box_target = jnp.take_along_axis(gt_boxes, matched[..., None], axis=1)
         box_target = jnp.where((label == 1)[..., None], box_target, anchors_j[None])
@@ -213,13 +220,16 @@ class RetinaNetHead(nnx.Module):
 
     def losses(self, pyramid: dict[int, Array], batch: Batch) -> tuple[Array, dict[str, Array]]:
         """Focal + box loss, normalised per level (see module docstring). fp32."""
-        logits, deltas = self(pyramid)
+        image_sizes = jnp.asarray(batch.image_sizes, jnp.int32)
+        logits, deltas = self(pyramid, image_sizes)
         anchors = self.anchors(pyramid)
         level_sizes = [anchors[l].shape[0] for l in self.levels]
         all_anchors = np.concatenate([anchors[l] for l in self.levels])
         logits = jnp.concatenate([logits[l] for l in self.levels], axis=1)  # [B, N, K]
         deltas = jnp.concatenate([deltas[l] for l in self.levels], axis=1)  # [B, N, 4]
-        label, cls_target, box_target = self.targets(all_anchors, batch)
+        valid = self.anchor_valid(pyramid, image_sizes)
+        anchor_valid = jnp.concatenate([valid[l] for l in self.levels], axis=1)
+        label, cls_target, box_target = self.targets(all_anchors, batch, anchor_valid)
         positive = label == 1
 
         onehot = jax.nn.one_hot(cls_target, self.num_classes, dtype=jnp.float32) * positive[..., None]
@@ -270,13 +280,16 @@ class RetinaNetHead(nnx.Module):
 
     def predict(self, pyramid: dict[int, Array], batch: Batch) -> Detections:
         """Detections in padded-input pixels, ``max_detections`` per image."""
-        logits, deltas = self(pyramid)
+        image_sizes = jnp.asarray(batch.image_sizes, jnp.int32)
+        logits, deltas = self(pyramid, image_sizes)
         anchors = self.anchors(pyramid)
+        anchor_valid = self.anchor_valid(pyramid, image_sizes)
         k_cls = self.num_classes
         sizes = jnp.asarray(batch.image_sizes, jnp.float32)
         cand_boxes, cand_scores, cand_labels, cand_valid = [], [], [], []
         for level in self.levels:
-            scores = jax.nn.sigmoid(logits[level]).reshape(logits[level].shape[0], -1)  # [B, n·K]
+            scores = jax.nn.sigmoid(logits[level])  # [B, n, K]
+            scores = jnp.where(anchor_valid[level][..., None], scores, 0.0).reshape(scores.shape[0], -1)
             k = min(self.topk_candidates, scores.shape[1])
             masked = jnp.where(scores > self.score_threshold, scores, -1.0)
             top_scores, top_idx = jax.lax.top_k(masked, k)  # [B, k]

@@ -20,6 +20,7 @@ import jax
 from flax import nnx
 
 from msvision.models.layers import Conv2d, kaiming_uniform
+from msvision.ops.padding import padding_mask
 
 Array = jax.Array
 
@@ -31,7 +32,8 @@ class Neck(Protocol):
     out_levels: tuple[int, ...]
     channels: int
 
-    def __call__(self, features: dict[int, Array]) -> dict[int, Array]: ...
+    def __call__(self, features: dict[int, Array], image_sizes: Array | None = None) -> dict[int, Array]:
+        """``image_sizes [B, 2]`` (h, w inside the padding) makes the neck padding-aware."""
 
 
 class InitialPyramid(nnx.Module):
@@ -46,6 +48,9 @@ class InitialPyramid(nnx.Module):
         backbone feature (C5, 2048 channels for R50: detectron2 RetinaNet, the
         author's TPN); ``'lateral'`` → from the projected top level (P5, D
         channels: mmdet ``add_extra_convs='on_lateral'``, the author's fpn_v3).
+      p6_relu: the first extra level enters the pyramid after the ReLU that
+        precedes the next extra conv (the TPN-paper configs' in-place ReLU, N§3.1,
+        table 3.1) instead of before it (mmdet, the FQDet TPN config ``_v3``).
       dtype: compute dtype.
 
     Call: ``features {level: [B, H_l, W_l, C_l]}`` → ``{level: [B, H_l, W_l, D]}``
@@ -62,6 +67,7 @@ class InitialPyramid(nnx.Module):
         channels: int = 256,
         *,
         extra_source: str = "input",
+        p6_relu: bool = False,
         dtype=None,
         rngs: nnx.Rngs,
     ):
@@ -71,6 +77,7 @@ class InitialPyramid(nnx.Module):
         self.out_levels = tuple(sorted(out_levels))
         self.channels = channels
         self.extra_source = extra_source
+        self.p6_relu = p6_relu
         top = self.in_levels[-1]
         lateral_levels = [l for l in self.out_levels if l <= top]
         missing = [l for l in lateral_levels if l not in in_channels]
@@ -92,12 +99,12 @@ class InitialPyramid(nnx.Module):
             extra.append(Conv2d(cin, channels, 3, 2, **init))
         self.extra = nnx.List(extra)
 
-    def __call__(self, features: dict[int, Array]) -> dict[int, Array]:
+    def __call__(self, features: dict[int, Array], image_sizes: Array | None = None) -> dict[int, Array]:
         pyramid = {l: conv(features[l]) for l, conv in zip(self.lateral_levels, self.lateral)}
         if self.extra_levels:
             top = self.in_levels[-1]
             x = features[top] if self.extra_source == "input" else pyramid[top]
             for i, (level, conv) in enumerate(zip(self.extra_levels, self.extra)):
-                x = conv(x if i == 0 else jax.nn.relu(x))
-                pyramid[level] = x
+                x = conv(x if i == 0 else jax.nn.relu(x), padding_mask(image_sizes, x.shape[1:3], 2 ** (level - 1)))
+                pyramid[level] = jax.nn.relu(x) if (i == 0 and self.p6_relu) else x
         return pyramid

@@ -14,11 +14,12 @@ convolutions. With that layer the parameter count matches table 3.1 (36.1 M with
 R50 and RetinaNet C=1); 3×3 output convs would add 1.8 M.
 The bottlenecks are the pre-activation bottlenecks of
 :mod:`msvision.models.necks.bottleneck`, separate weights everywhere; the initial
-pyramid is the standard one (:func:`msvision.models.necks.tpn.initial_pyramid`).
+pyramid is the standard one (:class:`msvision.models.necks.base.InitialPyramid`).
 
-Config (``config.model.neck``): name='bfpn' or 'hfpn', num_layers (L),
-num_bottlenecks (B) — B·L bottlenecks per level (table 3.1: L=1, B=14),
-channels=256, hidden_channels=64, num_groups=8, in_levels, out_levels.
+Config (``config.model.neck``): name 'bfpn' (``bottlenecks_first=True``) or
+'hfpn' (False), and the other keyword arguments of :class:`BottleneckFPN`:
+num_layers (L) and num_bottlenecks (B) give B·L bottlenecks per level (table
+3.1: L=1, B=14).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ import jax
 from flax import nnx
 
 from msvision.models.necks.bottleneck import SelfProcessing
-from msvision.models.necks.tpn import TopDown, initial_pyramid, self_processing, top_down_pass
+from msvision.models.necks.base import InitialPyramid
+from msvision.models.necks.tpn import TopDown, self_processing, top_down_pass
 
 Array = jax.Array
 Dtype = Any
@@ -60,6 +62,7 @@ class BottleneckFPN(nnx.Module):
         hidden_channels: int = 64,
         num_groups: int = 8,
         extra_source: str = "input",
+        p6_relu: bool = True,
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):
@@ -70,29 +73,22 @@ class BottleneckFPN(nnx.Module):
         self.num_bottlenecks_per_level = num_layers * num_bottlenecks
         n = len(self.out_levels)
         kw = dict(num_groups=num_groups, dtype=dtype, rngs=rngs)
-        self.input_proj = initial_pyramid(
-            in_channels, self.out_levels, channels, extra_source=extra_source, dtype=dtype, rngs=rngs
+        self.input_proj = InitialPyramid(
+            in_channels, self.out_levels, channels, extra_source=extra_source, p6_relu=p6_relu, dtype=dtype,
+            rngs=rngs,
         )
         self.self_processing = nnx.List([
             SelfProcessing(self.num_bottlenecks_per_level, channels, hidden_channels, **kw) for _ in range(n)
         ])
         self.top_down = nnx.List([TopDown(channels, **kw) for _ in range(n - 1)])
 
-    def __call__(self, features: dict[int, Array]) -> dict[int, Array]:
-        pyramid = self.input_proj(features)
+    def __call__(self, features: dict[int, Array], image_sizes: Optional[Array] = None) -> dict[int, Array]:
+        pyramid = self.input_proj(features, image_sizes)
         maps = [pyramid[level] for level in self.out_levels]
+        args = (image_sizes, self.out_levels[0])
         if self.bottlenecks_first:
-            maps = top_down_pass(self.top_down, self_processing(self.self_processing, maps))
+            maps = top_down_pass(self.top_down, self_processing(self.self_processing, maps, *args), *args)
         else:
-            maps = self_processing(self.self_processing, top_down_pass(self.top_down, maps))
+            maps = self_processing(self.self_processing, top_down_pass(self.top_down, maps, *args), *args)
         return dict(zip(self.out_levels, maps))
 
-
-def BFPN(in_channels: dict[int, int], **kwargs) -> BottleneckFPN:
-    """bFPN: B·L bottlenecks per level, then one FPN (top-down) layer (thesis fig. 3.5, left)."""
-    return BottleneckFPN(in_channels, bottlenecks_first=True, **kwargs)
-
-
-def HFPN(in_channels: dict[int, int], **kwargs) -> BottleneckFPN:
-    """hFPN: one FPN (top-down) layer, then B·L bottlenecks per level (thesis fig. 3.5, right)."""
-    return BottleneckFPN(in_channels, bottlenecks_first=False, **kwargs)

@@ -30,8 +30,8 @@ default init (the author's code sets none). The initial pyramid is the standard
 one shared by all table 3.1 necks (:class:`~msvision.models.necks.base.InitialPyramid`,
 thesis section 2.4).
 
-Config (``config.model.neck``): name='bifpn', num_layers (L, 7 in table 3.1),
-channels=256, num_groups=8, in_levels, out_levels.
+Config (``config.model.neck``, name 'bifpn'): the keyword arguments of
+:class:`BiFPN` (num_layers L: 7 in table 3.1).
 """
 
 from __future__ import annotations
@@ -43,9 +43,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msvision.models.layers import Conv2d, kaiming_uniform, resize_nearest, torch_default_bias
+from msvision.models.layers import Conv2d, kaiming_uniform, torch_default_bias
+from msvision.models.necks.base import InitialPyramid
 from msvision.models.necks.bottleneck import group_norm
-from msvision.models.necks.tpn import initial_pyramid
+from msvision.ops.padding import apply_mask, padding_mask, resize_between_strides
 
 Array = jax.Array
 Dtype = Any
@@ -68,11 +69,12 @@ class DepthwiseConv2d(nnx.Module):
         self.kernel = nnx.Param(init(rngs.params(), (kernel_size, kernel_size, 1, channels), jnp.float32))
         self.bias = nnx.Param(torch_default_bias(fan_in)(rngs.params(), (channels,), jnp.float32))
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, mask: Optional[Array] = None) -> Array:
+        """``x: [B, H, W, C]``; ``mask [B, H, W, 1]``: valid cells (zeros elsewhere are read)."""
         dtype = self.dtype or x.dtype
         p = self.padding
         y = jax.lax.conv_general_dilated(
-            x.astype(dtype), self.kernel[...].astype(dtype),
+            apply_mask(x.astype(dtype), mask), self.kernel[...].astype(dtype),
             window_strides=(1, 1), padding=((p, p), (p, p)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=self.channels,
         )
@@ -90,8 +92,9 @@ class SeparableConvNode(nnx.Module):
         )
         self.norm = group_norm(channels, num_groups, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Array) -> Array:
-        return self.norm(self.pointwise(self.depthwise(jax.nn.relu(x))))
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        mask = padding_mask(image_sizes, x.shape[1:3], stride)
+        return self.norm(self.pointwise(self.depthwise(jax.nn.relu(x), mask)), mask)
 
 
 def fast_normalized_weights(raw: Array) -> Array:
@@ -119,24 +122,28 @@ class BiFPNLayer(nnx.Module):
         self.top_down_weights = nnx.Param(jnp.ones((n - 1, 2), jnp.float32))
         self.bottom_up_weights = nnx.Param(jnp.ones((n - 1, 3), jnp.float32))
 
-    def __call__(self, maps: list[Array]) -> list[Array]:
+    def __call__(self, maps: list[Array], image_sizes: Optional[Array] = None, first_level: int = 3) -> list[Array]:
+        """``maps`` fine→coarse from level ``first_level``; ``image_sizes [B, 2]``
+        makes it padding-aware (resizing maps each image's valid cells)."""
         n = len(maps)
         td_w = fast_normalized_weights(self.top_down_weights[...])
         bu_w = fast_normalized_weights(self.bottom_up_weights[...])
+        stride = [2 ** (first_level + i) for i in range(n)]
 
         td = [None] * n
         td[n - 1] = maps[n - 1]
         for i in reversed(range(n - 1)):
-            up = resize_nearest(td[i + 1], maps[i].shape[1:3])
+            up = resize_between_strides(td[i + 1], maps[i].shape[1:3], image_sizes, stride[i + 1], stride[i], "nearest")
             fused = td_w[i, 0].astype(maps[i].dtype) * maps[i] + td_w[i, 1].astype(up.dtype) * up
-            td[i] = self.top_down[i](fused).astype(maps[i].dtype)
+            td[i] = self.top_down[i](fused, image_sizes, stride[i]).astype(maps[i].dtype)
 
         out = [td[0]]
         for i in range(n - 1):
-            down = resize_nearest(out[i], maps[i + 1].shape[1:3])
+            down = resize_between_strides(out[i], maps[i + 1].shape[1:3], image_sizes, stride[i], stride[i + 1],
+                                          "nearest")
             w = bu_w[i].astype(maps[i + 1].dtype)
             fused = w[0] * maps[i + 1] + w[1] * td[i + 1] + w[2] * down
-            out.append(self.bottom_up[i](fused).astype(maps[i + 1].dtype))
+            out.append(self.bottom_up[i](fused, image_sizes, stride[i + 1]).astype(maps[i + 1].dtype))
         return out
 
 
@@ -156,6 +163,7 @@ class BiFPN(nnx.Module):
         channels: int = 256,
         num_groups: int = 8,
         extra_source: str = "input",
+        p6_relu: bool = True,
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):
@@ -163,17 +171,18 @@ class BiFPN(nnx.Module):
         self.out_levels = tuple(sorted(out_levels))
         self.channels = channels
         self.num_layers = num_layers
-        self.input_proj = initial_pyramid(
-            in_channels, self.out_levels, channels, extra_source=extra_source, dtype=dtype, rngs=rngs
+        self.input_proj = InitialPyramid(
+            in_channels, self.out_levels, channels, extra_source=extra_source, p6_relu=p6_relu, dtype=dtype,
+            rngs=rngs,
         )
         self.layers = nnx.List([
             BiFPNLayer(len(self.out_levels), channels, num_groups=num_groups, dtype=dtype, rngs=rngs)
             for _ in range(num_layers)
         ])
 
-    def __call__(self, features: dict[int, Array]) -> dict[int, Array]:
-        pyramid = self.input_proj(features)
+    def __call__(self, features: dict[int, Array], image_sizes: Optional[Array] = None) -> dict[int, Array]:
+        pyramid = self.input_proj(features, image_sizes)
         maps = [pyramid[level] for level in self.out_levels]
         for layer in self.layers:
-            maps = layer(maps)
+            maps = layer(maps, image_sizes, self.out_levels[0])
         return dict(zip(self.out_levels, maps))

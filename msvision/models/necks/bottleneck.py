@@ -14,7 +14,10 @@ inside TPN layers use PyTorch's default ``Conv2d`` init (kaiming_uniform with
 a=sqrt(5), bias U(±1/sqrt(fan_in))); no zero-init anywhere; GroupNorm eps 1e-5,
 scale 1, shift 0.
 
-All modules take and return NHWC arrays.
+All modules take and return NHWC arrays. Calls take the map's ``stride`` and
+optional ``image_sizes [B, 2]`` (h, w inside the padding): GroupNorm statistics
+and 3×3 convolutions then see each image's valid cells only
+(:mod:`msvision.ops.padding`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,8 @@ from typing import Any, Optional
 import jax
 from flax import nnx
 
-from msvision.models.layers import Conv2d, kaiming_uniform, torch_default_bias
+from msvision.models.layers import Conv2d, GroupNorm, kaiming_uniform, torch_default_bias
+from msvision.ops.padding import padding_mask
 
 Array = jax.Array
 Dtype = Any
@@ -33,9 +37,9 @@ Dtype = Any
 GROUP_NORM_EPS = 1e-5  # torch.nn.GroupNorm default
 
 
-def group_norm(num_features: int, num_groups: int, *, dtype: Optional[Dtype], rngs: nnx.Rngs) -> nnx.GroupNorm:
+def group_norm(num_features: int, num_groups: int, *, dtype: Optional[Dtype], rngs: nnx.Rngs) -> GroupNorm:
     """``torch.nn.GroupNorm(num_groups, num_features)`` on NHWC (stats over H, W and the group)."""
-    return nnx.GroupNorm(num_features, num_groups=num_groups, epsilon=GROUP_NORM_EPS, dtype=dtype, rngs=rngs)
+    return GroupNorm(num_features, num_groups, epsilon=GROUP_NORM_EPS, dtype=dtype, rngs=rngs)
 
 
 def torch_default_conv(
@@ -74,11 +78,14 @@ class PreActConv(nnx.Module):
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):
+        self.stride = stride
         self.norm = group_norm(in_features, num_groups, dtype=dtype, rngs=rngs)
         self.conv = torch_default_conv(in_features, out_features, kernel_size, stride, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: Array) -> Array:
-        return self.conv(jax.nn.relu(self.norm(x)))
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        """``x`` of stride ``stride`` (relative to the input image)."""
+        mask = padding_mask(image_sizes, x.shape[1:3], stride)
+        return self.conv(jax.nn.relu(self.norm(x, mask)), mask)
 
 
 class BottleneckBranch(nnx.Module):
@@ -99,12 +106,15 @@ class BottleneckBranch(nnx.Module):
         rngs: nnx.Rngs,
     ):
         kw = dict(num_groups=num_groups, dtype=dtype, rngs=rngs)
+        self.stride = stride
         self.reduce = PreActConv(channels, hidden_channels, 1, **kw)
         self.process = PreActConv(hidden_channels, hidden_channels, 3, stride, **kw)
         self.expand = PreActConv(hidden_channels, channels, 1, **kw)
 
-    def __call__(self, x: Array) -> Array:
-        return self.expand(self.process(self.reduce(x)))
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        """``x`` of stride ``stride``; the output has stride ``stride · self.stride``."""
+        h = self.process(self.reduce(x, image_sizes, stride), image_sizes, stride)
+        return self.expand(h, image_sizes, stride * self.stride)
 
 
 class Bottleneck(nnx.Module):
@@ -126,8 +136,8 @@ class Bottleneck(nnx.Module):
             channels, hidden_channels, stride=1, num_groups=num_groups, dtype=dtype, rngs=rngs
         )
 
-    def __call__(self, x: Array) -> Array:
-        return x + self.branch(x).astype(x.dtype)
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        return x + self.branch(x, image_sizes, stride).astype(x.dtype)
 
 
 class SelfProcessing(nnx.Module):
@@ -151,7 +161,7 @@ class SelfProcessing(nnx.Module):
             for _ in range(num_bottlenecks)
         ])
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
         for bottleneck in self.bottlenecks:
-            x = bottleneck(x)
+            x = bottleneck(x, image_sizes, stride)
         return x

@@ -21,8 +21,9 @@ DefEnc-P2 (P2–P7). The author's configuration (DetSeg ``configs/cores/in_proj_
 4. Reference points: the pixel centres of every level normalised by the level's
    *valid* size, times the valid ratio of each sampled level (mmdet
    ``get_encoder_reference_points``), so padding is handled exactly as Deformable
-   DETR does. Padding masks per level are the image mask nearest-resized to the
-   level size (the author's ``F.interpolate`` of the image pad mask).
+   DETR does. A level has ``ceil(h / 2^l)`` × ``ceil(w / 2^l)`` valid cells (the
+   author's ``F.interpolate`` of the image pad mask, for padded sizes that are
+   multiples of 2^l).
 
 Init: all encoder weight matrices xavier-uniform (mmdet DeformEncoder re-inits every
 parameter with dim > 1), then the MSDA layer's own init (zero offset kernel with
@@ -30,19 +31,18 @@ the directional bias, zero attention-weight projection); FFN biases keep PyTorch
 default ``U(±1/sqrt(fan_in))``; LayerNorm 1/0, eps 1e-5. ChannelMapper convs
 xavier-uniform (mmdet's ``init_cfg``).
 
-Padding: ``neck(features, pixel_mask=None)``; ``pixel_mask: [B, H, W] bool`` True
-on image pixels of the padded input (``Batch.pixel_mask``). Without it every
+Padding: ``neck(features, image_sizes=None)``; ``image_sizes: [B, 2] int`` (h, w)
+of the images inside the padding (``Batch.image_sizes``). Without it every
 position is valid (valid ratios 1). A sample with no valid pixel (batch padding)
 gets a valid count clamped to one pixel to avoid 0/0.
 
 Parameters at D = 256 (R50): DefEnc-P3 14 070 848 (ChannelMapper 6 228 480, six
 layers 7 841 088, level embedding 1 280); DefEnc-P2 adds one level.
 
-Config (``config.model.neck``): name='defenc', in_levels ((3, 4, 5) or
-(2, 3, 4, 5)), out_levels ((3, …, 7) or (2, …, 7)), channels=256, num_layers=6,
-num_heads=8, num_points=4, ffn_dim=2048, dropout=0.0 (only 0 is supported, DINO's
-value), msda_impl ('auto' | 'xla' | 'triton' | 'triton_interpret' | 'reference'),
-remat=False.
+Config (``config.model.neck``, name 'defenc'): the keyword arguments of
+:class:`DefEncoder` (out_levels (3, …, 7) or (2, …, 7) with backbone levels
+(2, 3, 4, 5); msda_impl 'auto' | 'xla' | 'triton' | 'triton_interpret' |
+'reference'). Dropout is 0 (DINO's value) and not configurable.
 
 Memory: ``remat=True`` runs the layers as a ``lax.scan`` under ``jax.checkpoint`` and
 keeps only each layer's ``[B, S, D]`` input for the backward pass (same outputs and
@@ -62,7 +62,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.models.attention.msda import MultiScaleDeformableAttention
-from msvision.models.layers import Conv2d, resize_nearest, torch_default_bias
+from msvision.models.layers import Conv2d, GroupNorm, torch_default_bias
+from msvision.ops.padding import padding_mask
 from msvision.models.necks.bottleneck import GROUP_NORM_EPS
 
 Array = jax.Array
@@ -95,7 +96,7 @@ class ChannelMapper(nnx.Module):
             return Conv2d(cin, channels, k, stride, use_bias=False, kernel_init=xavier, dtype=dtype, rngs=rngs)
 
         def norm():
-            return nnx.GroupNorm(channels, num_groups=num_groups, epsilon=GROUP_NORM_EPS, dtype=dtype, rngs=rngs)
+            return GroupNorm(channels, num_groups, epsilon=GROUP_NORM_EPS, dtype=dtype, rngs=rngs)
 
         self.lateral_convs = nnx.List([conv(in_channels[l], 1, 1) for l in self.lateral_levels])
         self.lateral_norms = nnx.List([norm() for _ in self.lateral_levels])
@@ -104,11 +105,17 @@ class ChannelMapper(nnx.Module):
         )
         self.extra_norms = nnx.List([norm() for _ in self.extra_levels])
 
-    def __call__(self, features: dict[int, Array]) -> dict[int, Array]:
-        out = {l: n(c(features[l])) for l, c, n in zip(self.lateral_levels, self.lateral_convs, self.lateral_norms)}
+    def __call__(self, features: dict[int, Array], image_sizes: Optional[Array] = None) -> dict[int, Array]:
+        """``image_sizes [B, 2]`` (h, w inside the padding) makes it padding-aware."""
+        def mask(x, level):
+            return padding_mask(image_sizes, x.shape[1:3], 2**level)
+
+        out = {l: n(c(features[l]), mask(features[l], l))
+               for l, c, n in zip(self.lateral_levels, self.lateral_convs, self.lateral_norms)}
         x = features[self.in_levels[-1]]
         for level, conv, norm in zip(self.extra_levels, self.extra_convs, self.extra_norms):
-            x = norm(conv(x))
+            x = conv(x, mask(x, level - 1))
+            x = norm(x, mask(x, level))
             out[level] = x
         return out
 
@@ -199,8 +206,11 @@ class DefEncoderLayer(nnx.Module):
 class DefEncoder(nnx.Module):
     """DefEnc-P3 / DefEnc-P2 neck (Deformable DETR encoder, DINO settings).
 
-    ``neck(features, pixel_mask=None)``: ``features {level: [B, H_l, W_l, C_l]}`` for
-    ``in_levels`` → ``{level: [B, H_l, W_l, D]}`` for ``out_levels``.
+    ``neck(features, image_sizes=None)``: ``features {level: [B, H_l, W_l, C_l]}`` for
+    ``in_levels`` → ``{level: [B, H_l, W_l, D]}`` for ``out_levels``. With
+    ``image_sizes [B, 2]`` (h, w inside the padding) the padded cells are masked out
+    of the attention (the author's image masks; a level has ``ceil(h / 2^l)`` valid
+    rows) and of the input projection's GroupNorm.
 
     Attributes:
       in_levels, out_levels, channels: the neck interface.
@@ -208,8 +218,6 @@ class DefEncoder(nnx.Module):
       level_embed: ``[L, D]`` learned level embeddings.
       layers: ``num_layers`` :class:`DefEncoderLayer`.
     """
-
-    uses_pixel_mask = True  # the detector may pass ``pixel_mask=batch.pixel_mask(jnp)``
 
     def __init__(
         self,
@@ -221,17 +229,11 @@ class DefEncoder(nnx.Module):
         num_heads: int = 8,
         num_points: int = 4,
         ffn_dim: int = 2048,
-        dropout: float = 0.0,
         msda_impl: str = "auto",
-        extra_source: str = "input",
         remat: bool = False,
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):
-        if dropout != 0.0:
-            raise NotImplementedError("DefEncoder supports dropout=0.0 only (DINO's setting)")
-        if extra_source != "input":
-            raise ValueError("DefEncoder's ChannelMapper computes the first extra level from the backbone map")
         self.in_levels = tuple(sorted(in_channels))
         self.out_levels = tuple(sorted(out_levels))
         self.channels = channels
@@ -246,35 +248,37 @@ class DefEncoder(nnx.Module):
             for _ in range(num_layers)
         ])
 
-    def __call__(self, features: dict[int, Array], pixel_mask: Optional[Array] = None) -> dict[int, Array]:
-        """``features {level: [B, H_l, W_l, C_l]}``, ``pixel_mask [B, H, W] bool`` (optional)."""
-        return self.encode(self.input_proj(features), pixel_mask)
+    def __call__(self, features: dict[int, Array], image_sizes: Optional[Array] = None) -> dict[int, Array]:
+        """``features {level: [B, H_l, W_l, C_l]}``, ``image_sizes [B, 2]`` int (optional)."""
+        return self.encode(self.input_proj(features, image_sizes), image_sizes)
 
-    def encode(self, pyramid: dict[int, Array], pixel_mask: Optional[Array] = None) -> dict[int, Array]:
+    def encode(self, pyramid: dict[int, Array], image_sizes: Optional[Array] = None) -> dict[int, Array]:
         """The encoder on the projected pyramid ``{level: [B, H_l, W_l, D]}`` (same shapes out)."""
         maps = [pyramid[l] for l in self.out_levels]
         batch = maps[0].shape[0]
         spatial_shapes = tuple((int(m.shape[1]), int(m.shape[2])) for m in maps)
-        if pixel_mask is None:
+        if image_sizes is None:
             level_valid = [jnp.ones((batch, h, w), bool) for h, w in spatial_shapes]
         else:
-            # the author's F.interpolate(pad_mask, size) (nearest) of the image mask
-            level_valid = [resize_nearest(pixel_mask[..., None], (h, w))[..., 0] for h, w in spatial_shapes]
+            # the author's F.interpolate(pad_mask, size) (nearest) of the image mask keeps
+            # ceil(h / 2^l) rows when the padded size is a multiple of 2^l
+            level_valid = [padding_mask(image_sizes, (h, w), 2**l)[..., 0]
+                           for l, (h, w) in zip(self.out_levels, spatial_shapes)]
         pos = jnp.concatenate([
             (sine_position_encoding(v, self.channels // 2) + self.level_embed[i]).reshape(batch, -1, self.channels)
             for i, v in enumerate(level_valid)
         ], axis=1)  # [B, S, D] float32
         ratios = jnp.stack([valid_ratios(v) for v in level_valid], axis=1)  # [B, L, 2]
         reference_points = encoder_reference_points(spatial_shapes, ratios)
-        padding_mask = None
-        if pixel_mask is not None:
-            padding_mask = ~jnp.concatenate([v.reshape(batch, -1) for v in level_valid], axis=1)
+        value_padding = None
+        if image_sizes is not None:
+            value_padding = ~jnp.concatenate([v.reshape(batch, -1) for v in level_valid], axis=1)
         x = jnp.concatenate([m.reshape(batch, -1, self.channels) for m in maps], axis=1)
         if self.remat:
-            x = self._encode_rematerialized(x, pos, reference_points, spatial_shapes, padding_mask)
+            x = self._encode_rematerialized(x, pos, reference_points, spatial_shapes, value_padding)
         else:
             for layer in self.layers:
-                x = layer(x, pos, reference_points, spatial_shapes, padding_mask)
+                x = layer(x, pos, reference_points, spatial_shapes, value_padding)
         out, start = {}, 0
         for level, (h, w) in zip(self.out_levels, spatial_shapes):
             out[level] = x[:, start:start + h * w].reshape(batch, h, w, self.channels)

@@ -28,8 +28,9 @@ from typing import Mapping, Sequence
 import jax
 from flax import nnx
 
-from msvision.models.layers import Conv2d, kaiming_uniform, resize_nearest
+from msvision.models.layers import Conv2d, kaiming_uniform
 from msvision.models.necks.base import InitialPyramid
+from msvision.ops.padding import padding_mask, resize_between_strides
 
 Array = jax.Array
 
@@ -46,7 +47,8 @@ class FPN(nnx.Module):
       channels: D (256).
       variant: ``'mmdet'`` (extra convs on lateral P5) or ``'retinanet'`` (on C5).
 
-    Call: ``{level: [B, H_l, W_l, C_l]}`` → ``{level: [B, H_l, W_l, D]}``.
+    Call: ``{level: [B, H_l, W_l, C_l]}``, optional ``image_sizes [B, 2]`` (h, w
+    inside the padding: padding-aware) → ``{level: [B, H_l, W_l, D]}``.
     """
 
     def __init__(
@@ -76,13 +78,14 @@ class FPN(nnx.Module):
             ]
         )
 
-    def __call__(self, features: dict[int, Array]) -> dict[int, Array]:
-        pyramid = self.initial(features)
+    def __call__(self, features: dict[int, Array], image_sizes: Array | None = None) -> dict[int, Array]:
+        pyramid = self.initial(features, image_sizes)
         levels = self.backbone_levels
         merged = {levels[-1]: pyramid[levels[-1]]}
         for level in reversed(levels[:-1]):
             fine = pyramid[level]
-            merged[level] = fine + resize_nearest(merged[level + 1], fine.shape[1:3])
+            merged[level] = fine + resize_between_strides(merged[level + 1], fine.shape[1:3], image_sizes,
+                                                          2 ** (level + 1), 2**level, "nearest")
         for level, conv in zip(levels, self.output):
-            pyramid[level] = conv(merged[level])
+            pyramid[level] = conv(merged[level], padding_mask(image_sizes, merged[level].shape[1:3], 2**level))
         return {l: pyramid[l] for l in self.out_levels}

@@ -26,13 +26,11 @@ non-free).
 
 Odd sizes: a stride-2 3×3 convolution with padding 1 maps h to ceil(h/2), the same
 rule the backbone and P6/P7 follow, so bottom-up deltas match the coarse maps; the
-top-down resize targets the finer map's exact shape.
+top-down resize maps the coarse map onto the finer map's exact shape — per image,
+from its valid coarse map to its valid fine map, when ``image_sizes`` is given
+(PyTorch ``F.interpolate(size=...)`` on the image alone; :mod:`msvision.ops.padding`).
 
-Config (``config.model.neck``, built by
-:func:`msvision.models.necks.registry_thesis.build_neck_thesis`):
-  name='tpn', num_layers (L), num_bottlenecks (B), channels=256,
-  hidden_channels=64, num_groups=8, in_levels (backbone levels, e.g. (3, 4, 5)),
-  out_levels (e.g. (3, 4, 5, 6, 7) or (2, …, 7)).
+Config (``config.model.neck``, name 'tpn'): the keyword arguments of :class:`TPN`.
 """
 
 from __future__ import annotations
@@ -44,61 +42,34 @@ from flax import nnx
 
 from msvision.models.necks.base import InitialPyramid
 from msvision.models.necks.bottleneck import BottleneckBranch, PreActConv, SelfProcessing
+from msvision.ops import padding
 
 Array = jax.Array
 Dtype = Any
-
-
-def initial_pyramid(
-    in_channels: dict[int, int], out_levels: Sequence[int], channels: int, *,
-    extra_source: str = "input", dtype: Optional[Dtype], rngs: nnx.Rngs,
-) -> nnx.Module:
-    """The standard initial pyramid of thesis section 2.4 used by every table 3.1 neck.
-
-    Lateral 1×1 projections of the backbone maps; P6 = 3×3 s2 conv on C5 (2048 ch,
-    author notes section 1: "applied to the ORIGINAL backbone C5"), P7 = 3×3 s2 conv
-    on ReLU(P6); P6 itself enters the neck without the ReLU (the README 'v3' config).
-    ``extra_source='lateral'`` computes P6 from the projected P5 instead (thesis
-    section 2.4 allows "C5 (or P5)").
-    """
-    return InitialPyramid(in_channels, out_levels, channels, extra_source=extra_source, dtype=dtype, rngs=rngs)
-
-
-def resize_bilinear(x: Array, size: Sequence[int]) -> Array:
-    """``F.interpolate(x, size, mode='bilinear', align_corners=False)`` on NHWC.
-
-    ``x: [B, h, w, C]`` → ``[B, size[0], size[1], C]``. Half-pixel centres, edge
-    samples clamped; no antialiasing (torch's default), so it also matches torch when
-    shrinking.
-    """
-    h, w = size
-    if (h, w) == tuple(x.shape[1:3]):
-        return x
-    return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), method="bilinear", antialias=False)
 
 
 class TopDown(nnx.Module):
     """TPN top-down operation (thesis figure 3.4, left).
 
     ``fine + resize_bilinear(conv1x1(ReLU(GN(coarse))), fine.shape)``;
-    ``fine: [B, H, W, D]``, ``coarse: [B, h, w, D]`` → ``[B, H, W, D]``.
+    ``fine: [B, H, W, D]`` of stride ``stride``, ``coarse: [B, h, w, D]`` of stride
+    ``2·stride`` → ``[B, H, W, D]``.
     """
 
     def __init__(self, channels: int = 256, *, num_groups: int = 8, dtype: Optional[Dtype] = None, rngs: nnx.Rngs):
         self.proj = PreActConv(channels, channels, 1, num_groups=num_groups, dtype=dtype, rngs=rngs)
 
-    def residual(self, coarse: Array, size: Sequence[int]) -> Array:
-        return resize_bilinear(self.proj(coarse), size)
-
-    def __call__(self, fine: Array, coarse: Array) -> Array:
-        return fine + self.residual(coarse, fine.shape[1:3]).astype(fine.dtype)
+    def __call__(self, fine: Array, coarse: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        h = self.proj(coarse, image_sizes, 2 * stride)
+        h = padding.resize_between_strides(h, fine.shape[1:3], image_sizes, 2 * stride, stride, "bilinear")
+        return fine + h.astype(fine.dtype)
 
 
 class BottomUp(nnx.Module):
     """TPN bottom-up operation (thesis figure 3.4, right).
 
-    ``coarse + bottleneck_branch_stride2(fine)``; ``fine: [B, H, W, D]``,
-    ``coarse: [B, ceil(H/2), ceil(W/2), D]`` → same shape as ``coarse``.
+    ``coarse + bottleneck_branch_stride2(fine)``; ``fine: [B, H, W, D]`` of stride
+    ``stride``, ``coarse: [B, ceil(H/2), ceil(W/2), D]`` → same shape as ``coarse``.
     """
 
     def __init__(
@@ -114,8 +85,8 @@ class BottomUp(nnx.Module):
             channels, hidden_channels, stride=2, num_groups=num_groups, dtype=dtype, rngs=rngs
         )
 
-    def __call__(self, coarse: Array, fine: Array) -> Array:
-        delta = self.branch(fine)
+    def __call__(self, coarse: Array, fine: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        delta = self.branch(fine, image_sizes, stride)
         if delta.shape != coarse.shape:
             raise ValueError(
                 f"bottom-up delta {delta.shape} does not match the coarser map {coarse.shape}: "
@@ -124,25 +95,29 @@ class BottomUp(nnx.Module):
         return coarse + delta.astype(coarse.dtype)
 
 
-def top_down_pass(ops: Sequence[TopDown], maps: list[Array]) -> list[Array]:
-    """Sequential top-down pass; ``maps`` fine→coarse, ``ops[i]`` updates ``maps[i]`` from ``maps[i+1]``."""
+def top_down_pass(ops: Sequence[TopDown], maps: list[Array], image_sizes: Optional[Array] = None,
+                  first_level: int = 3) -> list[Array]:
+    """Sequential top-down pass; ``maps`` fine→coarse from level ``first_level``,
+    ``ops[i]`` updates ``maps[i]`` from ``maps[i+1]``."""
     maps = list(maps)
     for i in reversed(range(len(maps) - 1)):
-        maps[i] = ops[i](maps[i], maps[i + 1])
+        maps[i] = ops[i](maps[i], maps[i + 1], image_sizes, 2 ** (first_level + i))
     return maps
 
 
-def bottom_up_pass(ops: Sequence[BottomUp], maps: list[Array]) -> list[Array]:
+def bottom_up_pass(ops: Sequence[BottomUp], maps: list[Array], image_sizes: Optional[Array] = None,
+                   first_level: int = 3) -> list[Array]:
     """Sequential bottom-up pass; ``ops[i]`` updates ``maps[i+1]`` from ``maps[i]``."""
     maps = list(maps)
     for i in range(len(maps) - 1):
-        maps[i + 1] = ops[i](maps[i + 1], maps[i])
+        maps[i + 1] = ops[i](maps[i + 1], maps[i], image_sizes, 2 ** (first_level + i))
     return maps
 
 
-def self_processing(ops: Sequence[SelfProcessing], maps: list[Array]) -> list[Array]:
+def self_processing(ops: Sequence[SelfProcessing], maps: list[Array], image_sizes: Optional[Array] = None,
+                    first_level: int = 3) -> list[Array]:
     """Parallel self-processing: ``ops[i]`` on ``maps[i]``."""
-    return [op(x) for op, x in zip(ops, maps)]
+    return [op(x, image_sizes, 2 ** (first_level + i)) for i, (op, x) in enumerate(zip(ops, maps))]
 
 
 class TPNLayer(nnx.Module):
@@ -179,19 +154,21 @@ class TPNLayer(nnx.Module):
             [SelfProcessing(num_bottlenecks, channels, hidden_channels, **kw) for _ in range(n)]
         )
 
-    def __call__(self, maps: list[Array]) -> list[Array]:
-        maps = top_down_pass(self.top_down, maps)
-        maps = self_processing(self.self_processing_1, maps)
-        maps = bottom_up_pass(self.bottom_up, maps)
-        return self_processing(self.self_processing_2, maps)
+    def __call__(self, maps: list[Array], image_sizes: Optional[Array] = None, first_level: int = 3) -> list[Array]:
+        args = (image_sizes, first_level)
+        maps = top_down_pass(self.top_down, maps, *args)
+        maps = self_processing(self.self_processing_1, maps, *args)
+        maps = bottom_up_pass(self.bottom_up, maps, *args)
+        return self_processing(self.self_processing_2, maps, *args)
 
 
 class TPN(nnx.Module):
     """TPN(L, B) neck: initial pyramid + L :class:`TPNLayer` (thesis chapter 3).
 
-    ``neck(features)`` with ``features = {level: [B, H/2^l, W/2^l, C_l]}`` for
-    ``in_levels`` returns ``{level: [B, H/2^l, W/2^l, channels]}`` for ``out_levels``
-    (sizes rounded up at every halving).
+    ``neck(features, image_sizes=None)`` with ``features = {level: [B, H/2^l, W/2^l,
+    C_l]}`` for ``in_levels`` returns ``{level: [B, H/2^l, W/2^l, channels]}`` for
+    ``out_levels`` (sizes rounded up at every halving); ``image_sizes [B, 2]`` makes
+    it padding-aware.
 
     Attributes:
       in_levels, out_levels, channels: the neck interface (docs/ARCHITECTURE.md).
@@ -211,6 +188,7 @@ class TPN(nnx.Module):
         hidden_channels: int = 64,
         num_groups: int = 8,
         extra_source: str = "input",
+        p6_relu: bool = True,
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):
@@ -219,8 +197,9 @@ class TPN(nnx.Module):
         self.channels = channels
         self.num_layers = num_layers
         self.num_bottlenecks = num_bottlenecks
-        self.input_proj = initial_pyramid(
-            in_channels, self.out_levels, channels, extra_source=extra_source, dtype=dtype, rngs=rngs
+        self.input_proj = InitialPyramid(
+            in_channels, self.out_levels, channels, extra_source=extra_source, p6_relu=p6_relu, dtype=dtype,
+            rngs=rngs,
         )
         self.layers = nnx.List([
             TPNLayer(len(self.out_levels), num_bottlenecks, channels, hidden_channels,
@@ -228,9 +207,9 @@ class TPN(nnx.Module):
             for _ in range(num_layers)
         ])
 
-    def __call__(self, features: dict[int, Array]) -> dict[int, Array]:
-        pyramid = self.input_proj(features)
+    def __call__(self, features: dict[int, Array], image_sizes: Optional[Array] = None) -> dict[int, Array]:
+        pyramid = self.input_proj(features, image_sizes)
         maps = [pyramid[level] for level in self.out_levels]
         for layer in self.layers:
-            maps = layer(maps)
+            maps = layer(maps, image_sizes, self.out_levels[0])
         return dict(zip(self.out_levels, maps))

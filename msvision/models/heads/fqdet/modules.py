@@ -1,4 +1,4 @@
-"""Building blocks of the FQDet / FQDetV2 heads (thesis section 4.3.3, figure 4.1).
+"""Networks of the FQDet / FQDetV2 heads (thesis section 4.3.3, figure 4.1).
 
 Layouts: feature maps NHWC; queries ``[B, Q, D]``. Modules follow the author's
 DetSeg modules (author notes section 2) so that parameter counts and
@@ -112,8 +112,10 @@ class Selector(nnx.Module):
         # float32, not a weak type: a weakly typed parameter would make jit recompile after the first update.
         self.logits.bias[...] = jnp.full((num_anchor_types,), -math.log((1 - prior_prob) / prior_prob), jnp.float32)
 
-    def __call__(self, x: Array) -> Array:
-        x = self.bottleneck(self.proj(x))
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        """``x`` of stride ``stride``; ``image_sizes [B, 2]`` makes the GroupNorms and the
+        bottleneck's 3×3 convolution padding-aware."""
+        x = self.bottleneck(self.proj(x, image_sizes, stride), image_sizes, stride)
         return self.logits(jax.nn.relu(x)).astype(jnp.float32)
 
 
@@ -248,13 +250,25 @@ class DecoderLayer(nnx.Module):
 # --- prediction networks --------------------------------------------------------------
 
 
-def _mlp_v1(features: int, out: int, *, dtype, rngs) -> Sequential:
-    """V1 (FQDet): ``OneStepMLP(LN, ReLU)`` → ``OneStepMLP(LN, ReLU, skip)`` → Linear."""
-    return Sequential([
-        OneStepMLP(features, features, dtype=dtype, rngs=rngs),
-        OneStepMLP(features, features, skip=True, dtype=dtype, rngs=rngs),
-        torch_linear(features, out, dtype=dtype, rngs=rngs),
-    ])
+def _mlp_v1(features: int, out: int, hidden_layers: int, *, dtype, rngs) -> Sequential:
+    """V1 (FQDet) with ``hidden_layers`` hidden layers.
+
+    2 (the released ``sel_v9``): ``OneStepMLP(LN, ReLU)`` → ``OneStepMLP(LN, ReLU,
+    skip)`` → Linear. 1 (thesis 4.4.1, "an MLP with one hidden layer"):
+    ``OneStepMLP(LN, ReLU)`` → ReLU → Linear.
+    """
+    if hidden_layers == 2:
+        return Sequential([
+            OneStepMLP(features, features, dtype=dtype, rngs=rngs),
+            OneStepMLP(features, features, skip=True, dtype=dtype, rngs=rngs),
+            torch_linear(features, out, dtype=dtype, rngs=rngs),
+        ])
+    if hidden_layers == 1:
+        return Sequential([
+            OneStepMLP(features, features, dtype=dtype, rngs=rngs), "relu",
+            torch_linear(features, out, dtype=dtype, rngs=rngs),
+        ])
+    raise ValueError(f"V1 prediction networks have 1 or 2 hidden layers, got {hidden_layers}")
 
 
 def _mlp_v2(features: int, out: int, *, dtype, rngs) -> Sequential:
@@ -270,19 +284,20 @@ def _mlp_v2(features: int, out: int, *, dtype, rngs) -> Sequential:
     ])
 
 
-def cls_net(version: str, features: int, num_outputs: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
-    """Classification network: 'v1' MLP with one hidden layer, 'v2' one linear layer (table 4.13)."""
+def cls_net(version: str, features: int, num_outputs: int, *, v1_hidden_layers: int = 1, dtype=None,
+            rngs: nnx.Rngs) -> nnx.Module:
+    """Classification network: 'v1' MLP, 'v2' one linear layer (table 4.13)."""
     if version == "v1":
-        return _mlp_v1(features, num_outputs, dtype=dtype, rngs=rngs)
+        return _mlp_v1(features, num_outputs, v1_hidden_layers, dtype=dtype, rngs=rngs)
     if version == "v2":
         return torch_linear(features, num_outputs, dtype=dtype, rngs=rngs)
     raise ValueError(f"cls_net must be 'v1' or 'v2', got {version!r}")
 
 
-def box_net(version: str, features: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
-    """Box network (4 deltas): 'v1' one hidden layer, 'v2' two hidden layers (table 4.15)."""
+def box_net(version: str, features: int, *, v1_hidden_layers: int = 1, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
+    """Box network (4 deltas): 'v1' MLP, 'v2' two hidden layers (table 4.15)."""
     if version == "v1":
-        return _mlp_v1(features, 4, dtype=dtype, rngs=rngs)
+        return _mlp_v1(features, 4, v1_hidden_layers, dtype=dtype, rngs=rngs)
     if version == "v2":
         return _mlp_v2(features, 4, dtype=dtype, rngs=rngs)
     raise ValueError(f"box_net must be 'v1' or 'v2', got {version!r}")
@@ -302,10 +317,11 @@ class PredictionHeads(nnx.Module):
 
     def __init__(
         self, features: int, num_cls_outputs: int, *, cls_version: str, box_version: str, box_scoring: bool,
-        dtype=None, rngs: nnx.Rngs,
+        v1_hidden_layers: int = 1, dtype=None, rngs: nnx.Rngs,
     ):
-        self.cls = cls_net(cls_version, features, num_cls_outputs, dtype=dtype, rngs=rngs)
-        self.box = box_net(box_version, features, dtype=dtype, rngs=rngs)
+        kw = dict(v1_hidden_layers=v1_hidden_layers, dtype=dtype, rngs=rngs)
+        self.cls = cls_net(cls_version, features, num_cls_outputs, **kw)
+        self.box = box_net(box_version, features, **kw)
         self.box_score = box_score_net(features, dtype=dtype, rngs=rngs) if box_scoring else None
 
     def __call__(self, q: Array) -> tuple[Array, Array, Optional[Array]]:
