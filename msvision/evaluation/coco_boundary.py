@@ -14,46 +14,45 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from msvision.evaluation.boundary import DILATION_RATIO, boundary_mask_iou, rles_to_boundary_rles
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def _coco_eval_class():
-    from pycocotools.cocoeval import COCOeval
+class BoundaryCOCOeval(COCOeval):
+    """``COCOeval(gt, dt, "segm")`` whose ``computeIoU`` is the Boundary-AP IoU."""
 
-    class BoundaryCOCOeval(COCOeval):
-        """``COCOeval(gt, dt, "segm")`` whose ``computeIoU`` is the Boundary-AP IoU."""
+    def __init__(self, coco_gt, coco_dt, dilation_ratio: float = DILATION_RATIO):
+        super().__init__(coco_gt, coco_dt, "segm")
+        self.dilation_ratio = dilation_ratio
 
-        def __init__(self, coco_gt, coco_dt, dilation_ratio: float = DILATION_RATIO):
-            super().__init__(coco_gt, coco_dt, "segm")
-            self.dilation_ratio = dilation_ratio
-
-        def computeIoU(self, imgId, catId):  # noqa: N802 (pycocotools' name)
-            p = self.params
-            if p.useCats:
-                gt, dt = self._gts[imgId, catId], self._dts[imgId, catId]
-            else:
-                gt = [g for c in p.catIds for g in self._gts[imgId, c]]
-                dt = [d for c in p.catIds for d in self._dts[imgId, c]]
-            if len(gt) == 0 or len(dt) == 0:
-                return []
-            order = np.argsort([-d["score"] for d in dt], kind="mergesort")
-            dt = [dt[i] for i in order][: p.maxDets[-1]]
-            # _prepare has already turned every segmentation into an RLE.
-            return boundary_mask_iou(
-                [d["segmentation"] for d in dt],
-                [g["segmentation"] for g in gt],
-                [int(g["iscrowd"]) for g in gt],
-                rles_to_boundary_rles([d["segmentation"] for d in dt], self.dilation_ratio),
-                rles_to_boundary_rles([g["segmentation"] for g in gt], self.dilation_ratio),
-            )
-
-    return BoundaryCOCOeval
+    def computeIoU(self, imgId, catId):  # noqa: N802,N803 (pycocotools' names)
+        p = self.params
+        if p.useCats:
+            gt, dt = self._gts[imgId, catId], self._dts[imgId, catId]
+        else:
+            gt = [g for c in p.catIds for g in self._gts[imgId, c]]
+            dt = [d for c in p.catIds for d in self._dts[imgId, c]]
+        if len(gt) == 0 or len(dt) == 0:
+            return []
+        order = np.argsort([-d["score"] for d in dt], kind="mergesort")
+        dt = [dt[i] for i in order][: p.maxDets[-1]]
+        # _prepare has already turned every segmentation into an RLE.
+        dt_rles = [d["segmentation"] for d in dt]
+        gt_rles = [g["segmentation"] for g in gt]
+        return boundary_mask_iou(
+            dt_rles,
+            gt_rles,
+            [int(g["iscrowd"]) for g in gt],
+            rles_to_boundary_rles(dt_rles, self.dilation_ratio),
+            rles_to_boundary_rles(gt_rles, self.dilation_ratio),
+        )
 
 
 def coco_boundary_ap(
@@ -75,8 +74,6 @@ def coco_boundary_ap(
       ``{"AP", "AP50", ..., "ARl"}`` fractions (pycocotools' 12 numbers; ``-1`` where
       no ground truth exists).
     """
-    from pycocotools.coco import COCO
-
     if not isinstance(coco_gt, COCO):
         dataset = coco_gt
         coco_gt = COCO()
@@ -88,7 +85,7 @@ def coco_boundary_ap(
         return {name: 0.0 for name in METRIC_NAMES}
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes(copy.deepcopy(results))
-        evaluator = _coco_eval_class()(coco_gt, coco_dt, dilation_ratio)
+        evaluator = BoundaryCOCOeval(coco_gt, coco_dt, dilation_ratio)
         if image_ids is not None:
             evaluator.params.imgIds = sorted(int(i) for i in image_ids)
         evaluator.evaluate()

@@ -217,3 +217,30 @@ def test_coco_boundary_ap_equals_mask_ap_when_the_band_covers_the_mask():
         for a in gt_dict["annotations"]
     ]
     assert coco_boundary_ap(gt_dict, perfect)["AP"] == pytest.approx(1.0)
+
+
+def test_coco_evaluator_boundary_iou_type():
+    """``CocoEvaluator(iou_types=("segm", "boundary"))`` gives the same numbers as the functions."""
+    from msvision.evaluation.coco_eval import CocoEvaluator
+
+    rng = np.random.default_rng(4)
+    images, results = [], []
+    for i in range(3):
+        objs = [(1, random_blobs(rng, 50, 70, n=1)) for _ in range(3)]
+        images.append(objs)
+        for cat, m in objs:
+            m = np.roll(m, tuple(rng.integers(-3, 4, 2)), axis=(0, 1))
+            results.append({"image_id": i + 1, "category_id": cat, "segmentation": to_rle(m), "score": float(rng.random()), "bbox": [0, 0, 1, 1]})
+    gt_dict = _dataset(images, categories=(1,))
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO()
+        coco.dataset = copy.deepcopy(gt_dict)
+        coco.createIndex()
+    evaluator = CocoEvaluator(coco, iou_types=("segm", "boundary"))
+    evaluator.add(copy.deepcopy(results))
+    metrics = evaluator.evaluate()
+    expected = coco_boundary_ap(gt_dict, results)
+    for name, value in expected.items():
+        assert metrics[f"boundary/{name}"] == pytest.approx(value, abs=1e-12)
+    assert metrics["boundary/AP"] < metrics["segm/AP"]
+    np.testing.assert_allclose([metrics[f"segm/{n}"] for n in expected], _segm_ap(gt_dict, results), atol=1e-12)
