@@ -20,7 +20,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from msvision.evaluation.boundary import DILATION_RATIO, boundary_mask_iou, rles_to_boundary_rles
+from msvision.evaluation.boundary import DILATION_RATIO, boundary_iou_matrix
 
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
@@ -44,14 +44,13 @@ class BoundaryCOCOeval(COCOeval):
         order = np.argsort([-d["score"] for d in dt], kind="mergesort")
         dt = [dt[i] for i in order][: p.maxDets[-1]]
         # _prepare has already turned every segmentation into an RLE.
-        dt_rles = [d["segmentation"] for d in dt]
-        gt_rles = [g["segmentation"] for g in gt]
-        return boundary_mask_iou(
-            dt_rles,
-            gt_rles,
+        # Pairs under the lowest threshold cannot match whatever their boundary IoU.
+        return boundary_iou_matrix(
+            [d["segmentation"] for d in dt],
+            [g["segmentation"] for g in gt],
             [int(g["iscrowd"]) for g in gt],
-            rles_to_boundary_rles(dt_rles, self.dilation_ratio),
-            rles_to_boundary_rles(gt_rles, self.dilation_ratio),
+            self.dilation_ratio,
+            min_iou=float(min(p.iouThrs)),
         )
 
 

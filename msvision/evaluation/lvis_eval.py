@@ -38,7 +38,7 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from msvision.evaluation.boundary import DILATION_RATIO, boundary_mask_iou, rles_to_boundary_rles
+from msvision.evaluation.boundary import DILATION_RATIO, boundary_iou_matrix
 
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, 10)
 RECALL_THRESHOLDS = np.linspace(0.0, 1.0, 101)
@@ -241,13 +241,8 @@ class LvisEvaluation:
         crowd = [int(g["crowd"]) for g in pair.gt]
         if self.iou_type == "segm":
             return np.asarray(mask_utils.iou(dt_rles, gt_rles, crowd), np.float64)
-        return boundary_mask_iou(
-            dt_rles,
-            gt_rles,
-            crowd,
-            rles_to_boundary_rles(dt_rles, self.dilation_ratio),
-            rles_to_boundary_rles(gt_rles, self.dilation_ratio),
-        )
+        # Pairs under the lowest threshold cannot match whatever their boundary IoU.
+        return boundary_iou_matrix(dt_rles, gt_rles, crowd, self.dilation_ratio, min_iou=IOU_THRESHOLDS[0])
 
     def _evaluate_pair(self, image_id: int, category_id: int, pair: _Pair):
         """Per-pair matches: ``scores [D]``, ``tp [A, T, D]``, ``fp [A, T, D]``, ``num_gt [A]``."""

@@ -15,8 +15,8 @@ The rules are those of panopticapi's ``pq_compute`` (Kirillov et al. 2019):
 Segment areas are pixel counts of the id maps (panopticapi reads the ground-truth
 area from the JSON, which for valid COCO panoptic data is the same number).
 
-One image costs one ``searchsorted`` per id map (pixel id → segment index) and one
-``bincount`` of the combined (ground truth, prediction) index, the intersection
+One image costs one ``np.unique`` (a vectorised sort) of the combined
+(ground truth id, prediction id) of every pixel, whose counts are the intersection
 table of all segment pairs; the rest is arithmetic on that small table.
 
 Formats: COCO panoptic (PNG with id = R + 256·G + 256²·B, ``segments_info`` lists
@@ -73,28 +73,30 @@ def read_id_map(image: Image) -> np.ndarray:
         from PIL import Image as PILImage
 
         with PILImage.open(image) as im:
-            return rgb_to_id(np.asarray(im.convert("RGB")))
+            if im.mode != "RGB":
+                return rgb_to_id(np.asarray(im.convert("RGB")))
+            # RGBX bytes read as little-endian uint32 are R + 256·G + 256²·B + 256³·X:
+            # 2–3× faster than combining three uint8 planes.
+            width, height = im.size
+            rgbx = np.frombuffer(im.convert("RGBX").tobytes(), "<u4").reshape(height, width)
+            return (rgbx & 0xFFFFFF).view(np.int32)
     image = np.asarray(image)
     return rgb_to_id(image) if image.ndim == 3 else image
 
 
 def _segment_index(ids: np.ndarray, segment_ids: np.ndarray) -> np.ndarray:
-    """Pixel ids → ``0`` (VOID), ``1 + k`` (the k-th listed segment) or ``S + 1`` (unlisted).
-
-    One ``searchsorted`` of the pixels into the sorted ids ``[0, listed...]``.
+    """Segment ids → ``0`` (VOID), ``1 + k`` (the k-th listed segment) or ``S + 1`` (unlisted).
 
     Args:
-      ids: ``[H, W]`` int segment-id map (ids < 2³¹).
+      ids: ``[N]`` int segment ids.
       segment_ids: ``[S]`` int64 listed ids (none is 0).
 
     Returns:
-      ``[H·W]`` int64.
+      ``[N]`` int64.
     """
     num = len(segment_ids)
-    flat = ids.reshape(-1)
-    if flat.dtype != np.int32:
-        flat = flat.astype(np.int64)
-    keys = np.concatenate([[VOID], segment_ids]).astype(flat.dtype)
+    flat = np.asarray(ids, np.int64).reshape(-1)
+    keys = np.concatenate([[VOID], segment_ids]).astype(np.int64)
     order = np.argsort(keys, kind="stable")
     sorted_keys = np.append(keys[order], -1)  # sentinel for pixels above every key
     sorted_index = np.append(order, num + 1)  # key k sits at row k: 0 VOID, 1 + j segment j
@@ -171,11 +173,16 @@ class PanopticQuality:
         num_g, num_p = len(g_ids), len(p_ids)
 
         # Intersection table: rows VOID, gt 1..G, unlisted gt; columns VOID, pred 1..P, unlisted.
-        gi = _segment_index(gt_ids, g_ids)
-        pi = _segment_index(pred_ids, p_ids)
-        table = np.bincount(gi * (num_p + 2) + pi, minlength=(num_g + 2) * (num_p + 2)).reshape(num_g + 2, num_p + 2)
+        for ids, name in ((gt_ids, "ground truth"), (pred_ids, "prediction")):
+            if ids.size and (ids.min() < 0 or ids.max() >= 2**31):
+                raise ValueError(f"{what}: {name} segment ids must be in [0, 2**31)")
+        pixel_pairs, counts = np.unique((gt_ids.astype(np.int64) << 32) | pred_ids.astype(np.int64), return_counts=True)
+        gi = _segment_index(pixel_pairs >> 32, g_ids)
+        pi = _segment_index(pixel_pairs & (2**32 - 1), p_ids)
+        table = np.zeros((num_g + 2, num_p + 2), np.int64)
+        np.add.at(table, (gi, pi), counts)
         if table[:, num_p + 1].any():
-            unlisted = np.setdiff1d(np.unique(pred_ids[pi.reshape(pred_ids.shape) == num_p + 1]), p_ids)
+            unlisted = np.unique((pixel_pairs & (2**32 - 1))[pi == num_p + 1])
             raise KeyError(f"{what}: predicted segment ids {unlisted.tolist()[:10]} are in the PNG but not in segments_info")
         pred_area = table[:, 1 : num_p + 1].sum(0)
         if np.any(pred_area == 0):

@@ -12,6 +12,7 @@ from pycocotools.cocoeval import COCOeval
 
 from msvision.evaluation.boundary import (
     boundary_dilation,
+    boundary_iou_matrix,
     boundary_mask_iou,
     erode_square,
     mask_to_boundary,
@@ -144,6 +145,19 @@ def test_boundary_mask_iou_is_the_minimum_and_mask_iou_for_crowd():
     np.testing.assert_allclose(ious[0, 0], b_iou, rtol=1e-12)
     np.testing.assert_allclose(ious[0, 1], 360 / 400, rtol=1e-12)  # crowd: |P∩G| / |P|, mask only
     assert boundary_mask_iou([], [rle_g], [0], [], bounds_g).shape == (0, 1)
+
+
+def test_boundary_iou_matrix_skips_only_pairs_that_cannot_match():
+    rng = np.random.default_rng(7)
+    gts = [random_blobs(rng, 60, 80, n=1) for _ in range(4)]
+    dts = [np.roll(g, tuple(rng.integers(-6, 7, 2)), axis=(0, 1)) for g in gts] + [random_blobs(rng, 60, 80, 2)]
+    dt_rles, gt_rles, crowd = [to_rle(m) for m in dts], [to_rle(m) for m in gts], [0, 0, 1, 0]
+    full = boundary_mask_iou(dt_rles, gt_rles, crowd, rles_to_boundary_rles(dt_rles), rles_to_boundary_rles(gt_rles))
+    np.testing.assert_array_equal(boundary_iou_matrix(dt_rles, gt_rles, crowd), full)
+    lazy = boundary_iou_matrix(dt_rles, gt_rles, crowd, min_iou=0.5)
+    np.testing.assert_array_equal(lazy[full >= 0.5], full[full >= 0.5])
+    assert np.all(lazy[full < 0.5] < 0.5)
+    assert np.any((full < lazy) & (lazy < 0.5))  # some skipped pairs keep their (larger) mask IoU
 
 
 def _dataset(masks_per_image, categories=(1, 2), crowd=()):

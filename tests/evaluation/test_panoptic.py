@@ -347,3 +347,16 @@ def test_command_prints_table_and_json(sample, tmp_path):
     assert lines[0].split() == ["|", "PQ", "SQ", "RQ", "N"]
     assert [line.split("|")[0].strip() for line in lines[2:5]] == ["All", "Things", "Stuff"]
     assert float(lines[2].split()[2]) == pytest.approx(100 * expected["PQ"], abs=0.05)
+
+
+def test_png_reading_matches_colour_decoding(tmp_path):
+    """The fast RGBX path of ``read_id_map`` equals R + 256·G + 256²·B of the decoded PNG,
+    and a palette / RGBA image takes the plain path."""
+    path = os.path.join(SAMPLE, "panoptic", "000000142238.png")
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB")).astype(np.int64)
+    expected = rgb[..., 0] + 256 * rgb[..., 1] + 256**2 * rgb[..., 2]
+    np.testing.assert_array_equal(read_id_map(path), expected)
+    ids = np.array([[0, 5, 70000], [256**3 - 1, 3, 3]], np.int32)
+    Image.fromarray(np.dstack([id_to_rgb(ids), np.full((2, 3), 200, np.uint8)])).save(tmp_path / "rgba.png")
+    np.testing.assert_array_equal(read_id_map(tmp_path / "rgba.png"), ids)
