@@ -68,9 +68,13 @@ def erode_square(mask: np.ndarray, radius: int) -> np.ndarray:
     m = np.asarray(mask).astype(bool, copy=False)
     if radius <= 0:
         return m.copy()
-    k = 2 * radius + 1
-    rows = _window_all(np.pad(m, ((radius, radius), (0, 0))), k, axis=0)
-    return _window_all(np.pad(rows, ((0, 0), (radius, radius))), k, axis=1)
+    k, (h, w) = 2 * radius + 1, m.shape
+    padded = np.zeros((h + 2 * radius, w), bool)  # zeros outside (np.pad is slower)
+    padded[radius : radius + h] = m
+    rows = _window_all(padded, k, axis=0)
+    padded = np.zeros((h, w + 2 * radius), bool)
+    padded[:, radius : radius + w] = rows
+    return _window_all(padded, k, axis=1)
 
 
 def mask_to_boundary(
@@ -94,13 +98,18 @@ def mask_to_boundary(
     d = boundary_dilation(h, w, dilation_ratio) if dilation is None else int(dilation)
     out = np.zeros((h, w), bool)
     rows = np.flatnonzero(m.any(axis=1))
-    if rows.size == 0:
-        return out
-    cols = np.flatnonzero(m.any(axis=0))
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    crop = m[y0:y1, x0:x1]
-    out[y0:y1, x0:x1] = crop & ~erode_square(crop, d)
+    if rows.size:
+        cols = np.flatnonzero(m.any(axis=0))
+        _crop_boundary(m, out, (rows[0], rows[-1] + 1, cols[0], cols[-1] + 1), d)
     return out
+
+
+def _crop_boundary(mask: np.ndarray, out: np.ndarray, box: tuple[int, int, int, int], d: int) -> None:
+    """Write the boundary of ``mask`` into ``out`` inside ``box = (y0, y1, x0, x1)``, a box
+    that contains every mask pixel (outside it the boundary is empty)."""
+    y0, y1, x0, x1 = box
+    crop = mask[y0:y1, x0:x1].astype(bool, copy=False)
+    out[y0:y1, x0:x1] = crop & ~erode_square(crop, d)
 
 
 def rles_to_boundary_rles(
@@ -119,8 +128,12 @@ def rles_to_boundary_rles(
 
     out = []
     for rle in rles:
-        boundary = mask_to_boundary(mask_utils.decode(rle), dilation_ratio)
-        out.append(mask_utils.encode(np.asfortranarray(boundary[:, :, None].astype(np.uint8)))[0])
+        h, w = rle["size"]
+        boundary = np.zeros((h, w, 1), np.uint8, order="F")  # pycocotools' layout: no copy to encode
+        x, y, bw, bh = (int(round(v)) for v in mask_utils.toBbox(rle))
+        if bw > 0 and bh > 0:
+            _crop_boundary(mask_utils.decode(rle), boundary[:, :, 0], (y, y + bh, x, x + bw), boundary_dilation(h, w, dilation_ratio))
+        out.append(mask_utils.encode(boundary)[0])
     return out
 
 
