@@ -132,7 +132,8 @@ def rles_to_boundary_rles(
         boundary = np.zeros((h, w, 1), np.uint8, order="F")  # pycocotools' layout: no copy to encode
         x, y, bw, bh = (int(round(v)) for v in mask_utils.toBbox(rle))
         if bw > 0 and bh > 0:
-            _crop_boundary(mask_utils.decode(rle), boundary[:, :, 0], (y, y + bh, x, x + bw), boundary_dilation(h, w, dilation_ratio))
+            d = boundary_dilation(h, w, dilation_ratio)
+            _crop_boundary(mask_utils.decode(rle), boundary[:, :, 0], (y, y + bh, x, x + bw), d)
         out.append(mask_utils.encode(boundary)[0])
     return out
 

@@ -100,7 +100,9 @@ def format_table(metrics: dict[str, float], iou_type: str, max_dets: int) -> str
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m msvision.evaluation.lvis", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m msvision.evaluation.lvis",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("cocofy", help="restrict LVIS annotations to the COCO categories (COCO ids)")

@@ -183,10 +183,13 @@ class PanopticQuality:
         np.add.at(table, (gi, pi), counts)
         if table[:, num_p + 1].any():
             unlisted = np.unique((pixel_pairs & (2**32 - 1))[pi == num_p + 1])
-            raise KeyError(f"{what}: predicted segment ids {unlisted.tolist()[:10]} are in the PNG but not in segments_info")
+            raise KeyError(
+                f"{what}: predicted segment ids {unlisted.tolist()[:10]} are in the PNG but not in segments_info"
+            )
         pred_area = table[:, 1 : num_p + 1].sum(0)
         if np.any(pred_area == 0):
-            raise KeyError(f"{what}: predicted segment ids {p_ids[pred_area == 0].tolist()[:10]} are listed but not in the PNG")
+            absent = p_ids[pred_area == 0].tolist()[:10]
+            raise KeyError(f"{what}: predicted segment ids {absent} are listed but not in the PNG")
         gt_area = table[1 : num_g + 1, :].sum(1)
         inter = table[1 : num_g + 1, 1 : num_p + 1].astype(np.float64)  # [G, P]
         pred_void = table[0, 1 : num_p + 1]  # [P] predicted pixels on ground-truth VOID

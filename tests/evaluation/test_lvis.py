@@ -11,7 +11,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from msvision.evaluation.lvis import cocofy_lvis
-from msvision.evaluation.lvis_eval import annotation_to_rle, evaluate_lvis
+from msvision.evaluation.lvis_eval import IOU_THRESHOLDS, _match, annotation_to_rle, evaluate_lvis
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -203,6 +203,47 @@ def test_area_range_bounds_are_inclusive():
     assert metrics["APm"] == pytest.approx(1.0)
     assert metrics["APl"] == -1.0
     assert metrics["APr"] == -1.0  # no frequency given
+
+
+def loop_match(ious, gt_ignore, crowd):
+    """The greedy matching of pycocotools / LVISEval as its loops state it, one area
+    range: ground truth sorted ignored-last, detections in the given (score) order."""
+    order = np.argsort(gt_ignore, kind="mergesort")
+    ious, ig, cr = ious[:, order], gt_ignore[order], crowd[order]
+    matched = np.zeros((len(IOU_THRESHOLDS), len(ious)), bool)
+    matched_ignored = np.zeros_like(matched)
+    for t, thr in enumerate(IOU_THRESHOLDS):
+        used = np.zeros(len(order), bool)
+        for d in range(len(ious)):
+            best, m = min(thr, 1 - 1e-10), -1
+            for g in range(len(order)):
+                if used[g] and not cr[g]:
+                    continue
+                if m > -1 and not ig[m] and ig[g]:
+                    break
+                if ious[d, g] < best:
+                    continue
+                best, m = ious[d, g], g
+            if m > -1:
+                used[m] = True
+                matched[t, d], matched_ignored[t, d] = True, ig[m]
+    return matched, matched_ignored
+
+
+def test_vectorised_matching_equals_the_loops():
+    """Ties, IoUs equal to thresholds, ignored and crowd ground truth, several area ranges."""
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        num_dt, num_gt = rng.integers(1, 9), rng.integers(1, 6)
+        ious = rng.integers(0, 21, (num_dt, num_gt)) / 20  # multiples of 0.05: ties and equalities
+        gt_ignore = rng.random((4, num_gt)) < 0.3
+        crowd = rng.random(num_gt) < 0.2
+        gt_ignore |= crowd
+        matched, matched_ignored = _match(ious, gt_ignore, crowd)
+        for a in range(4):
+            expected = loop_match(ious, gt_ignore[a], crowd)
+            np.testing.assert_array_equal(matched[a], expected[0])
+            np.testing.assert_array_equal(matched_ignored[a], expected[1])
 
 
 # -- against the lvis package on the real subset -----------------------------------
