@@ -1,1 +1,8 @@
-"""Evaluation: COCO AP through pycocotools (``coco_eval``) and drawing (``visualize``)."""
+"""Evaluation (thesis section 2.3).
+
+- ``coco_eval``: COCO box / mask / boundary AP through pycocotools.
+- ``boundary``: mask boundaries and the Boundary IoU; ``coco_boundary``: COCO-style Boundary AP.
+- ``lvis``, ``lvis_eval``: cocofied LVIS and the LVIS-rule AP* / AP^B* (``python -m msvision.evaluation.lvis``).
+- ``panoptic``: Panoptic Quality PQ / SQ / RQ (``python -m msvision.evaluation.panoptic``).
+- ``visualize``: drawing.
+"""

@@ -137,7 +137,8 @@ class CocoEvaluator:
 
     Args:
       gt: path to a COCO instances JSON, or a ``pycocotools.coco.COCO``.
-      iou_types: subset of ``("bbox", "segm")``.
+      iou_types: subset of ``("bbox", "segm", "boundary")``; ``"boundary"`` is mask AP
+        with the Boundary IoU (:mod:`msvision.evaluation.coco_boundary`).
     """
 
     def __init__(self, gt, iou_types: Sequence[str] = ("bbox",)):
@@ -148,7 +149,7 @@ class CocoEvaluator:
                 gt = COCO(os.fspath(gt))
         self.coco_gt = _with_positive_ann_ids(gt)
         for iou_type in iou_types:
-            if iou_type not in ("bbox", "segm"):
+            if iou_type not in ("bbox", "segm", "boundary"):
                 raise ValueError(f"unsupported iou_type {iou_type!r}")
         self.iou_types = tuple(iou_types)
         self.results: list[dict] = []
@@ -186,6 +187,8 @@ class CocoEvaluator:
         """COCO metrics ``{"<iou_type>/<name>": value}`` for :data:`METRIC_NAMES`."""
         from pycocotools.cocoeval import COCOeval
 
+        from msvision.evaluation.coco_boundary import BoundaryCOCOeval
+
         image_ids = sorted(self.image_ids)
         metrics: dict[str, float] = {}
         if not self.results:
@@ -200,18 +203,21 @@ class CocoEvaluator:
         self._warn_missing_categories(image_ids)
         for iou_type in self.iou_types:
             results = self.results
-            if iou_type == "segm":
+            if iou_type in ("segm", "boundary"):
                 results = [r for r in results if "segmentation" in r]
                 if not results:
-                    logger.warning("CocoEvaluator: no segmentation results; segm metrics are 0")
-                    metrics.update({f"segm/{name}": 0.0 for name in METRIC_NAMES})
+                    logger.warning("CocoEvaluator: no segmentation results; %s metrics are 0", iou_type)
+                    metrics.update({f"{iou_type}/{name}": 0.0 for name in METRIC_NAMES})
                     continue
             else:
                 # loadRes would otherwise derive boxes from the masks.
                 results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
             with contextlib.redirect_stdout(io.StringIO()) as log:
                 coco_dt = self.coco_gt.loadRes(copy.deepcopy(results))
-                coco_eval = COCOeval(self.coco_gt, coco_dt, iou_type)
+                if iou_type == "boundary":
+                    coco_eval = BoundaryCOCOeval(self.coco_gt, coco_dt)
+                else:
+                    coco_eval = COCOeval(self.coco_gt, coco_dt, iou_type)
                 coco_eval.params.imgIds = image_ids
                 coco_eval.evaluate()
                 coco_eval.accumulate()
