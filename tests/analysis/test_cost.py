@@ -57,14 +57,14 @@ def test_remat_model_flops_come_from_the_unrolled_layers():
     """XLA counts a loop body once; the report must give a rematerialized (scanned)
     DefEncoder the FLOPs of the unrolled one, and keep its own memory plan."""
     from msvision.analysis.cost import analyse
-    from msvision.models.build import default_model_config
+    from msvision.models.build import default_model_config, module_config
 
     def config(remat):
         model = default_model_config()
         model.num_classes = 3
         model.backbone.update(depth=18, width=8)
-        model.neck.update(name="defenc", channels=32, num_layers=3, num_heads=4, num_points=2, ffn_dim=64,
-                          remat=remat)
+        model.neck = module_config("neck", "defenc")
+        model.neck.update(channels=32, num_layers=3, num_heads=4, num_points=2, ffn_dim=64, remat=remat)
         return model
 
     reports = [analyse(config(remat), batch_size=1, image_size=96, num_objects=2, skip_timing=True)
