@@ -1,0 +1,189 @@
+"""IdConv: a 3x3 (dilated) convolution on the active cells of an SPS map (spec §1 step 6, §6 "IdConv").
+
+For every active cell at (x, y) of RoI r, the 9 neighbours at (x + d·(kx-1), y + d·(ky-1))
+are looked up in the id map (cells outside the RoI grid read the pad id, a zero row), their
+features gathered from the table ``[act; pas; 0]`` and multiplied with
+``W [9·F_in, F_out]`` whose rows are tap-major, taps (ky, kx) row-major, then channels
+(N§6.2, the code's ``[out, 9·in]`` layout transposed).
+
+The VJP is hand-written (``jax.custom_vjp``) and saves only (table, ids, W): autodiff
+would keep the [A, 9F] im2col (184 MB per dilation at stage 1, A = 40,000, F = 128) and
+build a scatter-add for the table gradient. Backward:
+
+- dW = im2colᵀ · dY with the im2col recomputed (transient), db = Σ dY;
+- d(actives) by a reverse gather: every active occupies exactly one grid cell p, so its
+  only referrer through tap k is the cell at p - d·o_k, which is the neighbour of the
+  active through the mirrored tap 8 - k; if that cell is an active a, the gradient is
+  dX[a, k]. No scatter;
+- d(passives) by a sorted ``segment_sum`` over the (active, tap) pairs that read a
+  passive: XLA:CPU lowers scatter-add to a serial loop (jax-ml/jax#38806; slower again
+  from jaxlib 0.10.2, #39959), sorted indices let it run segment by segment.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["neighbour_ids", "id_conv", "sfm_xla", "sps_macs", "TAP_OFFSETS"]
+
+# (dx, dy) unit offset of tap k = 3·ky + kx.
+TAP_OFFSETS = tuple((kx - 1, ky - 1) for ky in range(3) for kx in range(3))
+
+
+def neighbour_ids(id_map: jax.Array, act_xy: jax.Array, act_roi: jax.Array, dilation: int,
+                  pad_id: int) -> jax.Array:
+    """Ids of the 3x3 neighbours at distance ``dilation`` of every active cell.
+
+    Args:
+        id_map: [R, S, S] int32 feature ids (row y, column x).
+        act_xy: [A, 2] int32 (x, y) cell of each active.
+        act_roi: [A] int32 RoI of each active.
+        dilation: static int >= 1.
+        pad_id: static int, the id read outside the grid (the zero row).
+
+    Returns:
+        [A, 9] int32, taps (ky, kx) row-major.
+    """
+    rois, size, _ = id_map.shape
+    flat = id_map.reshape(-1)
+    offsets = jnp.asarray(TAP_OFFSETS, jnp.int32) * int(dilation)  # [9, 2]
+    pos = act_xy[:, None, :].astype(jnp.int32) + offsets[None]  # [A, 9, 2]
+    x, y = pos[..., 0], pos[..., 1]
+    inside = (x >= 0) & (x < size) & (y >= 0) & (y < size)
+    index = (act_roi[:, None].astype(jnp.int32) * size + jnp.clip(y, 0, size - 1)) * size + jnp.clip(x, 0, size - 1)
+    return jnp.where(inside, flat.at[index].get(mode="promise_in_bounds"), pad_id).astype(jnp.int32)
+
+
+def _accumulation_dtype(*arrays):
+    return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
+def _im2col(table, ids, compute):
+    """[A, 9·F] gathered neighbour features (taps major), in the compute dtype."""
+    return table.at[ids].get(mode="promise_in_bounds").astype(compute).reshape(ids.shape[0], -1)
+
+
+def _forward(table, ids, weight, bias):
+    compute = _accumulation_dtype(table, weight)
+    out = jnp.dot(_im2col(table, ids, compute), weight.astype(compute),
+                  precision=jax.lax.Precision.HIGHEST) + bias.astype(compute)
+    return out.astype(table.dtype)
+
+
+@jax.custom_vjp
+def _id_conv(table, ids, weight, bias):
+    return _forward(table, ids, weight, bias)
+
+
+def _id_conv_fwd(table, ids, weight, bias):
+    return _forward(table, ids, weight, bias), (table, ids, weight)
+
+
+def passive_gradient(values: jax.Array, ids: jax.Array, num_active: int, num_rows: int) -> jax.Array:
+    """Σ of ``values`` rows per passive id by a sorted segment sum.
+
+    Args:
+        values: [A, 9, F] gradient of every gathered neighbour.
+        ids: [A, 9] int32 ids they were gathered from.
+        num_active, num_rows: static A and N + 1 (table rows).
+
+    Returns:
+        [N + 1 - A, F]: rows A..N of the table gradient; the pad row N is a constant
+        zero by contract, its gradient is zero.
+    """
+    channels = values.shape[-1]
+    flat_ids = ids.reshape(-1)
+    pad = num_rows - 1
+    # Actives (handled by the reverse gather) and the pad go to the last segment (the pad's).
+    is_passive = (flat_ids >= num_active) & (flat_ids < pad)
+    segment = jnp.where(is_passive, flat_ids - num_active, pad - num_active)
+    order = jnp.argsort(segment)
+    summed = jax.ops.segment_sum(values.reshape(-1, channels)[order], segment[order],
+                                 num_segments=num_rows - num_active, indices_are_sorted=True)
+    return summed.at[-1].set(0)
+
+
+def _id_conv_bwd(residuals, out_grad):
+    table, ids, weight = residuals
+    compute = _accumulation_dtype(table, weight)
+    num_active = ids.shape[0]
+    channels = table.shape[-1]
+    out_grad = out_grad.astype(compute)
+    cols = _im2col(table, ids, compute)
+    weight_grad = jnp.dot(cols.T, out_grad, precision=jax.lax.Precision.HIGHEST)
+    bias_grad = jnp.sum(out_grad, axis=0)
+    cols_grad = jnp.dot(out_grad, weight.astype(compute).T,
+                        precision=jax.lax.Precision.HIGHEST).reshape(num_active, 9, channels)
+
+    # Reverse gather for the actives: referrer through tap k = neighbour through tap 8-k.
+    referrer = ids[:, ::-1]
+    referrer = jnp.where(referrer < num_active, referrer, num_active)
+    padded = jnp.concatenate([cols_grad, jnp.zeros((1, 9, channels), compute)], axis=0)
+    active_grad = None
+    for k in range(9):
+        term = padded[:, k].at[referrer[:, k]].get(mode="promise_in_bounds")
+        active_grad = term if active_grad is None else active_grad + term
+
+    rest_grad = passive_gradient(cols_grad, ids, num_active, table.shape[0])
+    table_grad = jnp.concatenate([active_grad, rest_grad], axis=0)
+    return (table_grad.astype(table.dtype), None, weight_grad.astype(weight.dtype),
+            bias_grad.astype(weight.dtype))
+
+
+_id_conv.defvjp(_id_conv_fwd, _id_conv_bwd)
+
+
+def id_conv(features_table: jax.Array, id_map: jax.Array, act_xy: jax.Array, act_roi: jax.Array,
+            weight: jax.Array, bias: jax.Array, dilation: int) -> jax.Array:
+    """3x3 convolution with dilation ``dilation`` at the active cells of an SPS map.
+
+    Args:
+        features_table: [N + 1, F_in] float = [act (A rows); pas; 0], last row zero
+            (``SPS.feature_table()``). Rows 0..A-1 must be the actives in ``act_xy`` order.
+        id_map: [R, S, S] int32 feature ids.
+        act_xy: [A, 2] int32 (x, y) of every active; act_roi: [A] int32.
+        weight: [9·F_in, F_out], rows (ky, kx, channel) row-major; bias: [F_out].
+        dilation: static int.
+
+    Returns:
+        [A, F_out] in the table's dtype (accumulated in float32, float64 for float64).
+        Invalid actives get finite values of no meaning.
+    """
+    features_table, weight, bias = map(jnp.asarray, (features_table, weight, bias))
+    if weight.shape[0] != 9 * features_table.shape[-1]:
+        raise ValueError(f"weight {weight.shape} does not match 9 x {features_table.shape[-1]} input channels")
+    ids = neighbour_ids(id_map, act_xy, act_roi, dilation, features_table.shape[0] - 1)
+    return _id_conv(features_table, ids, weight, bias)
+
+
+def sfm_xla(features_table: jax.Array, id_map: jax.Array, act_xy: jax.Array, act_roi: jax.Array,
+            weights: jax.Array, biases: jax.Array, dilations: Sequence[int] = (1, 3, 5)) -> jax.Array:
+    """Fused SFM core Σ_d ReLU(IdConv_d) (T1360, N§6.2) with XLA IdConvs.
+
+    Args:
+        weights: [D, 9·F_in, F_out]; biases: [D, F_out]; one per dilation.
+        Other arguments as :func:`id_conv`.
+
+    Returns:
+        [A, F_out] in the table's dtype.
+    """
+    total = None
+    for i, dilation in enumerate(dilations):
+        branch = jax.nn.relu(id_conv(features_table, id_map, act_xy, act_roi, weights[i], biases[i], dilation))
+        total = branch if total is None else total + branch
+    return total
+
+
+def sps_macs(num_valid_active: int | jax.Array, in_channels: int, out_channels: int,
+             num_convs: int = 1) -> int | jax.Array:
+    """Analytic IdConv cost in multiply-adds: 9·C_in·numel(out) over the VALID actives (N§9).
+
+    XLA's cost analysis counts the capacity A (invalid slots included); the thesis's
+    FLOPs (fvcore handle of the released code) count the real cells. ``num_convs`` = 3
+    for the SFM (one IdConv per dilation).
+    """
+    return 9 * in_channels * num_valid_active * out_channels * num_convs
