@@ -155,3 +155,25 @@ def test_passive_neighbours_match_nearest_upsampled_dense_map(ks):
         np.testing.assert_array_equal(sps.feature_table()[sps.id_map], dense)
         check_convs_against_dense(sps, dense, rng)
     assert sps.num_passive > 0
+
+
+def test_batched_by_vmap_equals_per_image():
+    """The head vmaps the per-image SPS over the batch: selection and the SFM (with its
+    custom VJP) must batch to the per-image results."""
+    rng = np.random.default_rng(21)
+    rois, size, channels = 2, 3, 3
+    dense = jnp.asarray(rng.standard_normal((2, rois, size, size, channels)).astype(np.float32))
+    valid = jnp.asarray([[True, True], [True, False]])
+    logits = jnp.asarray(rng.standard_normal((2, rois * size * size)).astype(np.float32))
+    weights, biases = random_sfm_weights(rng, channels, 4)
+
+    def per_image(features, roi_valid, refine):
+        sps, _ = select_and_split(sps_from_dense(features, roi_valid), refine, 7)
+        return jax.value_and_grad(lambda w: jnp.sum(
+            sfm(sps.feature_table(), sps.id_map, sps.act_xy, sps.act_roi, w, biases, impl="xla") ** 2))(weights)
+
+    batched = jax.jit(jax.vmap(per_image))(dense, valid, logits)
+    for b in range(2):
+        single = per_image(dense[b], valid[b], logits[b])
+        np.testing.assert_allclose(batched[0][b], single[0], rtol=1e-5)
+        np.testing.assert_allclose(batched[1][b], single[1], rtol=1e-5, atol=1e-5)
