@@ -10,7 +10,11 @@ against a dense 3x3 convolution over the same RoIs.
     ``lax.conv_general_dilated`` over the dense [R, S, S, F] RoI maps (gradients w.r.t.
     the dense map and the kernel). Same process, same inputs; medians after a warm-up.
     MACs are analytic: IdConv 9·C_in·numel(out) over the valid actives (N§9); the dense
-    convolution 9·C_in·C_out·R·S².
+    convolution 9·C_in·C_out·R·S². The dense backward is also timed with msvision's
+    ``ops.conv.conv2d`` (its CPU kernel gradient is an im2col matmul, much faster than
+    XLA's), the dense convolution the models use on the CPU.
+(c) The passive rows of IdConv's table gradient: argsort + permutation + sorted
+    ``segment_sum`` against one unsorted scatter-add (``passive_gradient`` methods).
 
 Usage:
     JAX_PLATFORMS=cpu nice -n 10 python benchmarks/bench_sps.py [--repeats 3] [--stages 1,2,3]
@@ -33,7 +37,8 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from msvision.ops.sps import select_and_split, sfm, sps_capacities, sps_from_dense, sps_macs  # noqa: E402
-from msvision.ops.sps.id_conv import id_conv  # noqa: E402
+from msvision.ops.conv import conv2d  # noqa: E402
+from msvision.ops.sps.id_conv import id_conv, neighbour_ids, passive_gradient  # noqa: E402
 from msvision.ops.sps.reference import dense_conv3x3  # noqa: E402
 
 DILATIONS = (1, 3, 5)
@@ -110,11 +115,26 @@ def time_stage(stage, rois, max_selected, repeats, seed=0):
     def dense_sfm(x, w):
         return sum(jax.nn.relu(dense_conv3x3(x, w[i], biases[i], d)) for i, d in enumerate(DILATIONS))
 
+    def conv2d_3x3(x, w, b, d):
+        return conv2d(x, w.reshape(3, 3, channels, -1), padding=((d, d), (d, d)), dilation=d) + b
+
+    def dense_conv_msv(x, w):
+        return conv2d_3x3(x, w, biases[0], 1)
+
+    def dense_sfm_msv(x, w):
+        return sum(jax.nn.relu(conv2d_3x3(x, w[i], biases[i], d)) for i, d in enumerate(DILATIONS))
+
     results = {}
     for name, fn, x, w in (("idconv", idconv, table, weights[0]), ("dense conv", dense_conv, dense, weights[0]),
-                           ("sfm", sfm_xla, table, weights), ("dense sfm", dense_sfm, dense, weights)):
+                           ("dense conv msv", dense_conv_msv, dense, weights[0]),
+                           ("sfm", sfm_xla, table, weights), ("dense sfm", dense_sfm, dense, weights),
+                           ("dense sfm msv", dense_sfm_msv, dense, weights)):
         forward = jax.jit(fn)
         backward = jax.jit(jax.grad(lambda x, w: jnp.sum(fn(x, w) ** 2) / 2, argnums=(0, 1)))
+        if name.endswith("msv"):  # same forward as lax.conv; only the backward differs
+            fb = median_seconds(lambda: jax.block_until_ready(backward(x, w)), repeats)
+            results[name] = (float("nan"), fb, float("nan"))
+            continue
         fwd = median_seconds(lambda: forward(x, w).block_until_ready(), repeats)
         fb = median_seconds(lambda: jax.block_until_ready(backward(x, w)), repeats)
         temp = backward.lower(x, w).compile().memory_analysis()
@@ -124,7 +144,14 @@ def time_stage(stage, rois, max_selected, repeats, seed=0):
     macs = {"idconv": sps_macs(valid, channels, channels), "sfm": sps_macs(valid, channels, channels, 3),
             "dense conv": 9 * channels * channels * rois * size * size,
             "dense sfm": 3 * 9 * channels * channels * rois * size * size}
-    return sps, size, channels, results, macs
+    ids = neighbour_ids(sps.id_map, sps.act_xy, sps.act_roi, 1, sps.pad_id)
+    values = jnp.asarray(rng.standard_normal((sps.num_active, 9, channels)), jnp.float32)
+    passive = {}
+    for method in ("sorted", "scatter"):
+        fn = jax.jit(lambda v, i, m=method: passive_gradient(v, i, sps.num_active, table.shape[0], m))
+        passive[method] = median_seconds(lambda: fn(values, ids).block_until_ready(), repeats)
+    passive_refs = int(jnp.sum((ids >= sps.num_active) & (ids < sps.pad_id)))
+    return sps, size, channels, results, macs, (passive, passive_refs)
 
 
 def main():
@@ -150,17 +177,29 @@ def main():
                  f"K = {args.max_selected} (ms, medians of {args.repeats}; ratio = dense / SPS time):")
     lines.append("")
     lines.append("| stage (S, F, A, P) | op | SPS fwd ms | dense fwd ms | fwd ratio | SPS fwd+bwd ms | "
-                 "dense fwd+bwd ms | fwd+bwd ratio | SPS / dense GMACs | temp MiB fwd+bwd SPS / dense |")
-    lines.append("|---|---|---|---|---|---|---|---|---|---|")
+                 "dense fwd+bwd ms | fwd+bwd ratio | dense (ops.conv2d) fwd+bwd ms | ratio | "
+                 "SPS / dense GMACs | temp MiB fwd+bwd SPS / dense |")
+    lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    passive_lines = []
     for stage in (int(s) for s in args.stages.split(",")):
-        sps, size, channels, results, macs = time_stage(stage, args.rois, args.max_selected, args.repeats)
+        sps, size, channels, results, macs, (passive, refs) = time_stage(stage, args.rois, args.max_selected,
+                                                                          args.repeats)
         label = f"{stage} ({size}², {channels}, {sps.num_active}, {sps.num_passive})"
         for ours, theirs in (("idconv", "dense conv"), ("sfm", "dense sfm")):
             (f1, b1, m1), (f2, b2, m2) = results[ours], results[theirs]
+            b3 = results[theirs + " msv"][1]
             lines.append(f"| {label} | {ours} | {1e3 * f1:.1f} | {1e3 * f2:.1f} | {f2 / f1:.2f}× | {1e3 * b1:.1f} | "
-                         f"{1e3 * b2:.1f} | {b2 / b1:.2f}× | {macs[ours] / 1e9:.2f} / {macs[theirs] / 1e9:.2f} | "
-                         f"{m1:.0f} / {m2:.0f} |")
+                         f"{1e3 * b2:.1f} | {b2 / b1:.2f}× | {1e3 * b3:.1f} | {b3 / b1:.2f}× | "
+                         f"{macs[ours] / 1e9:.2f} / {macs[theirs] / 1e9:.2f} | {m1:.0f} / {m2:.0f} |")
         print("\n".join(lines[-2:]), flush=True)
+        passive_lines.append(f"| {label} | {refs} of {9 * sps.num_active} | {1e3 * passive['sorted']:.1f} | "
+                             f"{1e3 * passive['scatter']:.1f} | {passive['sorted'] / passive['scatter']:.2f}× |")
+    lines.append("")
+    lines.append("(c) Passive rows of the IdConv table gradient (dilation 1), sorted segment_sum vs scatter-add:")
+    lines.append("")
+    lines.append("| stage (S, F, A, P) | passive references | sorted ms | scatter ms | sorted / scatter |")
+    lines.append("|---|---|---|---|---|")
+    lines.extend(passive_lines)
     text = "\n".join(lines)
     print(text)
     if args.append:

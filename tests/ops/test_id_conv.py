@@ -116,3 +116,20 @@ def test_vjp_keeps_no_im2col_residual():
     sizes = sorted(x.size for x in jax.tree_util.tree_leaves(vjp) if hasattr(x, "size"))
     assert max(sizes) < sps.num_active * 9 * 8
     assert table.size in sizes and weight.size in sizes
+
+
+def test_passive_gradient_methods_agree():
+    from msvision.ops.sps.id_conv import passive_gradient
+
+    sps, rng = partial_sps(3, rois=2, size=3, channels=4, ks=(6, 10))
+    ids = neighbour_ids(sps.id_map, sps.act_xy, sps.act_roi, 1, sps.pad_id)
+    values = jnp.asarray(rng.standard_normal((sps.num_active, 9, 4)), jnp.float32)
+    rows = sps.pad_id + 1
+    sorted_sum = passive_gradient(values, ids, sps.num_active, rows, "sorted")
+    scatter_sum = passive_gradient(values, ids, sps.num_active, rows, "scatter")
+    expected = np.zeros((rows - sps.num_active, 4))
+    for a, k in np.ndindex(ids.shape):
+        if sps.num_active <= ids[a, k] < sps.pad_id:
+            expected[ids[a, k] - sps.num_active] += values[a, k]
+    np.testing.assert_allclose(sorted_sum, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scatter_sum, expected, rtol=1e-5, atol=1e-5)

@@ -15,9 +15,12 @@ build a scatter-add for the table gradient. Backward:
   only referrer through tap k is the cell at p - d·o_k, which is the neighbour of the
   active through the mirrored tap 8 - k; if that cell is an active a, the gradient is
   dX[a, k]. No scatter;
-- d(passives) by a sorted ``segment_sum`` over the (active, tap) pairs that read a
-  passive: XLA:CPU lowers scatter-add to a serial loop (jax-ml/jax#38806; slower again
-  from jaxlib 0.10.2, #39959), sorted indices let it run segment by segment.
+- d(passives) by a ``segment_sum`` over the (active, tap) pairs that read a passive.
+  XLA:CPU lowers scatter-add to a serial loop (jax-ml/jax#38806; slower again from
+  jaxlib 0.10.2, #39959), and a sorted ``segment_sum`` itself is ~10x faster than an
+  unsorted one, but sorting the ids and permuting the [9A, F] rows costs more than that
+  saves: ``PASSIVE_GRADIENT_METHOD`` picks the measured-faster unsorted scatter
+  (the sorted path stays available in :func:`passive_gradient`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,12 @@ import jax
 import jax.numpy as jnp
 
 __all__ = ["neighbour_ids", "id_conv", "sfm_xla", "sps_macs", "TAP_OFFSETS"]
+
+# How the passive rows of the table gradient are summed (see passive_gradient). Measured on
+# XLA:CPU, jaxlib 0.10.2, at the thesis's stage-1 and stage-3 sizes (benchmarks/bench_sps.py,
+# section (c)): the unsorted scatter-add beats argsort + row permutation + sorted segment_sum
+# (the permutation gather costs more than the sorted scatter saves).
+PASSIVE_GRADIENT_METHOD = "scatter"
 
 # (dx, dy) unit offset of tap k = 3·ky + kx.
 TAP_OFFSETS = tuple((kx - 1, ky - 1) for ky in range(3) for kx in range(3))
@@ -83,13 +92,16 @@ def _id_conv_fwd(table, ids, weight, bias):
     return _forward(table, ids, weight, bias), (table, ids, weight)
 
 
-def passive_gradient(values: jax.Array, ids: jax.Array, num_active: int, num_rows: int) -> jax.Array:
-    """Σ of ``values`` rows per passive id by a sorted segment sum.
+def passive_gradient(values: jax.Array, ids: jax.Array, num_active: int, num_rows: int,
+                     method: str = "sorted") -> jax.Array:
+    """Σ of ``values`` rows per passive id.
 
     Args:
         values: [A, 9, F] gradient of every gathered neighbour.
         ids: [A, 9] int32 ids they were gathered from.
         num_active, num_rows: static A and N + 1 (table rows).
+        method: "sorted" (argsort the ids, permute the rows, ``segment_sum`` with
+            ``indices_are_sorted``) or "scatter" (one unsorted scatter-add).
 
     Returns:
         [N + 1 - A, F]: rows A..N of the table gradient; the pad row N is a constant
@@ -101,9 +113,15 @@ def passive_gradient(values: jax.Array, ids: jax.Array, num_active: int, num_row
     # Actives (handled by the reverse gather) and the pad go to the last segment (the pad's).
     is_passive = (flat_ids >= num_active) & (flat_ids < pad)
     segment = jnp.where(is_passive, flat_ids - num_active, pad - num_active)
-    order = jnp.argsort(segment)
-    summed = jax.ops.segment_sum(values.reshape(-1, channels)[order], segment[order],
-                                 num_segments=num_rows - num_active, indices_are_sorted=True)
+    rows = values.reshape(-1, channels)
+    if method == "sorted":
+        segment, order = jax.lax.sort((segment, jnp.arange(segment.shape[0], dtype=jnp.int32)), num_keys=1,
+                                      is_stable=False)
+        rows = rows.at[order].get(mode="promise_in_bounds")
+    elif method != "scatter":
+        raise ValueError(f"unknown passive-gradient method {method!r}")
+    summed = jax.ops.segment_sum(rows, segment, num_segments=num_rows - num_active,
+                                 indices_are_sorted=method == "sorted", mode="promise_in_bounds")
     return summed.at[-1].set(0)
 
 
@@ -120,15 +138,16 @@ def _id_conv_bwd(residuals, out_grad):
                         precision=jax.lax.Precision.HIGHEST).reshape(num_active, 9, channels)
 
     # Reverse gather for the actives: referrer through tap k = neighbour through tap 8-k.
+    # Nine gathers summed elementwise: one fused loop, no [A, 9, F] intermediate.
     referrer = ids[:, ::-1]
-    referrer = jnp.where(referrer < num_active, referrer, num_active)
-    padded = jnp.concatenate([cols_grad, jnp.zeros((1, 9, channels), compute)], axis=0)
+    is_active = referrer < num_active
+    referrer = jnp.where(is_active, referrer, 0)
     active_grad = None
     for k in range(9):
-        term = padded[:, k].at[referrer[:, k]].get(mode="promise_in_bounds")
+        term = jnp.where(is_active[:, k, None], cols_grad[:, k].at[referrer[:, k]].get(mode="promise_in_bounds"), 0)
         active_grad = term if active_grad is None else active_grad + term
 
-    rest_grad = passive_gradient(cols_grad, ids, num_active, table.shape[0])
+    rest_grad = passive_gradient(cols_grad, ids, num_active, table.shape[0], PASSIVE_GRADIENT_METHOD)
     table_grad = jnp.concatenate([active_grad, rest_grad], axis=0)
     return (table_grad.astype(table.dtype), None, weight_grad.astype(weight.dtype),
             bias_grad.astype(weight.dtype))
