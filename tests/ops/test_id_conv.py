@@ -15,6 +15,9 @@ from msvision.ops.sps.id_conv import id_conv, neighbour_ids
 from msvision.ops.sps.reference import id_conv_dense_reference, sfm_dense_reference
 
 
+split = jax.jit(select_and_split, static_argnums=2)
+
+
 @pytest.fixture
 def x64():
     previous = jax.config.jax_enable_x64
@@ -29,7 +32,7 @@ def partial_sps(seed, rois=2, size=3, channels=3, ks=(6,), dtype=np.float32):
     dense = jnp.asarray(rng.standard_normal((rois, size, size, channels)).astype(dtype))
     sps = sps_from_dense(dense, jnp.ones((rois,), bool))
     for k in ks:
-        sps, _ = select_and_split(sps, jnp.asarray(rng.standard_normal(sps.num_active)), k)
+        sps, _ = split(sps, jnp.asarray(rng.standard_normal(sps.num_active), dense.dtype), k)
         sps = sps.replace(act=sps.act + jnp.asarray(rng.standard_normal(sps.act.shape).astype(dtype)))
     return sps, rng
 
@@ -43,11 +46,12 @@ def test_neighbour_ids_read_the_pad_outside_the_grid():
     np.testing.assert_array_equal(np.delete(ids, 4, axis=1), sps.pad_id)  # every other tap leaves the 6x6 grid
     ids1 = np.asarray(neighbour_ids(sps.id_map, sps.act_xy, sps.act_roi, 1, sps.pad_id))
     size = sps.resolution
+    id_map, act_roi = np.asarray(sps.id_map), np.asarray(sps.act_roi)
     for a, (x, y) in enumerate(np.asarray(sps.act_xy)):
         for k in range(9):
             nx, ny = x + k % 3 - 1, y + k // 3 - 1
             inside = 0 <= nx < size and 0 <= ny < size
-            expected = sps.id_map[sps.act_roi[a], ny, nx] if inside else sps.pad_id
+            expected = id_map[act_roi[a], ny, nx] if inside else sps.pad_id
             assert ids1[a, k] == expected
 
 
@@ -63,8 +67,8 @@ def test_id_conv_gradients_match_dense_autodiff_float64(x64, dilation):
     def loss(fn):
         return lambda t, w, b: jnp.sum(fn(t, *args, w, b, dilation) * cotangent)
 
-    ours = jax.grad(loss(id_conv), argnums=(0, 1, 2))(table, weight, bias)
-    dense = jax.grad(loss(id_conv_dense_reference), argnums=(0, 1, 2))(table, weight, bias)
+    ours = jax.jit(jax.grad(loss(id_conv), argnums=(0, 1, 2)))(table, weight, bias)
+    dense = jax.jit(jax.grad(loss(id_conv_dense_reference), argnums=(0, 1, 2)))(table, weight, bias)
     assert ours[0].dtype == jnp.float64
     for a, b in zip(ours, dense):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
@@ -82,11 +86,12 @@ def test_id_conv_and_sfm_finite_differences(x64):
     table = lambda act, pas: sps.replace(act=act, pas=pas).feature_table()
     weight = jnp.asarray(rng.standard_normal((18, 3)))
     bias = jnp.asarray(rng.standard_normal(3))
-    check_grads(lambda a, p, w, b: id_conv(table(a, p), *args, w, b, 1), (sps.act, sps.pas, weight, bias),
+    check_grads(jax.jit(lambda a, p, w, b: id_conv(table(a, p), *args, w, b, 1)), (sps.act, sps.pas, weight, bias),
                 order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
     weights = jnp.asarray(rng.standard_normal((3, 18, 3)))
     biases = jnp.asarray(rng.standard_normal((3, 3)))
-    check_grads(lambda a, p, w, b: sfm(table(a, p), *args, w, b, impl="xla"), (sps.act, sps.pas, weights, biases),
+    check_grads(jax.jit(lambda a, p, w, b: sfm(table(a, p), *args, w, b, impl="xla")),
+                (sps.act, sps.pas, weights, biases),
                 order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
 
 
@@ -99,8 +104,8 @@ def test_sfm_gradients_match_dense_reference_float32():
     args = (sps.id_map, sps.act_xy, sps.act_roi)
     ours = jax.jit(jax.value_and_grad(lambda t, w, b: jnp.sum(sfm(t, *args, w, b, impl="xla") * cotangent),
                                       argnums=(0, 1, 2)))(table, weights, biases)
-    dense = jax.value_and_grad(lambda t, w, b: jnp.sum(sfm_dense_reference(t, *args, w, b) * cotangent),
-                               argnums=(0, 1, 2))(table, weights, biases)
+    dense = jax.jit(jax.value_and_grad(lambda t, w, b: jnp.sum(sfm_dense_reference(t, *args, w, b) * cotangent),
+                                       argnums=(0, 1, 2)))(table, weights, biases)
     np.testing.assert_allclose(ours[0], dense[0], rtol=1e-5)
     for a, b in zip(ours[1], dense[1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
@@ -125,11 +130,12 @@ def test_passive_gradient_methods_agree():
     ids = neighbour_ids(sps.id_map, sps.act_xy, sps.act_roi, 1, sps.pad_id)
     values = jnp.asarray(rng.standard_normal((sps.num_active, 9, 4)), jnp.float32)
     rows = sps.pad_id + 1
-    sorted_sum = passive_gradient(values, ids, sps.num_active, rows, "sorted")
-    scatter_sum = passive_gradient(values, ids, sps.num_active, rows, "scatter")
+    sums = jax.jit(lambda v, i: [passive_gradient(v, i, sps.num_active, rows, m) for m in ("sorted", "scatter")])
+    sorted_sum, scatter_sum = sums(values, ids)
     expected = np.zeros((rows - sps.num_active, 4))
-    for a, k in np.ndindex(ids.shape):
-        if sps.num_active <= ids[a, k] < sps.pad_id:
-            expected[ids[a, k] - sps.num_active] += values[a, k]
+    ids_np, values_np = np.asarray(ids), np.asarray(values)
+    for a, k in np.ndindex(ids_np.shape):
+        if sps.num_active <= ids_np[a, k] < sps.pad_id:
+            expected[ids_np[a, k] - sps.num_active] += values_np[a, k]
     np.testing.assert_allclose(sorted_sum, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(scatter_sum, expected, rtol=1e-5, atol=1e-5)

@@ -46,7 +46,8 @@ def test_roi_align_matches_torchvision(aligned, scale, sampling_ratio, output_si
     boxes = random_boxes(rng, 2, 6, height / scale, width / scale)
     boxes[0, 0] = [3.0, 3.0, 3.0, 3.0]  # degenerate box (torchvision forces 1x1 when not aligned)
     expected = torch_roi_align(features, boxes, output_size, scale, sampling_ratio, aligned)
-    actual = roi_align(jnp.asarray(features), jnp.asarray(boxes), output_size, scale, sampling_ratio, aligned)
+    actual = jax.jit(roi_align, static_argnums=(2, 3, 4, 5))(jnp.asarray(features), jnp.asarray(boxes), output_size,
+                                                             scale, sampling_ratio, aligned)
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
@@ -61,7 +62,7 @@ def test_roi_align_gradient_matches_torch_autograd(aligned):
     boxes = random_boxes(rng, 2, 5, 12, 16)
     cotangent = rng.standard_normal((2, 5, 3, 3, 4)).astype(np.float32)
 
-    grad = jax.grad(lambda f: jnp.sum(roi_align(f, jnp.asarray(boxes), 3, 0.5, 2, aligned) * cotangent))(
+    grad = jax.jit(jax.grad(lambda f: jnp.sum(roi_align(f, jnp.asarray(boxes), 3, 0.5, 2, aligned) * cotangent)))(
         jnp.asarray(features))
 
     x = torch.from_numpy(np.ascontiguousarray(features.transpose(0, 3, 1, 2))).requires_grad_(True)
@@ -126,8 +127,8 @@ def test_multilevel_roi_align_matches_numpy_loop():
     pyramid = {k: rng.standard_normal((2, image >> k, (image + 16) >> k, 3)).astype(np.float32) for k in (2, 3, 4)}
     boxes = random_boxes(rng, 2, 7, image, image + 16)
     levels = rng.integers(2, 5, (2, 7)).astype(np.int32)
-    actual = np.asarray(multilevel_roi_align({k: jnp.asarray(v) for k, v in pyramid.items()}, jnp.asarray(boxes),
-                                             jnp.asarray(levels), 4, sampling_ratio=2))
+    actual = np.asarray(jax.jit(multilevel_roi_align, static_argnums=3)(
+        {k: jnp.asarray(v) for k, v in pyramid.items()}, jnp.asarray(boxes), jnp.asarray(levels), 4))
     for b in range(2):
         for r in range(7):
             k = int(levels[b, r])
@@ -197,8 +198,8 @@ def test_mask_targets_are_roi_align_with_growing_sampling(mask_stride):
     masks = rng.random((2, 3, 20, 24)) > 0.6
     boxes = random_boxes(rng, 2, 4, 20 * mask_stride, 24 * mask_stride, spill=0.1)
     index = rng.integers(0, 3, (2, 4)).astype(np.int32)
-    values = roi_mask_targets(jnp.asarray(masks), jnp.asarray(boxes), jnp.asarray(index), mask_stride,
-                              output_size=16, num_scales=3)
+    targets = jax.jit(roi_mask_targets, static_argnums=(3, 4, 5))
+    values = targets(jnp.asarray(masks), jnp.asarray(boxes), jnp.asarray(index), mask_stride, 16, 3)
     assert [v.shape for v in values] == [(2, 4, 16, 16), (2, 4, 8, 8), (2, 4, 4, 4)]
     per_roi = masks[np.arange(2)[:, None], index].astype(np.float32)  # [B, R, H, W]
     for level, v in enumerate(values):

@@ -14,6 +14,7 @@ from msvision.ops.sps.id_conv import id_conv
 from msvision.ops.sps.reference import dense_conv3x3
 
 DILATIONS = (1, 3, 5)
+split = jax.jit(select_and_split, static_argnums=2)
 
 
 def numpy_select_and_split(sps: SPS, logits, k):
@@ -59,7 +60,7 @@ def test_select_and_split_matches_numpy_loop(ks):
     for k in ks:
         logits = rng.permutation(sps.num_active).astype(np.float32)  # distinct values
         expected, chosen = numpy_select_and_split(sps, logits, k)
-        sps, selected = jax.jit(select_and_split, static_argnums=2)(sps, jnp.asarray(logits), k)
+        sps, selected = split(sps, jnp.asarray(logits), k)
         np.testing.assert_array_equal(selected, chosen)
         for name, value in expected.items():
             np.testing.assert_array_equal(getattr(sps, name), value, err_msg=name)
@@ -73,7 +74,7 @@ def test_selection_prefers_every_valid_cell():
     features = jnp.zeros((2, 2, 2, 1))
     sps = sps_from_dense(features, jnp.asarray([False, True]))
     logits = jnp.asarray([9.0, 9.0, 9.0, 9.0, -5.0, -6.0, -7.0, -8.0])
-    _, selected = select_and_split(sps, logits, 5)
+    _, selected = split(sps, logits, 5)
     assert set(np.asarray(selected).tolist()) >= {4, 5, 6, 7}
 
 
@@ -104,18 +105,25 @@ def nearest_up(dense):
     return jnp.repeat(jnp.repeat(dense, 2, axis=1), 2, axis=2)
 
 
-def check_convs_against_dense(sps: SPS, dense, rng):
+@jax.jit
+def conv_outputs(sps: SPS, dense, weights, biases):
+    """(IdConv per dilation, dense conv per dilation at the actives, SFM, dense SFM), one compile."""
     table = sps.feature_table()
-    weights, biases = random_sfm_weights(rng, dense.shape[-1], 3)
+    args = (sps.id_map, sps.act_xy, sps.act_roi)
     at_actives = lambda out: out[sps.act_roi, sps.act_xy[:, 1], sps.act_xy[:, 0]]
-    for i, d in enumerate(DILATIONS):
-        expected = at_actives(dense_conv3x3(dense, weights[i], biases[i], d))
-        actual = id_conv(table, sps.id_map, sps.act_xy, sps.act_roi, weights[i], biases[i], d)
+    ours = [id_conv(table, *args, weights[i], biases[i], d) for i, d in enumerate(DILATIONS)]
+    theirs = [at_actives(dense_conv3x3(dense, weights[i], biases[i], d)) for i, d in enumerate(DILATIONS)]
+    ours_sfm = sfm(table, *args, weights, biases, DILATIONS, impl="xla")
+    theirs_sfm = sum(jax.nn.relu(t) for t in theirs)
+    return ours, theirs, ours_sfm, theirs_sfm
+
+
+def check_convs_against_dense(sps: SPS, dense, rng):
+    weights, biases = random_sfm_weights(rng, dense.shape[-1], 3)
+    ours, theirs, ours_sfm, theirs_sfm = conv_outputs(sps, dense, weights, biases)
+    for d, actual, expected in zip(DILATIONS, ours, theirs):
         np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5, err_msg=f"dilation {d}")
-    expected = at_actives(sum(jax.nn.relu(dense_conv3x3(dense, weights[i], biases[i], d))
-                              for i, d in enumerate(DILATIONS)))
-    actual = sfm(table, sps.id_map, sps.act_xy, sps.act_roi, weights, biases, DILATIONS, impl="xla")
-    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ours_sfm, theirs_sfm, rtol=1e-5, atol=1e-5)
 
 
 def test_all_cells_active_equals_dense_convolution_through_two_updates():
@@ -126,7 +134,7 @@ def test_all_cells_active_equals_dense_convolution_through_two_updates():
     check_convs_against_dense(sps, dense, rng)
     for _ in range(2):
         logits = jnp.asarray(rng.standard_normal(sps.num_active).astype(np.float32))
-        sps, _ = select_and_split(sps, logits, sps.num_active)  # K = all cells
+        sps, _ = split(sps, logits, sps.num_active)  # K = all cells
         assert sps.num_passive == 0
         # The children start as their parents: the dense map is the upsampled parent map.
         dense = nearest_up(dense)
@@ -149,7 +157,7 @@ def test_passive_neighbours_match_nearest_upsampled_dense_map(ks):
     sps = sps_from_dense(dense, jnp.asarray([True, True, False]))
     for k in ks:
         logits = jnp.asarray(rng.standard_normal(sps.num_active).astype(np.float32))
-        sps, _ = select_and_split(sps, logits, k)
+        sps, _ = split(sps, logits, k)
         sps = sps.replace(act=sps.act + jnp.asarray(rng.standard_normal(sps.act.shape).astype(np.float32)))
         dense = nearest_up(dense).at[sps.act_roi, sps.act_xy[:, 1], sps.act_xy[:, 0]].set(sps.act)
         np.testing.assert_array_equal(sps.feature_table()[sps.id_map], dense)
@@ -168,12 +176,13 @@ def test_batched_by_vmap_equals_per_image():
     weights, biases = random_sfm_weights(rng, channels, 4)
 
     def per_image(features, roi_valid, refine):
-        sps, _ = select_and_split(sps_from_dense(features, roi_valid), refine, 7)
+        sps, _ = select_and_split(sps_from_dense(features, roi_valid), refine, 7)  # traced: no nested jit
         return jax.value_and_grad(lambda w: jnp.sum(
             sfm(sps.feature_table(), sps.id_map, sps.act_xy, sps.act_roi, w, biases, impl="xla") ** 2))(weights)
 
     batched = jax.jit(jax.vmap(per_image))(dense, valid, logits)
+    single_image = jax.jit(per_image)
     for b in range(2):
-        single = per_image(dense[b], valid[b], logits[b])
+        single = single_image(dense[b], valid[b], logits[b])
         np.testing.assert_allclose(batched[0][b], single[0], rtol=1e-5)
         np.testing.assert_allclose(batched[1][b], single[1], rtol=1e-5, atol=1e-5)
