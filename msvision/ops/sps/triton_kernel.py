@@ -30,7 +30,8 @@ Kernels (spec §6 "Pallas"):
   lanes are the Fp distinct channels of one row, so interpret mode checks the exact
   code that runs on the GPU.
 - dW_t = Σ_a X_t(a)ᵀ G_d(a) and db = Σ_a G_d(a) stay in XLA (a gather and a matmul per
-  tap): deterministic, and cheaper than 27 contended [Fp, Fop] atomic tiles per program.
+  tap in a ``lax.scan``): deterministic, and cheaper than 27 contended [Fp, Fop] atomic
+  tiles per program.
 """
 
 from __future__ import annotations
@@ -227,13 +228,15 @@ def sfm_backward_pallas(table, ids, weights, biases, out_grad, *, block_actives:
     table_grad = jnp.concatenate([act_grad[:g.num_active], rest_grad[g.num_active:]], axis=0)[:, :g.channels]
 
     # Weight and bias gradients in XLA: per tap a row gather and a [F, A] x [A, F_out] matmul.
+    # One tap per scan step keeps a single [A, F] gather alive.
     gates = gates.reshape(g.dilations, g.active_padded, g.fop)[:, :g.num_active, :g.out_channels]
-    ids_by_tap = ids.reshape(g.num_active, g.dilations, 9)
-    weight_grad = jnp.stack([
-        jnp.stack([jnp.dot(table[ids_by_tap[:, d, k]].astype(jnp.float32).T, gates[d],
-                           precision=jax.lax.Precision.HIGHEST) for k in range(9)])
-        for d in range(g.dilations)]).reshape(weights.shape)
-    return table_grad, weight_grad, jnp.sum(gates, axis=1)
+
+    def tap_weight_grad(_, tap):
+        rows = table.at[ids[:, tap]].get(mode="promise_in_bounds").astype(jnp.float32)
+        return None, jnp.dot(rows.T, gates[tap // 9], precision=jax.lax.Precision.HIGHEST)
+
+    _, weight_grad = jax.lax.scan(tap_weight_grad, None, jnp.arange(g.taps))
+    return table_grad, weight_grad.reshape(weights.shape), jnp.sum(gates, axis=1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
