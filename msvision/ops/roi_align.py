@@ -21,7 +21,6 @@ data-dependent count); static shapes need a fixed ``sampling_ratio`` (default 2)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 import jax
@@ -171,6 +170,8 @@ def _pyramid_table(pyramid: Mapping[int, jax.Array], levels: jax.Array):
     the pyramid's keys are clamped to the nearest key.
     """
     keys = sorted(int(k) for k in pyramid)
+    if keys != list(range(keys[0], keys[-1] + 1)):
+        raise ValueError(f"pyramid levels must be consecutive integers, got {keys}")
     maps = [pyramid[k] for k in keys]
     batch, channels = maps[0].shape[0], maps[0].shape[-1]
     for k, m in zip(keys, maps):
@@ -201,7 +202,8 @@ def multilevel_roi_align(pyramid: Mapping[int, jax.Array], boxes: jax.Array, lev
     """RoIAlign of every RoI on its own pyramid level, as one flattened gather.
 
     Args:
-        pyramid: {level k: [B, H_k, W_k, C]} NHWC maps of stride 2^k (spatial scale 2^-k).
+        pyramid: {level k: [B, H_k, W_k, C]} NHWC maps of stride 2^k (spatial scale 2^-k),
+            consecutive integer keys (e.g. 2..5).
         boxes: [B, R, 4] float, (x0, y0, x1, y1) in input pixels.
         levels: [B, R] int32 pyramid level of every RoI (e.g. :func:`roi_levels`);
             values outside the pyramid's keys are clamped to the nearest key.

@@ -16,29 +16,23 @@ of a ``lax.scan`` (one [A, F] gather alive at a time). Backward, per tap k:
   only referrer through tap k is the cell at p - d·o_k, which is the neighbour of the
   active through the mirrored tap 8 - k; if that cell is an active a, the gradient is
   dX[a, k]. No scatter;
-- d(passives) by a ``segment_sum`` over the (active, tap) pairs that read a passive.
+- d(passives) by an unsorted scatter-add of the (active, tap) pairs that read a passive.
   XLA:CPU lowers scatter-add to a serial loop (jax-ml/jax#38806; slower again from
-  jaxlib 0.10.2, #39959), and a sorted ``segment_sum`` itself is ~10x faster than an
+  jaxlib 0.10.2, #39959) and a sorted ``segment_sum`` itself is ~10x faster than an
   unsorted one, but sorting the ids and permuting the [9A, F] rows costs more than that
-  saves: ``PASSIVE_GRADIENT_METHOD`` picks the measured-faster unsorted scatter
-  (the sorted path stays available in :func:`passive_gradient`).
+  saves: measured on XLA:CPU, jaxlib 0.10.2, at the thesis's sizes, the unsorted
+  scatter is 2.2-2.9x faster (``benchmarks/bench_sps.py`` section (c), which times both
+  methods of :func:`passive_gradient`).
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 __all__ = ["neighbour_ids", "id_conv", "sfm_xla", "sps_macs", "TAP_OFFSETS"]
-
-# How the passive rows of the table gradient are summed. Measured on XLA:CPU, jaxlib 0.10.2,
-# at the thesis's sizes (benchmarks/bench_sps.py, section (c), with passive_gradient): the
-# unsorted scatter-add beats argsort + row permutation + sorted segment_sum 2.2-2.9x (the
-# permutation gather costs more than the sorted scatter saves). The VJP scatters per tap.
-PASSIVE_GRADIENT_METHOD = "scatter"
 
 # (dx, dy) unit offset of tap k = 3·ky + kx.
 TAP_OFFSETS = tuple((kx - 1, ky - 1) for ky in range(3) for kx in range(3))
@@ -147,8 +141,8 @@ def _id_conv_bwd(residuals, out_grad):
     referrer = ids[:, ::-1]
     is_active = referrer < num_active
     referrer = jnp.where(is_active, referrer, 0)
-    # Passive rows: an unsorted scatter-add per tap (see PASSIVE_GRADIENT_METHOD); actives and
-    # the pad go to the pad's row, zeroed at the end.
+    # Passive rows: an unsorted scatter-add per tap (module docstring); actives and the pad
+    # go to the pad's row, zeroed at the end.
     segment = jnp.where((ids >= num_active) & (ids < pad), ids - num_active, pad - num_active)
 
     def tap(carry, k):

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
 
 
 def dense_map(features_table: jax.Array, id_map: jax.Array) -> jax.Array:
