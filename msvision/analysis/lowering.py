@@ -60,7 +60,7 @@ def force_cpu_devices(num_devices: int) -> None:
 
 
 def module_summary(text: str) -> dict:
-    """Custom-call targets (with counts), Triton kernel names and the partition count of a module.
+    """Custom-call targets (with counts), Triton kernel names, convolution count and partitions of a module.
 
     ``text``: ``Lowered.as_text()`` (StableHLO). Pallas Triton kernels appear as
     ``custom_call @__gpu$xla.gpu.triton`` whose backend config names the kernel.
@@ -72,7 +72,10 @@ def module_summary(text: str) -> dict:
             match = _TRITON_NAME.search(line)
             kernels[match.group(1) if match else "?"] += 1
     partitions = _NUM_PARTITIONS.search(text)
+    # Convolutions tell the kernel-gradient paths apart: XLA's own (a convolution per
+    # gradient) outside the CPU, matmuls of im2col windows on the CPU (ops/conv.py).
     return dict(custom_calls=dict(sorted(targets.items())), triton_kernels=dict(sorted(kernels.items())),
+                convolutions=text.count("stablehlo.convolution"),
                 num_partitions=int(partitions.group(1)) if partitions else 1)
 
 
@@ -109,8 +112,8 @@ def lower_config(
 
     Returns:
       ``{platform, devices, batch_size, image_size, train_ok, inference_ok, custom_calls:
-      {train, inference}, triton_kernels: {train, inference}, num_partitions, lowering_s:
-      {train, inference}, errors: {...}}`` (``errors`` only when something failed).
+      {train, inference}, triton_kernels, convolutions, num_partitions, lowering_s (each
+      per function: {train, inference}), errors}`` (``errors`` only when something failed).
     """
     from msvision.train import optimizer as optimizer_lib
     from msvision.train.loop import jit_sharded_steps
@@ -153,6 +156,7 @@ def lower_config(
     report["custom_calls"] = {k: r.get("custom_calls") for k, r in results.items()}
     report["triton_kernels"] = {k: r.get("triton_kernels") for k, r in results.items()}
     report["num_partitions"] = {k: r.get("num_partitions") for k, r in results.items()}
+    report["convolutions"] = {k: r.get("convolutions") for k, r in results.items()}
     report["lowering_s"] = {k: round(r["lowering_s"], 3) for k, r in results.items()}
     errors = {k: r["error"] for k, r in results.items() if not r["ok"]}
     if errors:
