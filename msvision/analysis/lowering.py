@@ -45,6 +45,9 @@ TRITON_TARGET = "__gpu$xla.gpu.triton"
 _CUSTOM_CALL = re.compile(r"stablehlo\.custom_call @([\w$.\-]+)")
 _TRITON_NAME = re.compile(r'name = \\?"(\w+)\\?"')
 _NUM_PARTITIONS = re.compile(r"mhlo\.num_partitions = (\d+)")
+_FUNC = re.compile(r"^  func\.func ", re.M)
+_FUNC_NAME = re.compile(r"(?:public |private )?@([\w$.\-]+)")
+_CALL = re.compile(r"\bcall @([\w$.\-]+)\(")  # func.call; not custom_call (no word boundary after "_")
 
 
 def force_cpu_devices(num_devices: int) -> None:
@@ -60,23 +63,48 @@ def force_cpu_devices(num_devices: int) -> None:
 
 
 def module_summary(text: str) -> dict:
-    """Custom-call targets (with counts), Triton kernel names, convolution count and partitions of a module.
+    """Custom-call targets, Triton kernel names, convolutions and partitions of a lowered module.
 
     ``text``: ``Lowered.as_text()`` (StableHLO). Pallas Triton kernels appear as
     ``custom_call @__gpu$xla.gpu.triton`` whose backend config names the kernel.
+    Counts are per execution of ``main``: JAX emits one private function for
+    identical sub-computations (e.g. the layers of an encoder) and calls it several
+    times, so each function's ops are multiplied by its number of calls. A loop body
+    (``lax.scan``, ``remat`` layers) counts once.
     """
-    targets = Counter(_CUSTOM_CALL.findall(text))
-    kernels: Counter = Counter()
-    for line in text.splitlines():
-        if TRITON_TARGET in line and "custom_call" in line:
-            match = _TRITON_NAME.search(line)
-            kernels[match.group(1) if match else "?"] += 1
+    functions: dict[str, tuple[Counter, Counter]] = {}
+    for chunk in _FUNC.split(text)[1:]:
+        name = _FUNC_NAME.match(chunk).group(1)
+        ops: Counter = Counter(f"custom_call:{t}" for t in _CUSTOM_CALL.findall(chunk))
+        for line in chunk.splitlines():
+            if TRITON_TARGET in line and "custom_call" in line:
+                match = _TRITON_NAME.search(line)
+                ops[f"triton:{match.group(1) if match else '?'}"] += 1
+        ops["convolution"] = chunk.count("stablehlo.convolution")
+        functions[name] = (ops, Counter(_CALL.findall(chunk)))
+
+    totals: dict[str, Counter] = {}
+
+    def total(name: str) -> Counter:
+        if name not in totals:
+            ops, callees = functions.get(name, (Counter(), Counter()))
+            result = Counter(ops)
+            for callee, times in callees.items():
+                for key, n in total(callee).items():
+                    result[key] += times * n
+            totals[name] = result
+        return totals[name]
+
+    counts = total("main")
     partitions = _NUM_PARTITIONS.search(text)
     # Convolutions tell the kernel-gradient paths apart: XLA's own (a convolution per
     # gradient) outside the CPU, matmuls of im2col windows on the CPU (ops/conv.py).
-    return dict(custom_calls=dict(sorted(targets.items())), triton_kernels=dict(sorted(kernels.items())),
-                convolutions=text.count("stablehlo.convolution"),
-                num_partitions=int(partitions.group(1)) if partitions else 1)
+    return dict(
+        custom_calls={k.split(":", 1)[1]: n for k, n in sorted(counts.items()) if k.startswith("custom_call:") and n},
+        triton_kernels={k.split(":", 1)[1]: n for k, n in sorted(counts.items()) if k.startswith("triton:") and n},
+        convolutions=counts["convolution"],
+        num_partitions=int(partitions.group(1)) if partitions else 1,
+    )
 
 
 def _lower(jitted, args, platform: str) -> dict:
