@@ -27,8 +27,12 @@ import numpy as np
 from jax import lax
 
 from msvision.ops import kernel_selfcheck
-from msvision.ops.msda import triton_kernel
 from msvision.ops.msda import xla as xla_impl
+
+try:
+    from msvision.ops.msda import triton_kernel
+except ImportError:  # a JAX without the Pallas Triton backend (deprecated from 0.11): XLA only
+    triton_kernel = None
 
 MSDA_TRITON = "msda_triton"
 
@@ -86,7 +90,7 @@ def multiscale_deformable_attention_auto(value, spatial_shapes: SpatialShapes, s
     Triton kernels when lowered for CUDA/ROCm and the kernel is enabled (see module
     docstring), else the XLA implementation.
     """
-    if kernel_selfcheck.kernel_enabled(MSDA_TRITON):
+    if triton_kernel is not None and kernel_selfcheck.kernel_enabled(MSDA_TRITON):
         return _msda_platform_dependent(value, spatial_shapes, sampling_locations, attention_weights)
     return xla_impl.multiscale_deformable_attention_xla(value, spatial_shapes, sampling_locations,
                                                        attention_weights)
@@ -122,11 +126,12 @@ def outputs_and_gradients(op):
     return run
 
 
-kernel_selfcheck.register_kernel(
-    MSDA_TRITON,
-    kernel=outputs_and_gradients(triton_kernel.multiscale_deformable_attention_triton),
-    reference=outputs_and_gradients(xla_impl.multiscale_deformable_attention_xla),
-    make_inputs=_check_inputs,
-    # float32 sums of at most 16 bilinear terms; atomics reorder the value-gradient sums.
-    rtol=1e-4, atol=1e-5,
-)
+if triton_kernel is not None:
+    kernel_selfcheck.register_kernel(
+        MSDA_TRITON,
+        kernel=outputs_and_gradients(triton_kernel.multiscale_deformable_attention_triton),
+        reference=outputs_and_gradients(xla_impl.multiscale_deformable_attention_xla),
+        make_inputs=_check_inputs,
+        # float32 sums of at most 16 bilinear terms; atomics reorder the value-gradient sums.
+        rtol=1e-4, atol=1e-5,
+    )
