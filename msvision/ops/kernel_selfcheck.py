@@ -177,7 +177,7 @@ def check_kernel(name: str, backend: Optional[str] = None) -> Verdict:
     with _LOCK:
         key = (name, backend)
         if key not in _VERDICTS:
-            verdict = _run_check(_REGISTRY[name], backend)
+            verdict = _agree_across_processes(_run_check(_REGISTRY[name], backend))
             _VERDICTS[key] = verdict
             if verdict.ok:
                 log.info("kernel %s passed its self-check on %s (%.2f s)", name, backend, verdict.seconds)
@@ -203,6 +203,23 @@ def _run_check(spec: KernelCheck, backend: str) -> Verdict:
         reason = f"it raised {type(error).__name__}: {first_line}"
         log.debug("kernel %s self-check error:\n%s", spec.name, "".join(traceback.format_exception(error)))
     return Verdict(spec.name, backend, reason is None, reason or "", time.perf_counter() - start)
+
+
+def _agree_across_processes(verdict: Verdict) -> Verdict:
+    """Multi-host: the kernel is used only if it passed on every process.
+
+    Every process traces the same train step, so every process reaches its first
+    check at the same point; without agreement, one host falling back would trace a
+    different program from the others. (Not exercised on real hosts yet.)
+    """
+    if jax.process_count() == 1:
+        return verdict
+    from jax.experimental import multihost_utils
+
+    passed = np.asarray(multihost_utils.process_allgather(np.asarray([verdict.ok], np.int32)))
+    if verdict.ok and not passed.all():
+        return dataclasses.replace(verdict, ok=False, reason="it failed on another process")
+    return verdict
 
 
 def _evaluate(spec: KernelCheck) -> Optional[str]:
