@@ -4,6 +4,7 @@ import os
 
 import jax
 import numpy as np
+import tiny_defenc_fqdetv2
 from flax import nnx
 
 from msvision.analysis.cost import abstract_model
@@ -17,11 +18,6 @@ ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
 TINY_RETINANET = ["model.backbone.depth=18", "model.backbone.width=8", "model.neck.channels=16",
                   "model.head.num_convs=1", "model.num_classes=3",
                   "model.head.prior_prob=0.3"]  # untrained scores above score_threshold: detections to compare
-TINY_DEFENC = ["model.backbone.depth=18", "model.backbone.width=8", "model.neck.channels=32",
-               "model.neck.num_layers=1", "model.neck.num_heads=2", "model.neck.num_points=1",
-               "model.neck.ffn_dim=32", "model.head.num_queries=40", "model.head.num_layers=1",
-               "model.head.num_heads=2", "model.head.self_attn_heads=2", "model.head.ffn_dim=32",
-               "model.head.selector_hidden=8", "model.head.nms_candidates=60", "model.head.max_detections=20"]
 
 
 def _images(batch, h, w, seed=0):
@@ -54,13 +50,13 @@ def test_cpu_export_round_trip_matches_predict():
 
 
 def test_cuda_export_of_an_msda_model_serializes_without_a_gpu():
-    config = load_config(os.path.join(ROOT, "configs", "fqdet", "r50_defenc_p3_fqdetv2.py"), TINY_DEFENC)
+    config = tiny_defenc_fqdetv2.get_config()
     exported = export_inference(config, None, ("cuda",), image_shape=(64, 64))
     restored = jax.export.deserialize(exported.serialize())
     assert restored.platforms == ("cuda",)
     assert restored.in_avals[-3].shape == (1, 64, 64, 3)
     text = restored.mlir_module()
-    assert text.count("__gpu$xla.gpu.triton") == 2  # one MSDA in the encoder, one in the decoder
+    assert text.count("__gpu$xla.gpu.triton") == tiny_defenc_fqdetv2.MSDA_LAYERS
     assert "msda_forward" in text
 
     stable = export_inference(config, None, ("cuda",), image_shape=(64, 64), allow_triton=False)

@@ -2,7 +2,7 @@
 
 Test-size models (the quickstart RetinaNet of ``tests/train/tiny_config.py``, and
 R-18 + DefEnc-P3 + FQDetV2 shrunk from ``configs/fqdet/r50_defenc_p3_fqdetv2.py``)
-with the default MSDA selection (``impl="auto"``), lowered for CUDA and for the CPU
+(``tiny_defenc_fqdetv2.py``) with the default MSDA selection (``impl="auto"``), lowered for CUDA and for the CPU
 in one subprocess (the device count must be forced before JAX initialises).
 """
 
@@ -13,26 +13,18 @@ import sys
 
 import pytest
 
+from tiny_defenc_fqdetv2 import MSDA_LAYERS
+
 HERE = os.path.dirname(__file__)
 ROOT = os.path.join(HERE, "..", "..")
 QUICKSTART = os.path.join(HERE, "..", "train", "tiny_config.py")
-DEFENC = os.path.join(ROOT, "configs", "fqdet", "r50_defenc_p3_fqdetv2.py")
-DEFENC_LAYERS, HEAD_LAYERS = 1, 1
-TINY_DEFENC = [
-    "--config.model.backbone.depth=18", "--config.model.backbone.width=8",
-    "--config.model.neck.channels=32", f"--config.model.neck.num_layers={DEFENC_LAYERS}",
-    "--config.model.neck.num_heads=2", "--config.model.neck.num_points=1", "--config.model.neck.ffn_dim=32",
-    "--config.model.head.num_queries=40", f"--config.model.head.num_layers={HEAD_LAYERS}",
-    "--config.model.head.num_heads=2", "--config.model.head.self_attn_heads=2", "--config.model.head.ffn_dim=32",
-    "--config.model.head.selector_hidden=8", "--config.model.head.nms_candidates=60",
-    "--config.model.head.max_detections=20",
-]
+DEFENC = os.path.join(HERE, "tiny_defenc_fqdetv2.py")
 COMMON = ["--json", "--devices=8", "--image-size=96", "--num-objects=3"]
 CASES = {
     "quickstart_cuda": [f"--config={QUICKSTART}", "--lower-for=cuda", *COMMON],
     "quickstart_cpu": [f"--config={QUICKSTART}", "--lower-for=cpu", *COMMON],
-    "defenc_cuda": [f"--config={DEFENC}", "--lower-for=cuda", *COMMON, *TINY_DEFENC],
-    "defenc_cpu": [f"--config={DEFENC}", "--lower-for=cpu", *COMMON, *TINY_DEFENC],
+    "defenc_cuda": [f"--config={DEFENC}", "--lower-for=cuda", *COMMON],
+    "defenc_cpu": [f"--config={DEFENC}", "--lower-for=cpu", *COMMON],
 }
 TRITON = "__gpu$xla.gpu.triton"
 
@@ -71,7 +63,7 @@ def test_quickstart_lowers_for_cuda_with_xla_kernel_gradients(results):
 
 def test_defenc_fqdetv2_lowers_the_msda_triton_kernel_for_cuda_only(results):
     cuda, cpu = _ok(results["defenc_cuda"]), _ok(results["defenc_cpu"])
-    msda_layers = DEFENC_LAYERS + HEAD_LAYERS  # one MSDA per encoder and decoder layer
+    msda_layers = MSDA_LAYERS  # one MSDA per encoder and decoder layer
     assert cuda["custom_calls"]["train"][TRITON] == 2 * msda_layers
     assert cuda["triton_kernels"]["train"] == {"msda_forward": msda_layers, "msda_backward": msda_layers}
     assert cuda["triton_kernels"]["inference"] == {"msda_forward": msda_layers}
