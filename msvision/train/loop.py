@@ -154,6 +154,19 @@ def build_trainer(config: ml_collections.ConfigDict, dataset_info) -> Trainer:
         rng=jax.random.PRNGKey(config.seed),
     )
     state = jax.device_put(state, replicated)
+    train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state)
+    return Trainer(config, mesh, graphdef, state, train_step, predict_step, schedules, dataset_info)
+
+
+def jit_sharded_steps(graphdef, tx: optax.GradientTransformation, schedules: dict, mesh: jax.sharding.Mesh,
+                      state: dict) -> tuple[Callable, Callable]:
+    """The jitted train and predict steps with the data-parallel shardings of :func:`train`.
+
+    ``state`` (arrays or ``ShapeDtypeStruct``s; only its tree structure is used) is
+    replicated and donated; the batch is split over the mesh's ``data`` axis.
+    ``msvision.analysis.lowering`` lowers exactly these functions for other platforms.
+    """
+    replicated = sharding_lib.replicated(mesh)
     state_sharding = jax.tree.map(lambda _: replicated, state)
     batch_sharding = sharding_lib.batch_sharded(mesh)
     train_step = jax.jit(
@@ -167,7 +180,7 @@ def build_trainer(config: ml_collections.ConfigDict, dataset_info) -> Trainer:
         in_shardings=(state_sharding["params"], state_sharding["rest"], batch_sharding),
         out_shardings=batch_sharding,
     )
-    return Trainer(config, mesh, graphdef, state, train_step, predict_step, schedules, dataset_info)
+    return train_step, predict_step
 
 
 def _fetch(metrics: dict) -> dict[str, float]:
