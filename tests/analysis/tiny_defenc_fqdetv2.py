@@ -2,8 +2,6 @@
 
 ``get_config()`` for ``--config=`` and :func:`shrink` for a loaded config. One encoder
 layer and one decoder layer (``MSDA_LAYERS`` = 2 MSDA calls per forward pass).
-Accepts both layouts of the FQDet head config (flat fields, or the nested
-``selector`` / ``decoder`` / ``inference`` sections).
 """
 
 import os
@@ -20,13 +18,9 @@ def shrink(config):
     model.backbone.depth, model.backbone.width = 18, 8
     model.neck.update(channels=32, num_layers=ENCODER_LAYERS, num_heads=2, num_points=1, ffn_dim=32)
     head = model.head
-    if "decoder" in head:  # nested head config
-        head.selector.update(num_queries=40, hidden_channels=8)
-        head.decoder.update(num_layers=DECODER_LAYERS, num_heads=2, self_attn_heads=2, ffn_dim=32)
-        head.inference.update(nms_candidates=60, max_detections=20)
-    else:
-        head.update(num_queries=40, selector_hidden=8, num_layers=DECODER_LAYERS, num_heads=2, self_attn_heads=2,
-                    ffn_dim=32, nms_candidates=60, max_detections=20)
+    head.selector.update(num_queries=40, hidden_channels=8)
+    head.decoder.update(num_layers=DECODER_LAYERS, num_heads=2, self_attn_heads=2, ffn_dim=32)
+    head.inference.update(nms_candidates=60, max_detections=20)
     return config
 
 
