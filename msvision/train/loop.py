@@ -55,7 +55,7 @@ class Trainer:
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
     graphdef: Any
-    state: dict  # {"step", "params", "rest", "opt_state", "rng"}
+    state: dict  # {"step", "params", "rest", "opt_state"}
     train_step: Callable
     predict_step: Callable
     schedules: dict
@@ -151,7 +151,6 @@ def build_trainer(config: ml_collections.ConfigDict, dataset_info) -> Trainer:
         params=params,
         rest=rest,
         opt_state=tx.init(params),
-        rng=jax.random.PRNGKey(config.seed),
     )
     state = jax.device_put(state, replicated)
     train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state)
@@ -196,11 +195,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from ``workdir`` if it has a checkpoint) and returns final metrics."""
     sharding_lib.initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        config_lib.save_config(config, os.path.join(workdir, "config.json"))
-
     dataset_info = data_lib.dataset_info(config.data)
     trainer = build_trainer(config, dataset_info)
+    if jax.process_index() == 0:
+        # After the dataset paths and num_classes are resolved: the config actually used.
+        config_lib.save_config(config, os.path.join(workdir, "config.json"))
+        data_lib.save_dataset_metadata(dataset_info, workdir)
     num_steps = total_steps(config, dataset_info.num_train_images)
     train_iter = data_lib.build_train_iterator(
         dataset_info, seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count()
@@ -250,6 +250,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 progress.update(step)
             if must_save:
                 ckpt.save(step, state, train_iter, meta=dict(num_steps=num_steps))
+                if jax.process_index() == 0:
+                    data_lib.save_data_faults(dataset_info, workdir)
                 progress.reset_timer(step)
             eval_every = config.train.eval_every
             if eval_every and step % eval_every == 0 and step != num_steps:
@@ -292,9 +294,42 @@ def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, vi
     )
 
 
+class NoCheckpointError(FileNotFoundError):
+    """The work directory has no checkpoint to evaluate; the message says where it looked."""
+
+
+def find_checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
+    """The checkpoint step to restore from ``workdir`` (latest by default), checked before
+    anything is built.
+
+    Raises:
+      NoCheckpointError: no checkpoint (or not ``step``) under ``WORKDIR/checkpoints``.
+    """
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+    if not steps:
+        what = "no such directory" if not os.path.isdir(directory) else "no step folders (orbax checkpoints)"
+        raise NoCheckpointError(
+            f"nothing to evaluate in {os.path.abspath(workdir)}: looked for orbax checkpoints in {directory} "
+            f"and found {what}. Train first (python train.py --config=... --workdir={workdir}) or point "
+            "--workdir at a training run."
+        )
+    if step is not None and step not in steps:
+        raise NoCheckpointError(f"no checkpoint of step {step} in {directory}; available steps: {steps}")
+    return steps[-1] if step is None else step
+
+
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None):
-    """Builds the trainer and restores a checkpoint (latest by default): ``(trainer, state, step)``."""
-    dataset_info = data_lib.dataset_info(config.data)
+    """Restores a checkpoint (latest by default) for evaluation: ``(trainer, state, step)``.
+
+    Checks that the checkpoint exists before building anything, initialises
+    multi-process mode like :func:`train`, and reads only the validation split (the
+    class list comes from ``WORKDIR/dataset.json``, written at training time, or from
+    the validation annotations).
+    """
+    step = find_checkpoint_step(workdir, step)
+    sharding_lib.initialize_distributed()
+    dataset_info = data_lib.eval_dataset_info(config.data, workdir)
     trainer = build_trainer(config, dataset_info)
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
     step, state, _ = ckpt.restore(checkpoint_lib.abstract_like(trainer.state), step=step)

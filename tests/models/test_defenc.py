@@ -227,7 +227,6 @@ def test_matches_torch_mmdet_transcription():
 
 
 def test_xla_and_pallas_interpret_msda_agree():
-    pytest.importorskip("msvision.ops.msda.triton_kernel")
     feats = _features(IN_P3, size=(24, 20))
     sizes = _image_sizes(((24, 20), (17, 12)))
     outs = []

@@ -51,6 +51,27 @@ def test_params_vs_thesis(name):
     assert abs(total - thesis) <= 0.05e6 and abs(total / thesis - 1) < 0.002, (name, total, thesis)
 
 
+# Ablation rows of tables 4.2-4.4 on r50_tpn_fqdet: (overrides, thesis Params).
+ABLATIONS = {
+    "4.2 1 size 1 ratio": (dict(anchors=dict(num_sizes=1, aspect_ratios=(1.0,))), 42.0e6),
+    "4.2 3 sizes 1 ratio": (dict(anchors=dict(num_sizes=3, aspect_ratios=(1.0,))), 42.2e6),
+    "4.2 1 size 3 ratios": (dict(anchors=dict(num_sizes=1)), 42.2e6),
+    "4.3 aux shared": (dict(prediction=dict(aux_losses=True)), 42.6e6),
+    "4.3 aux unshared": (dict(prediction=dict(aux_losses=True, aux_shared=False)), 43.5e6),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("row", sorted(ABLATIONS))
+def test_ablation_rows_vs_thesis(row):
+    overrides, thesis = ABLATIONS[row]
+    cfg = load_config("r50_tpn_fqdet")
+    for section, fields in overrides.items():
+        cfg.model.head[section].update(fields)
+    total = count_variables(abstract_detector(cfg.model), nnx.Param)
+    assert abs(total - thesis) <= 0.05e6, (row, total, thesis)
+
+
 def test_head_param_breakdown():
     """FQDet (thesis 4.4.1, 4 points) at D = 256, K = 80, by hand."""
     d, a, ffn, levels, heads, points = 256, 9, 1024, 5, 8, 4
