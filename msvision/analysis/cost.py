@@ -31,6 +31,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from msvision.models.abstract import abstract_init
 from msvision.models.build import build_model
 from msvision.models.layers import Frozen, FrozenStat, count_variables
 from msvision.structures import Batch
@@ -47,7 +48,7 @@ def count_parameters(model: nnx.Module) -> dict[str, int]:
 def abstract_model(model_cfg: ml_collections.ConfigDict) -> nnx.Module:
     """The model with ``ShapeDtypeStruct`` leaves (nothing allocated). Skips ``pretrained``."""
     cfg = _without_pretrained(model_cfg)
-    return nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
+    return abstract_init(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
 
 
 def _without_remat(model_cfg) -> Optional[ml_collections.ConfigDict]:

@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 
 from msvision import config as config_lib
+from msvision.models.abstract import abstract_init, cheap_tracer_errors
 from msvision.models.build import build_model
 from msvision.train import checkpoint as checkpoint_lib
 from msvision.train import data_setup as data_lib
@@ -78,9 +79,10 @@ def init_model_state(config: ml_collections.ConfigDict, num_classes: int):
     def init():
         return nnx.split(build_model(model_cfg, rngs=nnx.Rngs(config.seed)), nnx.Param, ...)[1:]
 
-    abstract_model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(config.seed)))
+    abstract_model = abstract_init(lambda: build_model(model_cfg, rngs=nnx.Rngs(config.seed)))
     graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
-    params, rest = jax.jit(init)()
+    with cheap_tracer_errors():  # tracing init draws every initialiser (msvision.models.abstract)
+        params, rest = jax.jit(init)()
     if pretrained:
         from msvision.models.backbones.convert_torchvision import load_torchvision_resnet
 

@@ -14,6 +14,7 @@ from msvision.models.layers import Conv2d
 TINY_CONFIG = '''
 import ml_collections
 from msvision.models.build import default_model_config
+from msvision.models.abstract import abstract_init
 
 def get_config():
     config = ml_collections.ConfigDict()
@@ -27,7 +28,7 @@ def get_config():
 
 def test_conv_macs_match_analytic():
     h, w, cin, cout, k = 32, 24, 16, 32, 3
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Conv2d(cin, cout, k, use_bias=False, rngs=nnx.Rngs(0))))
+    graphdef, state = nnx.split(abstract_init(lambda: Conv2d(cin, cout, k, use_bias=False, rngs=nnx.Rngs(0))))
 
     def f(state, x):
         return nnx.merge(graphdef, state)(x)

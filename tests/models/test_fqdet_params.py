@@ -3,8 +3,7 @@
 Counted from abstract shapes (``nnx.eval_shape``, nothing is compiled), as the
 thesis counts them: trainable parameters only (the frozen ResNet stem + stage 1 and
 the frozen BatchNorm affines are excluded, as in configs/retinanet/r50_tpn_*.py).
-One TPN row runs in the default selection; the other is slow (abstract init of 60
-bottlenecks takes tens of seconds on 2 cores, see tests/models/test_table31_params.py).
+Abstract init through ``msvision.models.abstract.abstract_init`` (seconds per row).
 """
 
 import os
@@ -17,6 +16,7 @@ from msvision.config_schema import section_kwargs
 from msvision.models.build import build_model
 from msvision.models.heads.fqdet import FQDetHead
 from msvision.models.layers import count_variables
+from msvision.models.abstract import abstract_init
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -36,12 +36,10 @@ def load_config(name):
 
 
 def abstract_detector(model_cfg):
-    return nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
+    return abstract_init(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
 
 
-@pytest.mark.parametrize(
-    "name", [pytest.param(n, marks=pytest.mark.slow) if n == "r50_tpn_fqdet" else n for n in sorted(EXPECTED)]
-)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_params_vs_thesis(name):
     model = abstract_detector(load_config(name).model)
     thesis, head = EXPECTED[name]
@@ -61,7 +59,6 @@ ABLATIONS = {
 }
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("row", sorted(ABLATIONS))
 def test_ablation_rows_vs_thesis(row):
     overrides, thesis = ABLATIONS[row]
@@ -87,6 +84,6 @@ def test_head_param_breakdown():
     box = one_step + lin(d, 4)
     expected = selector + transition + box_encoder + 6 * layer + cls + box
     cfg = load_config("r50_tpn_fqdet").model.head
-    head = nnx.eval_shape(lambda: FQDetHead(80, (3, 4, 5, 6, 7), 256, rngs=nnx.Rngs(0),
+    head = abstract_init(lambda: FQDetHead(80, (3, 4, 5, 6, 7), 256, rngs=nnx.Rngs(0),
                                             **section_kwargs(cfg, FQDetHead, skip=("name",))))
     assert count_variables(head) == expected == EXPECTED["r50_tpn_fqdet"][1]
