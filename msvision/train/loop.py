@@ -82,10 +82,10 @@ def init_model_state(config: ml_collections.ConfigDict, num_classes: int):
     graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
     params, rest = jax.jit(init)()
     if pretrained:
-        from msvision.models.backbones.convert_torchvision import load_torchvision_resnet
+        from msvision.models.backbones.pretrained import load_pretrained_backbone
 
         model = nnx.merge(graphdef, params, rest)
-        load_torchvision_resnet(model.backbone, pretrained)
+        load_pretrained_backbone(model.backbone, pretrained)
         _, params, rest = nnx.split(model, nnx.Param, ...)
         log.info("loaded pretrained backbone weights from %s", pretrained)
     return graphdef, params, rest
@@ -97,7 +97,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedules: dict)
     def train_step(state: dict, batch) -> tuple[dict, dict]:
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["rest"], copy=True)
-            loss, metrics = model.losses(batch)
+            # one key per step for training-time randomness (Swin's stochastic depth)
+            loss, metrics = model.losses(batch, rng=jax.random.fold_in(state["rng"], state["step"]))
             # Non-parameter state the forward pass updated (e.g. a loss-normaliser EMA).
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, rest)
