@@ -128,17 +128,19 @@ def test_matches_torchvision_every_stage():
 
 def test_padding_invariance():
     """Each image alone vs. inside a padded batch with a larger image (one canvas for all
-    cases: stride-4 maps 25×19 and 9×15 in a 32×30 canvas, window padding 28×21 / 14×21
-    vs. 35×35; the stride-32 maps 4×3 and 2×2 fit in one shifted window)."""
-    model = tiny_swin()
+    cases). Stride 4: maps 25×19 and 9×15 in a 32×30 canvas, window-padded to 28×21 and
+    14×21 vs. 35×35; stride 16: 7×5 and 3×4 (fits in one shifted window) in 8×8.
+    Stages 1–3 suffice (stage 4 repeats stage 3's cases) and keep the compiles short."""
+    model = tiny_swin(out_levels=(2, 3, 4))
     apply = jitted(model)
     canvas_hw = (128, 120)
     small = [(100, 76), (36, 60)]
     keys = jax.random.split(jax.random.key(1), len(small) + 1)
     images = [jax.random.normal(k, (1, h, w, 3)) for k, (h, w) in zip(keys, small)]
+    # noise, not zeros, in the padding: the patch embedding must mask it out
     canvas = jax.random.normal(keys[-1], (len(small) + 1, *canvas_hw, 3))
     for i, ((h, w), image) in enumerate(zip(small, images)):
-        canvas = canvas.at[i].set(0.0).at[i, :h, :w].set(image[0])
+        canvas = canvas.at[i, :h, :w].set(image[0])
     sizes = jnp.array(small + [canvas_hw], jnp.int32)
     batch = apply(canvas, sizes)
     for i, ((h, w), image) in enumerate(zip(small, images)):

@@ -68,24 +68,22 @@ def relative_position_index(window_size: int) -> np.ndarray:
     return (rel[0] * (2 * ws - 1) + rel[1]).astype(np.int32)
 
 
-def _region_labels(length: int, window_size: int, shift: int) -> np.ndarray:
+def _region_labels(length: int, window_size: int, shift: int) -> Array:
     """Region of each position of a rolled axis of ``length`` cells: mmdet's slices
     ``[0, L - ws)``, ``[L - ws, L - s)``, ``[L - s, L)`` → 0, 1, 2."""
-    labels = np.zeros(length, np.int32)
-    labels[length - window_size:length - shift] = 1
-    labels[length - shift:] = 2
-    return labels
+    i = jnp.arange(length)
+    return (i >= length - window_size).astype(jnp.int32) + (i >= length - shift).astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=64)
-def region_mask(height: int, width: int, window_size: int, shift: int) -> np.ndarray:
+def region_mask(height: int, width: int, window_size: int, shift: int) -> Array:
     """``[nW, N, N] bool``: True where query and key of a window of the rolled
     ``height × width`` map (multiples of ``ws``) lie in the same region (the mask of
-    mmdet's ``ShiftWindowMSA``, computed on that map)."""
+    mmdet's ``ShiftWindowMSA``, computed on that map). Built from iotas, so a large
+    map does not become a large constant of the compiled program."""
     rows = _region_labels(height, window_size, shift)
     cols = _region_labels(width, window_size, shift)
     labels = (rows[:, None] * 3 + cols[None, :])[None, :, :, None]  # [1, H, W, 1]
-    windows = np.asarray(window_partition(labels, window_size))[0, :, :, 0]  # numpy in, numpy out
+    windows = window_partition(labels, window_size)[0, :, :, 0]  # [nW, N]
     return windows[:, :, None] == windows[:, None, :]
 
 
@@ -121,7 +119,6 @@ def attention_bias(
     relative = jnp.take(table, jnp.asarray(index), axis=0).reshape(n, n, -1).transpose(2, 0, 1)
     region = None
     if shift > 0:
-        region = jnp.asarray(np.where(region_mask(height, width, window_size, shift), 0.0, REGION_MASK_VALUE),
-                             jnp.float32)
+        region = jnp.where(region_mask(height, width, window_size, shift), 0.0, REGION_MASK_VALUE)
     keys = None if valid_hw is None else key_valid_windows(valid_hw, height, width, window_size, shift)
     return relative, region, keys
