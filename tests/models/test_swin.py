@@ -243,7 +243,8 @@ def test_converter_layouts_round_trip():
     load_swin(from_official, official)
     # round trip: every official weight is in the model, transposed as documented
     block = from_official.layers[2].blocks[1]
-    np.testing.assert_array_equal(np.asarray(block.attn.qkv.kernel[...]), official["layers.2.blocks.1.attn.qkv.weight"].T)
+    np.testing.assert_array_equal(np.asarray(block.attn.qkv.kernel[...]),
+                                  official["layers.2.blocks.1.attn.qkv.weight"].T)
     np.testing.assert_array_equal(np.asarray(block.attn.relative_position_bias_table[...]),
                                   official["layers.2.blocks.1.attn.relative_position_bias_table"])
     np.testing.assert_array_equal(np.asarray(from_official.layers[1].downsample.reduction.kernel[...]),

@@ -337,7 +337,8 @@ class SwinTransformer(nnx.Module):
         self.out_channels = {i + 2: embed_dim * 2**i for i in range(4) if i + 2 in out_levels}
         # mmdet's output norms norm{stage}; absent for stages that are not returned
         for i in range(4):
-            norm = LayerNorm(embed_dim * 2**i, frozen=i + 1 <= frozen_stages, dtype=dtype) if i + 2 in out_levels else None
+            returned = i + 2 in out_levels
+            norm = LayerNorm(embed_dim * 2**i, frozen=i + 1 <= frozen_stages, dtype=dtype) if returned else None
             setattr(self, f"norm{i}", norm)
 
     def output_norm(self, stage: int) -> Optional[LayerNorm]:
