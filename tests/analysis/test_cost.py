@@ -9,12 +9,12 @@ from flax import nnx
 
 from msvision.analysis import __main__ as cli
 from msvision.analysis.cost import abstract_model, compile_cost, count_parameters
+from msvision.models.abstract import abstract_init
 from msvision.models.layers import Conv2d
 
 TINY_CONFIG = '''
 import ml_collections
 from msvision.models.build import default_model_config
-from msvision.models.abstract import abstract_init
 
 def get_config():
     config = ml_collections.ConfigDict()
