@@ -45,7 +45,8 @@ def compiled_step(config, batch, aware: bool):
         model = build_model(config.model, rngs=nnx.Rngs(0))
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         tx, schedules = build_optimizer(config.optim, params, steps_per_epoch=1000)
-        state = dict(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
+        state = dict(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+                 rng=jax.random.PRNGKey(0))
         compiled = jax.jit(make_train_step(graphdef, tx, schedules)).lower(state, batch).compile()
     finally:
         Detector.pyramid = original

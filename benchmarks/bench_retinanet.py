@@ -62,7 +62,8 @@ def ours(repeats: int, overrides=()) -> dict:
     model = build_model(config.model, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx, schedules = build_optimizer(config.optim, params, steps_per_epoch=1000)
-    state = dict(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params))
+    state = dict(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+                 rng=jax.random.PRNGKey(0))
     infer_batch = jax.device_put(synthetic_batch(1, 800, 10, config.model.num_classes))
     train_batch = jax.device_put(synthetic_batch(2, 800, 10, config.model.num_classes))
 

@@ -56,7 +56,7 @@ class Trainer:
     config: ml_collections.ConfigDict
     mesh: jax.sharding.Mesh
     graphdef: Any
-    state: dict  # {"step", "params", "rest", "opt_state"}
+    state: dict  # {"step", "params", "rest", "opt_state", "rng"}
     train_step: Callable
     predict_step: Callable
     schedules: dict
@@ -84,10 +84,10 @@ def init_model_state(config: ml_collections.ConfigDict, num_classes: int):
     with cheap_tracer_errors():  # tracing init draws every initialiser (msvision.models.abstract)
         params, rest = jax.jit(init)()
     if pretrained:
-        from msvision.models.backbones.convert_torchvision import load_torchvision_resnet
+        from msvision.models.backbones.pretrained import load_pretrained_backbone
 
         model = nnx.merge(graphdef, params, rest)
-        load_torchvision_resnet(model.backbone, pretrained)
+        load_pretrained_backbone(model.backbone, pretrained)
         _, params, rest = nnx.split(model, nnx.Param, ...)
         log.info("loaded pretrained backbone weights from %s", pretrained)
     return graphdef, params, rest
@@ -99,7 +99,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedules: dict)
     def train_step(state: dict, batch) -> tuple[dict, dict]:
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["rest"], copy=True)
-            loss, metrics = model.losses(batch)
+            # one key per step for training-time randomness (Swin's stochastic depth)
+            loss, metrics = model.losses(batch, rng=jax.random.fold_in(state["rng"], state["step"]))
             # Non-parameter state the forward pass updated (e.g. a loss-normaliser EMA).
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, rest)
@@ -153,6 +154,7 @@ def build_trainer(config: ml_collections.ConfigDict, dataset_info) -> Trainer:
         params=params,
         rest=rest,
         opt_state=tx.init(params),
+        rng=jax.random.PRNGKey(config.seed),  # folded with the step: training-time randomness (drop path)
     )
     state = jax.device_put(state, replicated)
     train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state)

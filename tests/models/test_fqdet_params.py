@@ -28,6 +28,7 @@ EXPECTED = {
     "r50_fpn_fqdetv2": (37.9e6, 10_820_795),
     "r50_defenc_p3_fqdetv2": (48.1e6, 10_820_795),
     "r50_defenc_p2_fqdetv2": (48.4e6, 10_857_803),
+    "swinl_defenc_p3_fqdetv2": (218.7e6, 10_820_795),  # table 4.22
 }
 
 
