@@ -3,9 +3,18 @@
 A checkpoint directory ``WORKDIR/checkpoints/<step>/`` holds three items:
 ``state`` (params, frozen variables, optimizer state, step, RNG key as arrays),
 ``data`` (the grain iterator state, so a resumed run reads exactly the batches an
-uninterrupted run would) and ``meta`` (JSON: step, config name, data statistics).
+uninterrupted run would) and ``meta`` (JSON: step, number of steps, global batch size and
+``data_processes``, the number of processes whose iterator states ``data`` holds).
 orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a crash mid-save leaves the previous checkpoint as the latest.
+
+Several processes save collectively: every process calls :meth:`Checkpointer.save`
+with the same step; the replicated ``state`` is written once (orbax splits the
+writing among the processes), ``meta`` by process 0, and ``data`` holds one file per
+process (``process_<i>-of-<n>.json``, grain's handler), so the grain state can only
+be restored by the same number of processes — :meth:`Checkpointer.data_restorable`
+says whether it can; the train loop otherwise repositions the data stream from the
+step (``msvision.data.pipeline``: batch ``k`` does not depend on the process count).
 """
 
 from __future__ import annotations
@@ -48,7 +57,10 @@ class Checkpointer:
         return self.every_steps > 0 and step % self.every_steps == 0
 
     def save(self, step: int, state: Any, data_iterator: Any = None, meta: Optional[dict] = None) -> None:
-        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta or {}, step=step)))
+        meta = dict(meta or {}, step=step)
+        if data_iterator is not None:
+            meta["data_processes"] = jax.process_count()
+        items = dict(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -71,6 +83,22 @@ class Checkpointer:
         logging.info("restored checkpoint %d from %s", step, self.directory)
         return step, restored["state"], dict(restored["meta"] or {})
 
+    def read_meta(self, step: Optional[int] = None) -> dict:
+        """The ``meta`` item of ``step`` (default: latest) alone."""
+        step = self.latest_step if step is None else step
+        restored = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"] or {})
+
+    def data_restorable(self, step: Optional[int] = None) -> bool:
+        """Whether this process can restore the grain iterator state of ``step`` (default:
+        latest): the checkpoint holds this process's file of it, i.e. it was written by
+        as many processes as there are now (grain's handler names the files
+        ``process_<i>-of-<n>.json``; a grain that renamed them would make this False, and
+        the loop then repositions the data stream from the step, which is also exact)."""
+        step = self.latest_step if step is None else step
+        name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+        return os.path.exists(os.path.join(self.directory, str(step), "data", name))
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 
@@ -84,3 +112,4 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
     )
+

@@ -119,9 +119,12 @@ def eval_dataset_info(data_cfg, workdir: Optional[str] = None) -> DatasetInfo:
     return DatasetInfo(meta, data_cfg, None, val_source)
 
 
-def build_train_iterator(info: DatasetInfo, *, seed: int, shard_index: int, shard_count: int):
+def build_train_iterator(info: DatasetInfo, *, seed: int, shard_index: int, shard_count: int, start_step: int = 0):
+    """This process's training batches from global batch ``start_step`` on
+    (``msvision.data.pipeline.build_train_iterator``)."""
     return data_lib.build_train_iterator(
-        info.data_cfg, seed=seed, shard_index=shard_index, shard_count=shard_count, source=info.train_source
+        info.data_cfg, seed=seed, shard_index=shard_index, shard_count=shard_count, start_step=start_step,
+        source=info.train_source,
     )
 
 

@@ -2,8 +2,15 @@
 
 Writes, under ``WORKDIR/eval/``: ``results_<step>.json`` (COCO results format,
 the dataset's own category ids), ``metrics_<step>.json`` (``bbox/AP``,
-``bbox/AP50``, …) and, when asked, ``vis_<step>/*.png`` with predicted boxes
-(solid) and ground truth (dashed).
+``bbox/AP50``, …, ``num_images``: images evaluated) and, when asked,
+``vis_<step>/*.png`` with predicted boxes (solid) and ground truth (dashed).
+
+Several processes: each reads its share of every global batch (process ``i`` of
+``n``: images ``≡ i (mod n)``, ``msvision.data.pipeline``), the predictions are
+gathered to every process, and process 0 alone writes the files and runs the COCO
+evaluation (the others return ``{}``). Each image is evaluated exactly once:
+padding samples and repeats (an unreadable image replaced by the next readable
+one) are dropped, ``num_images`` counts the distinct images.
 """
 
 from __future__ import annotations
@@ -44,18 +51,25 @@ def evaluate_detector(
         dataset_info, shard_index=jax.process_index(), shard_count=jax.process_count()
     )
     results: list[dict] = []
+    seen: set[int] = set()
     vis_dir = os.path.join(workdir, "eval", f"vis_{step}")
     drawn = 0
     is_main = jax.process_index() == 0
     for local_batch in tqdm(eval_iter, desc="eval", disable=not is_main, dynamic_ncols=True):
         batch = sharding_lib.shard_batch(local_batch, mesh)
+        # Every process gets the whole global batch: its own images and the others'.
         detections = sharding_lib.gather_to_host(predict(batch))
-        image_ids = sharding_lib.gather_to_host(batch.image_ids)
+        image_ids = _first_occurrences(sharding_lib.gather_to_host(batch.image_ids), seen)
+        if not is_main:
+            continue
         results.extend(
             coco_eval.detections_to_coco_results(detections, image_ids, dataset_info.label_to_category)
         )
-        if is_main and drawn < visualize_count:
-            drawn += _draw(local_batch, detections, dataset_info, vis_dir, visualize_count - drawn)
+        if drawn < visualize_count:
+            drawn += _draw(image_ids, detections, dataset_info, vis_dir, visualize_count - drawn)
+    if len(seen) != len(dataset_info.val_source):
+        log.warning("evaluated %d of the %d validation images (unreadable ones are skipped)",
+                    len(seen), len(dataset_info.val_source))
     metrics: dict[str, float] = {}
     if is_main:
         out_dir = os.path.join(workdir, "eval")
@@ -64,21 +78,44 @@ def evaluate_detector(
         evaluator = coco_eval.CocoEvaluator(dataset_info.val_annotations, iou_types=("bbox",))
         evaluator.add(results)
         metrics = evaluator.evaluate()
-        print(f"COCO evaluation at step {step} ({len(results)} detections):")
+        print(f"COCO evaluation at step {step} ({len(seen)} images, {len(results)} detections):")
         print(coco_eval.format_table(metrics))
+        metrics["num_images"] = float(len(seen))
         with open(os.path.join(out_dir, f"metrics_{step}.json"), "w") as f:
             json.dump(dict(metrics, step=step), f, indent=2)
     return {f"eval/{k}": v for k, v in metrics.items()}
 
 
-def _draw(local_batch: Batch, detections: Detections, dataset_info, out_dir: str, limit: int) -> int:
-    """Writes up to ``limit`` PNGs of this batch (original resolution); returns how many."""
+def _first_occurrences(image_ids: np.ndarray, seen: set[int]) -> np.ndarray:
+    """A global batch's image ids (``[B] int``, ``-1`` = padding) with every id already
+    in ``seen`` (or earlier in the batch) replaced by ``-1``, so no image is counted
+    twice; adds the new ids to ``seen``.
+
+    Repeats only come from a source replacing an unreadable image by the next
+    readable one (``msvision.data.coco``); they are logged.
+    """
+    ids = np.asarray(image_ids).reshape(-1).copy()
+    for i, image_id in enumerate(ids):
+        if image_id < 0:
+            continue
+        if int(image_id) in seen:
+            log.warning("image %d met twice in evaluation (an unreadable image replaced by the next one?): "
+                        "counted once", image_id)
+            ids[i] = -1
+        else:
+            seen.add(int(image_id))
+    return ids
+
+
+def _draw(image_ids: np.ndarray, detections: Detections, dataset_info, out_dir: str, limit: int) -> int:
+    """Writes up to ``limit`` PNGs (original resolution) of a gathered global batch:
+    ``image_ids [B] int`` (``-1`` = padding) and its ``detections``; returns how many."""
     os.makedirs(out_dir, exist_ok=True)
     count = 0
-    for i in range(local_batch.images.shape[0]):
-        if count >= limit or local_batch.image_ids[i] < 0:
+    for i, image_id in enumerate(np.asarray(image_ids).reshape(-1)):
+        if count >= limit or image_id < 0:
             continue
-        image_id = int(local_batch.image_ids[i])
+        image_id = int(image_id)
         image = data_setup.load_original_image(dataset_info, image_id)
         gt_boxes, gt_labels = data_setup.original_ground_truth(dataset_info, image_id)
         picture = visualize.draw_detections(

@@ -206,20 +206,13 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config_lib.save_config(config, os.path.join(workdir, "config.json"))
         data_lib.save_dataset_metadata(dataset_info, workdir)
     num_steps = total_steps(config, dataset_info.num_train_images)
-    train_iter = data_lib.build_train_iterator(
-        dataset_info, seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count()
-    )
     ckpt = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"),
         every_steps=config.train.checkpoint_every,
         keep=config.train.keep_checkpoints,
         async_save=config.train.async_checkpoint,
     )
-    state = trainer.state
-    start_step = 0
-    if ckpt.latest_step is not None:
-        start_step, state, _ = ckpt.restore(checkpoint_lib.abstract_like(state), train_iter)
-        log.info("resuming from step %d", start_step)
+    state, start_step, train_iter = resume(trainer, ckpt)
     writer = metrics_lib.MetricWriter(workdir)
     progress = metrics_lib.Progress(num_steps, start_step, config.data.batch_size)
     shapes_seen: set = set()
@@ -253,7 +246,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             else:
                 progress.update(step)
             if must_save:
-                ckpt.save(step, state, train_iter, meta=dict(num_steps=num_steps))
+                ckpt.save(step, state, train_iter, meta=dict(num_steps=num_steps, batch_size=config.data.batch_size))
                 if jax.process_index() == 0:
                     data_lib.save_data_faults(dataset_info, workdir)
                 progress.reset_timer(step)
@@ -281,6 +274,45 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     writer.close()
     trainer.state = state
     return final
+
+
+def resume(trainer: Trainer, ckpt: checkpoint_lib.Checkpointer) -> tuple[dict, int, Any]:
+    """The train state, first step and this process's data iterator: from the latest
+    checkpoint of ``ckpt`` if there is one, else fresh.
+
+    A checkpoint written by as many processes as this run has restores the grain
+    iterator state. One written by another number of processes (e.g. 2 processes,
+    resumed in 1) restores the train state and starts the data stream at the
+    checkpoint's step: global batch ``k`` holds the same images whatever the number
+    of processes (``msvision.data.pipeline``), so the run continues with the batches
+    an uninterrupted run would have read.
+    """
+    config, info = trainer.config, trainer.dataset_info
+
+    def data_iterator(start_step: int = 0):
+        return data_lib.build_train_iterator(info, seed=config.seed, shard_index=jax.process_index(),
+                                             shard_count=jax.process_count(), start_step=start_step)
+
+    if ckpt.latest_step is None:
+        return trainer.state, 0, data_iterator()
+    abstract = checkpoint_lib.abstract_like(trainer.state)
+    meta = ckpt.read_meta()
+    saved_batch = meta.get("batch_size", config.data.batch_size)
+    if saved_batch != config.data.batch_size:
+        log.warning("the checkpoint was trained with global batch size %d, this run uses %d: the data "
+                    "stream (batch k = images k·B … (k+1)·B − 1) differs from an uninterrupted run",
+                    saved_batch, config.data.batch_size)
+    if ckpt.data_restorable():
+        train_iter = data_iterator()
+        start_step, state, _ = ckpt.restore(abstract, train_iter)
+        log.info("resuming from step %d", start_step)
+    else:
+        start_step, state, _ = ckpt.restore(abstract)
+        train_iter = data_iterator(start_step)
+        log.info("resuming from step %d, written by %s processes: %d processes now, data stream "
+                 "repositioned to batch %d", start_step, meta.get("data_processes"), jax.process_count(),
+                 start_step)
+    return state, start_step, train_iter
 
 
 def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, visualize_count: int = 0) -> dict:

@@ -21,28 +21,59 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed() -> None:
-    """Calls ``jax.distributed.initialize`` when launched on several hosts.
+    """Calls ``jax.distributed.initialize`` when launched as several processes.
 
-    Detected from ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES`` and
-    ``JAX_PROCESS_ID``) or a cluster environment JAX recognises (SLURM, Open MPI);
-    a plain single-process launch does nothing.
+    Must run before anything touches a JAX device (``train`` and
+    ``restore_for_eval`` call it first). Detected from:
+
+    - ``JAX_COORDINATOR_ADDRESS`` (``host:port`` of process 0) with
+      ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (``python -m msvision.launch``
+      sets all three);
+    - a SLURM job step with more than one task (``srun``), or an Open MPI launch
+      (``mpirun``): JAX reads the coordinator, process count and id, and the
+      local devices from their environment.
+
+    A plain single-process launch does nothing. On the CPU backend the processes
+    talk through gloo over TCP (:func:`enable_cpu_collectives`).
     """
-    if jax.distributed.is_initialized() if hasattr(jax.distributed, "is_initialized") else False:
+    if jax.distributed.is_initialized():
         return
     coordinator = os.environ.get("JAX_COORDINATOR_ADDRESS")
     if coordinator:
-        jax.distributed.initialize(
-            coordinator_address=coordinator,
-            num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-            process_id=int(os.environ["JAX_PROCESS_ID"]),
-        )
+        missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if v not in os.environ]
+        if missing:
+            raise RuntimeError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} not: "
+                               "set all three on every process (or use python -m msvision.launch)")
+        kwargs = dict(coordinator_address=coordinator, num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                      process_id=int(os.environ["JAX_PROCESS_ID"]))
     elif "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        jax.distributed.initialize()
+        kwargs = {}
     elif int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
-        jax.distributed.initialize()
+        kwargs = {}
     else:
         return
-    logging.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
+    enable_cpu_collectives()
+    jax.distributed.initialize(**kwargs)
+    logging.info("jax.distributed initialised: process %d of %d, %d of %d devices local",
+                 jax.process_index(), jax.process_count(), jax.local_device_count(), jax.device_count())
+
+
+def enable_cpu_collectives() -> None:
+    """Cross-process collectives for the CPU backend (gloo over TCP), before it starts.
+
+    ``jax_cpu_collectives_implementation`` chooses them (jax >= 0.4.27; the older
+    ``jax_cpu_enable_gloo_collectives`` was removed in 0.8.0) and defaults to ``"gloo"`` since
+    jax 0.5.1 — still so in 0.10.2 and 0.11.1. Without it a multi-process CPU run
+    fails at its first cross-process collective, so an unset (``None``) value is
+    set to gloo; a choice made in ``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` (e.g.
+    ``mpi``) is kept. The option only concerns the CPU client: GPU and TPU runs
+    are unaffected.
+    """
+    if os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
+        return
+    current = getattr(jax.config, "jax_cpu_collectives_implementation", "absent")
+    if current is None:  # "absent": a JAX without the option, nothing to set
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
