@@ -2,8 +2,9 @@
 
 Differences from r50_fpn.py only: neck, head C, backbone depth, 3x schedule
 (thesis section 3.4.1: 36 epochs, lr drops ×0.1 after epochs 27 and 33; trained on
-2 GPUs × 2 images). Parameter count of this implementation: 34 676 352 (34.68 M)
-vs table 3.1 34.7 M (-0.07 %).
+2 GPUs × 2 images). Parameter count of this implementation: 34 676 864 (34.68 M)
+vs table 3.1 34.7 M (-0.07 %); 512 of them are the GroupNorm of the author's P7
+path (N§3.2).
 
 Parameter counting of the table 3.1 rows: see ``r50_fpn.py``.
 

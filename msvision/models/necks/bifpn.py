@@ -3,9 +3,13 @@
 Thesis section 3.4.2: "the BiFPN neck from [EfficientDet] with batch normalization
 layers replaced by group normalization layers, and with Swish-1 activation
 functions replaced by ReLU activation functions. Multiple of these BiFPN layers are
-concatenated". The layer follows the author's implementation
-(CedricPicron/DetSeg ``models/cores/bifpn.py``, ``norm_type='group'``,
-``separable_conv=True``), which is EfficientDet's BiFPN layer:
+concatenated". The neck follows the author's implementation (CedricPicron/DetSeg
+``models/cores/bifpn.py``, moved unchanged to ``deprecated/bifpn.py`` in 2023;
+N§3.2) with ``norm_type='group'`` and ``separable_conv=True``. The 2021 command
+line defaulted to regular 3×3 convs (``--bifpn_separable_conv`` was a flag), but
+only separable ones give table 3.1's 34.7 M parameters (regular ones: 63.9 M at
+L = 7, and no L reproduces 34.7 M; ``configs/retinanet/r50_bifpn_L7.py``). The
+layer is EfficientDet's BiFPN layer:
 
 * fast normalised fusion (EfficientDet eq. 3): ``w = ReLU(w_raw)``,
   ``out = Σ_i w_i·in_i / (Σ_i w_i + 1e-4)``, raw weights initialised to 1;
@@ -21,14 +25,20 @@ concatenated". The layer follows the author's implementation
   EfficientDet paper's top node has two inputs — the difference is one scalar
   weight per layer.
 * resampling: nearest-neighbour ``F.interpolate(size=...)`` both ways (the author's
-  code; EfficientDet uses max-pooling to go down). Nearest "down-sampling" to
-  ``ceil(h/2)`` picks every other pixel.
+  code; EfficientDet uses max-pooling to go down): source index ``⌊i·in/out⌋``,
+  so going down from an even size picks every other pixel.
 
 So one layer on n levels has 2(n−1) separable-conv nodes (8 for P3–P7, 68 608
 parameters each at D = 256) and 5(n−1) fusion weights. Convolutions use PyTorch's
-default init (the author's code sets none). The initial pyramid is the standard
-one shared by all table 3.1 necks (:class:`~msvision.models.necks.base.InitialPyramid`,
-thesis section 2.4).
+default init (the author's code sets none).
+
+Input stage (the author's ``BiFPN.in_projs``, N§3.2; it is the thesis's initial
+pyramid of section 2.4, :class:`~msvision.models.necks.base.InitialPyramid`, with
+the author's BiFPN details as defaults): 1×1 convs of C3–C5, P6 = conv3×3/2(C5)
+entering the pyramid raw, P7 = conv3×3/2(ReLU(GN(P6))), all with PyTorch's
+default init. Before issue 9 P6 entered after a ReLU, P7 had no GN and the convs
+had the detectron2 init of the TPN configs (``p6_relu=True, p7_norm=False,
+input_init='c2_xavier'`` restores that).
 
 Config (``config.model.neck``, name 'bifpn'): the keyword arguments of
 :class:`BiFPN` (num_layers L: 7 in table 3.1).
@@ -97,6 +107,25 @@ class SeparableConvNode(nnx.Module):
         return self.norm(self.pointwise(self.depthwise(jax.nn.relu(x), mask)), mask)
 
 
+class ConvNode(nnx.Module):
+    """ReLU → 3×3 conv (no bias) → GroupNorm: ``[B, H, W, D]`` → same.
+
+    The author's node with ``separable_conv=False`` (the 2021 command-line default);
+    PyTorch default init.
+    """
+
+    def __init__(self, channels: int = 256, *, num_groups: int = 8, dtype: Optional[Dtype] = None, rngs: nnx.Rngs):
+        self.conv = Conv2d(
+            channels, channels, 3, use_bias=False, kernel_init=kaiming_uniform(math.sqrt(5.0)),
+            dtype=dtype, rngs=rngs,
+        )
+        self.norm = group_norm(channels, num_groups, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        mask = padding_mask(image_sizes, x.shape[1:3], stride)
+        return self.norm(self.conv(jax.nn.relu(x), mask), mask)
+
+
 def fast_normalized_weights(raw: Array) -> Array:
     """EfficientDet fast normalised fusion: ``relu(w) / (Σ relu(w) + 1e-4)`` along the last axis."""
     w = jax.nn.relu(raw)
@@ -106,6 +135,8 @@ def fast_normalized_weights(raw: Array) -> Array:
 class BiFPNLayer(nnx.Module):
     """One BiFPN layer on ``num_levels`` maps ordered fine→coarse, all ``[B, H_l, W_l, D]``.
 
+    ``separable_conv``: :class:`SeparableConvNode` nodes, else :class:`ConvNode`.
+
     Attributes:
       top_down: ``n − 1`` nodes; entry i produces the top-down map of level i.
       bottom_up: ``n − 1`` nodes; entry i produces the output of level i+1.
@@ -113,12 +144,13 @@ class BiFPNLayer(nnx.Module):
       bottom_up_weights: ``[n − 1, 3]`` raw fusion weights (input, top-down, downsampled).
     """
 
-    def __init__(self, num_levels: int, channels: int = 256, *, num_groups: int = 8,
+    def __init__(self, num_levels: int, channels: int = 256, *, num_groups: int = 8, separable_conv: bool = True,
                  dtype: Optional[Dtype] = None, rngs: nnx.Rngs):
         n = num_levels
         kw = dict(num_groups=num_groups, dtype=dtype, rngs=rngs)
-        self.top_down = nnx.List([SeparableConvNode(channels, **kw) for _ in range(n - 1)])
-        self.bottom_up = nnx.List([SeparableConvNode(channels, **kw) for _ in range(n - 1)])
+        node = SeparableConvNode if separable_conv else ConvNode
+        self.top_down = nnx.List([node(channels, **kw) for _ in range(n - 1)])
+        self.bottom_up = nnx.List([node(channels, **kw) for _ in range(n - 1)])
         self.top_down_weights = nnx.Param(jnp.ones((n - 1, 2), jnp.float32))
         self.bottom_up_weights = nnx.Param(jnp.ones((n - 1, 3), jnp.float32))
 
@@ -148,10 +180,31 @@ class BiFPNLayer(nnx.Module):
 
 
 class BiFPN(nnx.Module):
-    """BiFPN(L) neck: initial pyramid + L :class:`BiFPNLayer` (thesis table 3.1).
+    """BiFPN(L) neck: input stage + L :class:`BiFPNLayer` (thesis table 3.1).
 
-    ``features = {level: [B, H/2^l, W/2^l, C_l]}`` → ``{level: [B, H/2^l, W/2^l, D]}``
-    for ``out_levels``.
+    Args:
+      in_channels: ``{level: C_l}`` of the backbone features (C3–C5).
+      out_levels: pyramid levels, fine to coarse (P3–P7).
+      num_layers: L (7 in table 3.1).
+      channels: D (256).
+      num_groups: GroupNorm groups of the nodes and of the P7 path (8).
+      extra_source: P6 from ``'input'`` (raw C5, the author's) or ``'lateral'`` (P5).
+      p6_relu: P6 enters the pyramid after a ReLU. False: the author's BiFPN applies
+        its in-place ReLU to GN(P6), so the pyramid keeps the raw P6 (N§3.2).
+      p7_norm: P7 = conv(ReLU(GN(P6))) (the author's ``[norm, act, conv]``, N§3.2);
+        False: conv(ReLU(P6)) as detectron2's ``LastLevelP6P7``. The thesis's
+        section 2.4 only says "a ReLU activation in between".
+      input_init: ``'torch'``: PyTorch's default ``Conv2d`` init for the 1×1 and
+        P6/P7 convs (the author's BiFPN sets none); ``'c2_xavier'``:
+        ``kaiming_uniform_(a=1)`` and zero biases (the author's TPN/FPN inputs).
+      separable_conv: nodes with a depthwise-separable 3×3 conv (table 3.1's
+        parameter count); False: a regular 3×3 conv without bias
+        (:class:`ConvNode`, the author's other option).
+      dtype: compute dtype.
+
+    Call: ``features = {level: [B, H/2^l, W/2^l, C_l]}``, optional ``image_sizes
+    [B, 2]`` (h, w inside the padding: padding-aware) → ``{level: [B, H/2^l,
+    W/2^l, D]}`` for ``out_levels``.
     """
 
     def __init__(
@@ -163,7 +216,10 @@ class BiFPN(nnx.Module):
         channels: int = 256,
         num_groups: int = 8,
         extra_source: str = "input",
-        p6_relu: bool = True,
+        p6_relu: bool = False,
+        p7_norm: bool = True,
+        input_init: str = "torch",
+        separable_conv: bool = True,
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):
@@ -172,11 +228,12 @@ class BiFPN(nnx.Module):
         self.channels = channels
         self.num_layers = num_layers
         self.input_proj = InitialPyramid(
-            in_channels, self.out_levels, channels, extra_source=extra_source, p6_relu=p6_relu, dtype=dtype,
-            rngs=rngs,
+            in_channels, self.out_levels, channels, extra_source=extra_source, p6_relu=p6_relu,
+            init=input_init, extra_norm_groups=num_groups if p7_norm else 0, dtype=dtype, rngs=rngs,
         )
         self.layers = nnx.List([
-            BiFPNLayer(len(self.out_levels), channels, num_groups=num_groups, dtype=dtype, rngs=rngs)
+            BiFPNLayer(len(self.out_levels), channels, num_groups=num_groups, separable_conv=separable_conv,
+                       dtype=dtype, rngs=rngs)
             for _ in range(num_layers)
         ])
 
