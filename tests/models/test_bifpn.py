@@ -10,14 +10,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-<<<<<<< HEAD
-from msvision.models.layers import count_variables
-from msvision.models.necks.bifpn import BiFPN, BiFPNLayer, SeparableConvNode, fast_normalized_weights
 from msvision.models.abstract import abstract_init
-=======
 from msvision.models.layers import GroupNorm, count_variables
 from msvision.models.necks.bifpn import BiFPN, BiFPNLayer, ConvNode, SeparableConvNode, fast_normalized_weights
->>>>>>> bifpn
 
 D = 32
 IN_P3 = {3: 16, 4: 24, 5: 40}

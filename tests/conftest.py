@@ -1,0 +1,32 @@
+"""Test-session setup.
+
+A persistent XLA compilation cache shared by the whole session, its subprocesses
+included: the training tests start ``train.py`` several times with one tiny config
+(resume after a kill, evaluation, multi-process), and every start after the first
+loads the compiled train step instead of compiling it again (a ~5× shorter start on
+2 CPU cores). The cache is a fresh temporary directory, so a test never sees
+executables of an earlier session. Set ``MSVISION_TEST_COMPILATION_CACHE=0`` to
+compile everything from scratch.
+
+XLA:CPU's backend optimisation level 0 (LLVM without its optimisation passes):
+the tests' tiny models spend most of their time compiling, and level 0 halves the
+compile time (user CPU 60 s -> 28 s for the tiny training run) while every
+computation keeps its semantics. Set ``XLA_FLAGS`` yourself to override it.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
+
+if os.environ.get("MSVISION_TEST_COMPILATION_CACHE", "1") != "0" and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _cache = tempfile.mkdtemp(prefix="msvision_test_xla_cache_")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+    # Read by jax at import (this module is imported before any test module) and
+    # inherited by every subprocess the tests start.
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+if "XLA_FLAGS" not in os.environ:
+    os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
