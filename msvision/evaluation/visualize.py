@@ -3,6 +3,9 @@
 Predictions are solid rectangles in their class colour with a ``name score``
 tag; ground truth is dashed, in the same class colour, tagged ``GT name``.
 Optional full-image masks are alpha-blended in the class colour below the boxes.
+Line width and label font scale with the image (:func:`default_line_width`,
+:func:`default_font_size`), so labels stay readable on a 4000-pixel photo and
+do not cover a 100-pixel thumbnail.
 """
 
 from __future__ import annotations
@@ -20,6 +23,23 @@ def class_color(label: int) -> tuple[int, int, int]:
     hue = (int(label) * 0.618033988749895) % 1.0
     r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 0.95)
     return int(r * 255), int(g * 255), int(b * 255)
+
+
+def default_line_width(height: int, width: int) -> int:
+    """Box outline width in pixels: 2 up to 800-pixel images, then 1/400 of the longer edge."""
+    return max(2, round(max(height, width) / 400))
+
+
+def default_font_size(height: int, width: int) -> int:
+    """Label font size in pixels: 1/45 of the longer edge (14 px at 640), at least 11."""
+    return max(11, round(max(height, width) / 45))
+
+
+def _load_font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # scalable (needs Pillow >= 10.1 with FreeType)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()  # fixed-size bitmap font
 
 
 def _class_name(class_names: Optional[Sequence[str]], label: int) -> str:
@@ -42,11 +62,12 @@ def _dashed_rectangle(draw: ImageDraw.ImageDraw, box, color, width: int, dash: i
             )
 
 
-def _tag(draw: ImageDraw.ImageDraw, xy, text: str, color, font) -> None:
+def _tag(draw: ImageDraw.ImageDraw, xy, text: str, color, font, below: bool = False) -> None:
+    """A filled label whose bottom-left corner is at ``xy`` (top-left with ``below``)."""
     x, y = xy
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     tw, th = right - left, bottom - top
-    y = max(0, y - th - 2)
+    y = y if below else max(0, y - th - 2)
     draw.rectangle([x, y, x + tw + 2, y + th + 2], fill=color)
     draw.text((x + 1 - left, y + 1 - top), text, fill=(255, 255, 255), font=font)
 
@@ -62,7 +83,8 @@ def draw_detections(
     gt_boxes: Optional[np.ndarray] = None,
     gt_labels: Optional[np.ndarray] = None,
     masks: Optional[np.ndarray] = None,
-    line_width: int = 2,
+    line_width: Optional[int] = None,
+    font_size: Optional[int] = None,
     mask_alpha: float = 0.45,
 ) -> Image.Image:
     """Draw detections (and optionally ground truth) on an image.
@@ -76,6 +98,9 @@ def draw_detections(
       gt_boxes, gt_labels: optional ``[G, 4]``, ``[G]`` ground truth (dashed).
       masks: optional ``[K, H, W]`` bool (or probabilities, thresholded at 0.5)
         full-image masks of the detections, blended with ``mask_alpha``.
+      line_width, font_size: box outline width and label font size in pixels;
+        ``None`` scales them with the image (:func:`default_line_width`,
+        :func:`default_font_size`).
 
     Returns:
       ``PIL.Image`` RGB of size ``(W, H)``.
@@ -97,7 +122,9 @@ def draw_detections(
             canvas[m] = (1 - mask_alpha) * canvas[m] + mask_alpha * np.asarray(class_color(labels[k]), np.float32)
     pil = Image.fromarray(np.clip(np.round(canvas), 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(pil)
-    font = ImageFont.load_default()
+    height, width = image.shape[:2]
+    line_width = default_line_width(height, width) if line_width is None else line_width
+    font = _load_font(default_font_size(height, width) if font_size is None else font_size)
 
     if gt_boxes is not None:
         gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
@@ -105,7 +132,7 @@ def draw_detections(
         for box, label in zip(gt_boxes, gt_labels):
             color = class_color(label)
             _dashed_rectangle(draw, box.tolist(), color, line_width)
-            _tag(draw, (box[0], box[3] + 12), f"GT {_class_name(class_names, label)}", color, font)
+            _tag(draw, (box[0], box[3]), f"GT {_class_name(class_names, label)}", color, font, below=True)
 
     for k in shown:
         color = class_color(labels[k])

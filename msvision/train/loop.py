@@ -36,6 +36,7 @@ from flax import nnx
 from msvision import config as config_lib
 from msvision.models.build import build_model
 from msvision.train import checkpoint as checkpoint_lib
+from msvision.train import classes as classes_lib
 from msvision.train import data_setup as data_lib
 from msvision.train import metrics as metrics_lib
 from msvision.train import optimizer as optimizer_lib
@@ -187,6 +188,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         config_lib.save_config(config, os.path.join(workdir, "config.json"))
 
     dataset_info = data_lib.dataset_info(config.data)
+    if jax.process_index() == 0:
+        # Prediction and export restore the model from the work directory alone.
+        classes_lib.write_classes(workdir, dataset_info.class_names, dataset_info.label_to_category)
     trainer = build_trainer(config, dataset_info)
     num_steps = total_steps(config, dataset_info.num_train_images)
     train_iter = data_lib.build_train_iterator(
@@ -287,3 +291,30 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Opti
     step, state, _ = ckpt.restore(checkpoint_lib.abstract_like(trainer.state), step=step)
     ckpt.close()
     return trainer, state, step
+
+
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_classes: int,
+                          step: Optional[int] = None):
+    """Restores only the model of a checkpoint (latest by default): ``(graphdef, params, rest, step)``.
+
+    Needs neither the dataset nor the optimizer: the model is built abstractly
+    (``nnx.eval_shape``) with ``num_classes`` classes and only ``params`` and
+    ``rest`` are read from the checkpoint (onto the first local device); the
+    optimizer state is not read.
+    """
+    with config.unlocked():
+        config.model.num_classes = num_classes
+    model_cfg = config.model.copy_and_resolve_references()
+    with model_cfg.unlocked():
+        model_cfg.backbone.pretrained = ""  # the checkpoint holds the weights
+    abstract_model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(config.seed)))
+    graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            dict(params=params, rest=rest))
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
+    try:
+        step, state = ckpt.restore_subtree(abstract, step=step)
+    finally:
+        ckpt.close()
+    return graphdef, state["params"], state["rest"], step

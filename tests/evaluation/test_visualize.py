@@ -53,3 +53,17 @@ def test_real_image():
     image = np.asarray(Image.open(path).convert("RGB"))
     out = draw_detections(image, np.array([[100, 100, 300, 300]]), [0], [0.7], ["person"])
     assert out.size == (image.shape[1], image.shape[0])
+
+
+def test_label_size_scales_with_the_image():
+    heights, widths = [], []
+    for size in (200, 2000):
+        image = np.full((size, size, 3), 127, np.uint8)
+        box = np.array([[0.25, 0.25, 0.45, 0.45]]) * size
+        picture = np.asarray(draw_detections(image, box, [0], [0.9], ["person"]))
+        above = np.all(picture[: int(box[0, 1]) - 2] == class_color(0), axis=-1)  # the label's background
+        heights.append(int(above.any(axis=1).sum()))
+        widths.append(int(above.sum(axis=1).max()))
+    assert heights[0] >= 10 and widths[0] >= 30  # readable on a small image
+    assert heights[1] >= 3 * heights[0] and widths[1] >= 3 * widths[0]  # and much larger on a 10x image
+    assert heights[1] < 0.05 * 2000  # without covering the picture

@@ -8,6 +8,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import tiny_config  # noqa: E402
 
 from msvision.train import loop  # noqa: E402
+from msvision.train.classes import read_classes  # noqa: E402
 from msvision.train.metrics import read_metrics  # noqa: E402
 
 
@@ -35,3 +36,7 @@ def test_short_training_learns(tmp_path):
         assert json.load(f)["bbox/AP50"] == final["eval/bbox/AP50"]
     assert len(os.listdir(os.path.join(workdir, "eval", "vis_300"))) == 2
     assert final["perf/compiled_train_shapes"] == 1  # one bucket in the tiny config
+    # The class list prediction and export restore the model with, without the dataset:
+    classes = read_classes(workdir)
+    assert classes.class_names == ("circle", "triangle", "rectangle", "star", "hexagon", "cross")
+    assert classes.category_ids == (1, 2, 3, 4, 5, 6)

@@ -1,0 +1,159 @@
+"""Prediction from a work directory: JSON schema, category mapping, original-pixel boxes,
+batch/bucket independence, unreadable files, pictures (``msvision.predict``)."""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import inference_helpers
+from inference_helpers import CATEGORY_IDS, CLASS_NAMES, CONFIG_OVERRIDES, assert_same_detections, coco_mini_images
+from msvision import predict as predict_lib
+from msvision.data.image_files import list_image_files
+from msvision.train.classes import ClassList, read_classes, write_classes
+
+
+def _read_rgb(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_cli_predictions_json_pictures_and_skipped_files(tmp_path, inference_workdir, live_predictor, capsys):
+    config_arg, workdir, _ = inference_workdir
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    photos = coco_mini_images(3)
+    shutil.copy(photos[0], inputs / "b.jpg")
+    shutil.copy(photos[1], inputs / "sub" / "c.JPG")  # extensions match in any case
+    single = tmp_path / "single.jpg"
+    shutil.copy(photos[2], single)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (37, 300, 4), np.uint8), "RGBA").save(inputs / "a.png")  # RGBA, extreme shape
+    (inputs / "broken.jpg").write_bytes(b"not an image at all")
+    (inputs / "truncated.jpg").write_bytes(open(photos[0], "rb").read()[:3000])  # header reads, decoding fails
+    (inputs / "notes.txt").write_text("ignored: not an image extension")
+    out = tmp_path / "out"
+
+    code = predict_lib.main([f"--config={config_arg}", f"--workdir={workdir}", str(inputs), str(single),
+                             str(tmp_path / "missing.jpg"), "--out", str(out), "--batch-size", "3",
+                             "--score-threshold", "0", *CONFIG_OVERRIDES])
+    assert code == 0
+    stderr = capsys.readouterr().err
+    predictions = json.loads((out / "predictions.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
+
+    expected = [inputs / "a.png", inputs / "b.jpg", inputs / "sub" / "c.JPG", single]  # walk order, then argv order
+    assert [p["file_name"] for p in predictions] == [str(p) for p in expected]
+    skipped = {os.path.basename(s["file_name"]): s["error"] for s in summary["skipped"]}
+    assert set(skipped) == {"broken.jpg", "truncated.jpg", "missing.jpg"}
+    assert "decode" in skipped["truncated.jpg"] and "no such file" in skipped["missing.jpg"]
+    for name in skipped:
+        assert name in stderr
+    assert summary["num_images"] == 4
+    assert summary["compiled_shapes"] == [[3, 128, 128, 3]]  # every image fits the tiny config's one bucket
+
+    for entry, path in zip(predictions, expected):
+        image = _read_rgb(path)
+        assert set(entry) == {"file_name", "width", "height", "detections", "picture"}
+        assert (entry["height"], entry["width"]) == image.shape[:2]
+        assert len(entry["detections"]) == 20  # head.max_detections; the head keeps every score here
+        scores = [d["score"] for d in entry["detections"]]
+        assert scores == sorted(scores, reverse=True)
+        for det in entry["detections"]:
+            assert set(det) == {"bbox", "score", "category_id", "category"}
+            x, y, w, h = det["bbox"]
+            assert 0 <= x and 0 <= y and w >= 0 and h >= 0
+            assert x + w <= entry["width"] + 0.01 and y + h <= entry["height"] + 0.01
+            # category mapping: the dataset's own (non-contiguous) id and its name
+            assert det["category"] == CLASS_NAMES[CATEGORY_IDS.index(det["category_id"])]
+        # Batches of 3 in the CLI, one image at a time in the Python API: the same detections.
+        assert_same_detections(entry["detections"], live_predictor(image))
+        picture = _read_rgb(out / entry["picture"])
+        assert picture.shape == image.shape
+        assert np.abs(picture.astype(int) - image).max() > 100  # boxes drawn
+    assert len({p["picture"] for p in predictions}) == 4
+
+
+def test_boxes_are_in_original_pixels(live_predictor):
+    # A 48x64 image is resized to the network's 96x128 with PIL bilinear; its 2x copy made the same
+    # way needs no resizing: the network sees the same pixels, and the boxes must scale exactly by 2.
+    photo = Image.open(coco_mini_images(1)[0]).convert("RGB")
+    small = photo.resize((64, 48), Image.BILINEAR)
+    double = small.resize((128, 96), Image.BILINEAR)
+    assert live_predictor.preprocessing.network_size((48, 64)) == (96, 128)
+    a, b = live_predictor(np.asarray(small)), live_predictor(np.asarray(double))
+    assert_same_detections(a, b, box_scale=2.0, box_atol=0.03)
+    # (A real 2x upscale, whose resized input differs slightly, is checked with a trained model
+    # in tests/train/test_coco_mini_overfit.py: these random weights are not robust to it.)
+
+
+def test_detections_independent_of_batch_and_bucket(live_predictor):
+    rng = np.random.default_rng(1)
+    images = [_read_rgb(p) for p in coco_mini_images(2)]
+    images += [rng.integers(0, 255, (300, 37, 3), np.uint8), rng.integers(0, 255, (5, 7, 3), np.uint8)]
+    alone = [live_predictor(im) for im in images]  # one image per batch, in the 128x128 bucket
+    # Three per batch (the second batch padded) in a bigger bucket: the same detections, since
+    # every layer is padding-aware.
+    big = dataclasses.replace(live_predictor.preprocessing, buckets=((256, 256),))
+    batched = predict_lib.Predictor(live_predictor.detect, live_predictor.classes, big, batch_size=3,
+                                    score_threshold=0.0)
+    for a, b in zip(alone, batched.predict_arrays(images)):
+        assert_same_detections(a, b, box_atol=0.05, score_atol=1e-3)
+    assert batched.shapes_seen == {(3, 256, 256, 3)}
+    # No bucket holds the image: one is made, rounded up to the bucket divisor.
+    small = dataclasses.replace(live_predictor.preprocessing, buckets=((64, 64),))
+    assert small.bucket([(96, 128)]) == (128, 128) and small.bucket([(64, 20)]) == (64, 64)
+    fixed = dataclasses.replace(small, allow_new_buckets=False)
+    assert fixed.bucket([(96, 128)]) == (64, 64)  # exported models shrink the image instead
+    # DETR's rounding gives 16x129 for 37x300 (shortest 96, longest <= 128): capped to 128.
+    assert live_predictor.preprocessing.network_size((37, 300)) == (16, 128)
+
+
+def test_array_inputs(live_predictor):
+    gray = np.asarray(Image.open(coco_mini_images(1)[0]).convert("L"))
+    as_rgb = np.repeat(gray[..., None], 3, axis=2)
+    assert_same_detections(live_predictor(gray), live_predictor(as_rgb), box_atol=0.0, score_atol=0.0)
+    with pytest.raises(TypeError):
+        live_predictor(as_rgb.astype(np.float32))
+    with pytest.raises(ValueError):
+        live_predictor(np.zeros((0, 10, 3), np.uint8))
+    strict = predict_lib.Predictor(live_predictor.detect, live_predictor.classes, live_predictor.preprocessing,
+                                   score_threshold=0.9)
+    result = strict(as_rgb)
+    assert all(d["score"] >= 0.9 for d in result)
+    assert len(result) == sum(d["score"] >= 0.9 for d in live_predictor(as_rgb))
+
+
+def test_class_list_from_workdir_or_dataset(tmp_path):
+    write_classes(str(tmp_path / "a"), ["x", "y"], [5, 2])
+    assert read_classes(str(tmp_path / "a")) == ClassList(("x", "y"), (5, 2))
+    # No classes.json: the class list of the config's training annotations (COCO ids sorted).
+    config = inference_helpers.tiny_inference_config(str(tmp_path / "none"))
+    annotations = inference_helpers.COCO_MINI / "annotations" / "instances_train2017.json"
+    with config.unlocked():
+        config.data.synthetic.enabled = False
+        config.data.train.annotations = str(annotations)
+        config.data.train.images = str(inference_helpers.COCO_MINI / "train2017")
+    classes = read_classes(str(tmp_path / "b"), config)
+    categories = sorted(json.loads(annotations.read_text())["categories"], key=lambda c: c["id"])
+    assert classes.category_ids == tuple(c["id"] for c in categories) and classes.num_classes == 80
+    assert classes.class_names == tuple(c["name"] for c in categories)
+    with config.unlocked():
+        config.data.train.annotations = str(tmp_path / "missing.json")
+    with pytest.raises(FileNotFoundError):
+        read_classes(str(tmp_path / "b"), config)
+
+
+def test_list_image_files(tmp_path):
+    (tmp_path / "d" / "z").mkdir(parents=True)
+    (tmp_path / "empty").mkdir()
+    for name in ("d/b.PNG", "d/a.jpeg", "d/z/c.webp", "d/readme.md", "loose.dat"):
+        (tmp_path / name).write_bytes(b"")
+    paths, missing = list_image_files([str(tmp_path / "d"), str(tmp_path / "loose.dat"), str(tmp_path / "d" / "a.jpeg"),
+                                       str(tmp_path / "empty"), str(tmp_path / "nope")])
+    names = [os.path.relpath(p, tmp_path) for p in paths]
+    assert names == ["d/a.jpeg", "d/b.PNG", "d/z/c.webp", "loose.dat"]  # a file is taken whatever its extension
+    assert [os.path.basename(m["file_name"]) for m in missing] == ["empty", "nope"]
