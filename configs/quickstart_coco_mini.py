@@ -20,10 +20,10 @@ the config argument, or point the splits anywhere from the command line::
 
 Differences from the quickstart, all for memorising 80 images in a few hundred
 steps: a fixed number of steps (``train.num_steps``; the epoch-based decays are
-stretched over it), no random crops (``crop_prob = 0``: every object stays in
-view; flips and scale jitter stay), slightly larger images (shortest edge
-256–352, evaluation 320, longest edge at most 480: COCO objects are much smaller
-than the synthetic shapes) and up to 40 objects per image (coco_mini has up to 35).
+stretched over it); no augmentation (no flips, no crops, one scale: the training
+images are exactly the evaluation images, shortest edge 320, longest at most
+480 — larger than the quickstart's 224 because COCO objects are much smaller
+than the synthetic shapes); up to 40 objects per image (coco_mini has up to 35).
 """
 
 import os
@@ -44,8 +44,9 @@ def get_config(root: str = "") -> ml_collections.ConfigDict:
         config.data[split].annotations = os.path.join(root, "annotations", "instances_train2017.json")
         config.data[split].images = os.path.join(root, "train2017")
     config.data.max_instances = 40
+    config.data.augment.hflip_prob = 0.0
     config.data.augment.crop_prob = 0.0
-    config.data.augment.scales = tuple(range(256, 353, 32))
+    config.data.augment.scales = (320,)
     config.data.augment.max_size = 480
     config.data.eval_scale = 320
     config.data.eval_max_size = 480
