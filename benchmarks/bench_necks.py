@@ -14,11 +14,6 @@ takes minutes on a small CPU machine, so partial runs keep what they measured), 
     python benchmarks/bench_necks.py --params-only
     python benchmarks/bench_necks.py --configs r50_tpn_L3B2 --skip-timing --out /tmp/necks.jsonl
     python benchmarks/bench_necks.py --markdown --out /tmp/necks.jsonl
-
-Until ``msvision/models/build.py`` dispatches to
-:func:`msvision.models.necks.registry_thesis.build_neck_thesis`, the script builds
-the detector with an FPN neck and swaps in the thesis neck (same modules, same
-``Detector``).
 """
 
 from __future__ import annotations
@@ -35,7 +30,9 @@ from flax import nnx
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from msvision.config import load_config_file  # noqa: E402
+from msvision.config import load_config  # noqa: E402
+from msvision.models.build import build_model  # noqa: E402
+from msvision.models.abstract import abstract_init  # noqa: E402
 
 CONFIGS = {  # name: (table 3.1 params in M, tFPS, iFPS on a GTX 1660 Ti)
     "r50_tpn_L1B7": (36.3, 1.7, 5.3),
@@ -50,43 +47,11 @@ CONFIGS = {  # name: (table 3.1 params in M, tFPS, iFPS on a GTX 1660 Ti)
 }
 
 
-def build_model_with_thesis_necks(model_cfg, *, rngs):
-    """``build_model``, falling back to an FPN-built detector with the thesis neck swapped in."""
-    from msvision.models import build as build_lib
-    from msvision.models.necks.registry_thesis import THESIS_NECKS, build_neck_thesis
-
-    try:
-        return _ORIGINAL_BUILD_MODEL(model_cfg, rngs=rngs)
-    except ValueError as err:
-        if model_cfg.neck.name not in THESIS_NECKS or "neck" not in str(err):
-            raise
-    cfg = model_cfg.copy_and_resolve_references()
-    cfg.neck = dict(name="fpn", variant="retinanet", in_levels=tuple(model_cfg.neck.in_levels),
-                    out_levels=tuple(model_cfg.neck.out_levels), channels=model_cfg.neck.channels)
-    model = _ORIGINAL_BUILD_MODEL(cfg, rngs=rngs)
-    in_channels = {l: model.backbone.out_channels[l] for l in model_cfg.neck.in_levels}
-    model.neck = build_neck_thesis(model_cfg.neck, in_channels=in_channels, rngs=rngs,
-                                   dtype=build_lib.DTYPES[model_cfg.dtype])
-    return model
-
-
-_ORIGINAL_BUILD_MODEL = None
-
-
-def _install_fallback():
-    global _ORIGINAL_BUILD_MODEL
-    from msvision.analysis import cost
-    from msvision.models import build as build_lib
-
-    _ORIGINAL_BUILD_MODEL = build_lib.build_model
-    cost.build_model = build_model_with_thesis_necks
-
-
 def params_only(name: str) -> dict:
     from msvision.analysis.cost import count_parameters
 
-    cfg = load_config_file(os.path.join(ROOT, "configs", "retinanet", name + ".py"))
-    model = nnx.eval_shape(lambda: build_model_with_thesis_necks(cfg.model, rngs=nnx.Rngs(0)))
+    cfg = load_config(os.path.join(ROOT, "configs", "retinanet", name + ".py"))
+    model = abstract_init(lambda: build_model(cfg.model, rngs=nnx.Rngs(0)))
     out = {"params": count_parameters(model)}
     out["params"]["neck"] = sum(
         int(v.size) for _, v in nnx.to_flat_state(nnx.state(model.neck, nnx.Param))
@@ -97,7 +62,7 @@ def params_only(name: str) -> dict:
 def run(name: str, skip_timing: bool, iterations: int) -> dict:
     from msvision.analysis.cost import analyse
 
-    cfg = load_config_file(os.path.join(ROOT, "configs", "retinanet", name + ".py"))
+    cfg = load_config(os.path.join(ROOT, "configs", "retinanet", name + ".py"))
     return analyse(cfg.model, skip_timing=skip_timing, iterations=iterations)
 
 
@@ -137,7 +102,6 @@ def main(argv=None) -> int:
             rows = [json.loads(line) for line in f if line.strip()]
         print(markdown(rows))
         return 0
-    _install_fallback()
     for name in args.configs:
         t0 = time.perf_counter()
         result = params_only(name) if args.params_only else run(name, args.skip_timing, args.iterations)

@@ -23,9 +23,9 @@ ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 VARIANTS = {
     "topk_9anchors": {},
-    "absolute_9anchors": {"matching": "absolute"},
-    "hungarian_9anchors": {"matching": "hungarian"},
-    "topk_1anchor": {"anchor_num_sizes": 1, "anchor_aspect_ratios": (1.0,)},
+    "absolute_9anchors": {"matcher": {"matching": "absolute"}},
+    "hungarian_9anchors": {"matcher": {"matching": "hungarian"}},
+    "topk_1anchor": {"anchors": {"num_sizes": 1, "aspect_ratios": (1.0,)}},
 }
 
 
@@ -40,7 +40,8 @@ def main() -> None:
     results = {}
     for name in args.variants:
         config = load_config(os.path.join(ROOT, "configs/fqdet/quickstart_fqdet.py"))
-        config.model.head.update(VARIANTS[name])
+        for section, fields in VARIANTS[name].items():
+            config.model.head[section].update(fields)
         config.train.num_steps = args.steps
         config.train.log_every = 20
         config.train.checkpoint_every = 0

@@ -23,6 +23,7 @@ import ml_collections
 
 from msvision.analysis.cost import abstract_model, compile_cost, count_parameters, make_predict_fn, synthetic_batch
 from msvision.config import load_config
+from msvision.models.build import module_config
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
@@ -36,16 +37,14 @@ NECKS = {
 
 
 def neck_config(base: ml_collections.ConfigDict, spec: dict) -> ml_collections.ConfigDict:
-    neck = ml_collections.ConfigDict(dict(base.model.neck))
-    if spec["name"] != "fpn":
-        neck = ml_collections.ConfigDict(
-            dict(
-                name=spec["name"], num_layers=spec["num_layers"], num_bottlenecks=spec.get("num_bottlenecks", 1),
-                channels=base.model.neck.channels, hidden_channels=base.model.neck.channels // 4, num_groups=8,
-                in_levels=tuple(base.model.neck.in_levels), out_levels=tuple(base.model.neck.out_levels),
-                extra_source="input",
-            )
-        )
+    if spec["name"] == "fpn":
+        return ml_collections.ConfigDict(dict(base.model.neck))
+    neck = module_config("neck", spec["name"])
+    neck.update({k: v for k, v in spec.items() if k != "name"})
+    neck.channels = base.model.neck.channels
+    neck.out_levels = tuple(base.model.neck.out_levels)
+    if "hidden_channels" in neck:
+        neck.hidden_channels = base.model.neck.channels // 4
     return neck
 
 

@@ -12,6 +12,7 @@ from flax import nnx
 
 from msvision.models.build import build_model, default_model_config
 from msvision.models.heads.retinanet import RetinaNetHead
+from msvision.ops.anchors import AnchorSpec
 from msvision.structures import Batch
 
 
@@ -54,8 +55,12 @@ def np_iou(a, b):
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0)
 
 
-def np_reference_loss(logits, deltas, anchors, batch, alpha, gamma, momentum, init, pos=0.5, neg=0.4):
-    """Straightforward per-image loops of detectron2's RetinaNet loss, per-level EMA."""
+def np_reference_loss(logits, deltas, anchors, batch, alpha, gamma, momentum, init, pos=0.5, neg=0.4,
+                      ignore_padding=False, cells=None):
+    """Straightforward per-image loops of detectron2's RetinaNet loss, per-level EMA.
+
+    ``ignore_padding``: anchors whose cell ``(y, x, stride)`` (``cells [N, 3]``) lies outside
+    the image's valid map (ceil(h / stride) rows) are never negatives."""
     levels = sorted(anchors)
     all_anchors = np.concatenate([anchors[l] for l in levels])
     level_of = np.concatenate([np.full(len(anchors[l]), i) for i, l in enumerate(levels)])
@@ -73,11 +78,10 @@ def np_reference_loss(logits, deltas, anchors, batch, alpha, gamma, momentum, in
         for j in np.nonzero(real)[0]:
             if iou[:, j].max() > 0:
                 label[iou[:, j] == iou[:, j].max()] = 1
-        # (the crowd box of the test batch is far too small to cover 70 % of an anchor)
-        cx = 0.5 * (all_anchors[:, 0] + all_anchors[:, 2])
-        cy = 0.5 * (all_anchors[:, 1] + all_anchors[:, 3])
-        h, w = batch.image_sizes[b]
-        label[(label == 0) & ((cx >= w) | (cy >= h))] = -1
+        if ignore_padding:
+            h, w = batch.image_sizes[b]
+            outside = (cells[:, 0] >= -(-h // cells[:, 2])) | (cells[:, 1] >= -(-w // cells[:, 2]))
+            label[(label == 0) & outside] = -1
         for n in range(len(all_anchors)):
             if label[n] < 0:
                 continue
@@ -105,10 +109,12 @@ def np_reference_loss(logits, deltas, anchors, batch, alpha, gamma, momentum, in
     return float(np.sum(cls_sum / norm) + np.sum(box_sum / norm)), norm
 
 
-def test_loss_matches_numpy_reference():
+@pytest.mark.parametrize("ignore_padding", [False, True])
+def test_loss_matches_numpy_reference(ignore_padding):
     head = RetinaNetHead(
-        3, levels=(3, 4), in_channels=4, num_convs=1, anchor_scales_per_octave=2, anchor_aspect_ratios=(0.5, 1.0),
-        loss_normalizer_momentum=0.5, loss_normalizer_init=4.0, rngs=nnx.Rngs(0),
+        3, levels=(3, 4), channels=4, num_convs=1, anchors=AnchorSpec(num_sizes=2, aspect_ratios=(0.5, 1.0), offset=0.0),
+        loss_normalizer_momentum=0.5, loss_normalizer_init=4.0, ignore_padding_anchors=ignore_padding,
+        rngs=nnx.Rngs(0),
     )
     # random, non-trivial predictions
     for conv in (head.cls_score, head.bbox_pred):
@@ -118,7 +124,7 @@ def test_loss_matches_numpy_reference():
         3: jax.random.normal(jax.random.key(2), (2, 8, 8, 4)),
         4: jax.random.normal(jax.random.key(3), (2, 4, 4, 4)),
     }
-    logits, deltas = head(pyramid)
+    logits, deltas = head(pyramid, jnp.asarray(batch.image_sizes))  # padding-aware, as in losses()
     # anchors written out independently: sizes 4·2^l·2^(j/2), ratios h/w, centres stride·(x, y)
     anchors = {}
     for level, (fh, fw) in ((3, (8, 8)), (4, (4, 4))):
@@ -133,10 +139,12 @@ def test_loss_matches_numpy_reference():
             np.float32,
         )
         np.testing.assert_allclose(head.anchors(pyramid)[level], anchors[level], rtol=1e-6, atol=1e-4)
+    cells = np.array([[y, x, 2**level] for level, (fh, fw) in ((3, (8, 8)), (4, (4, 4)))
+                      for y in range(fh) for x in range(fw) for _ in range(4)])
     expected, expected_norm = np_reference_loss(
         {l: np.asarray(v, np.float64) for l, v in logits.items()},
         {l: np.asarray(v, np.float64) for l, v in deltas.items()},
-        anchors, batch, 0.25, 2.0, 0.5, 4.0,
+        anchors, batch, 0.25, 2.0, 0.5, 4.0, ignore_padding=ignore_padding, cells=cells,
     )
     loss, metrics = nnx.jit(lambda h, p: h.losses(p, batch))(head, pyramid)  # nnx.jit keeps the EMA update
     np.testing.assert_allclose(float(loss), expected, rtol=1e-4)
@@ -165,7 +173,7 @@ def _with(cfg, **kw):
 
 def test_predict_fixed_shapes():
     head = RetinaNetHead(
-        3, levels=(3, 4), in_channels=4, topk_candidates=50, max_detections=20, rngs=nnx.Rngs(0)
+        3, levels=(3, 4), channels=4, topk_candidates=50, max_detections=20, rngs=nnx.Rngs(0)
     )
     head.cls_score.bias[...] = jnp.full(head.cls_score.bias.shape, 2.0)  # every score above threshold
     batch = make_batch()

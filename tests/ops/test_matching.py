@@ -183,7 +183,7 @@ def test_hungarian_exact_jit_vmap():
     assert np.all(np.isfinite(g))
 
 
-def test_hungarian_ingraph_near_optimal():
+def test_auction_matching_near_optimal():
     rng = np.random.default_rng(1)
     b, n, m = 2, 40, 10
     cost = rng.random((b, n, m)).astype(np.float32)

@@ -8,7 +8,12 @@ One op, several implementations behind ``impl``:
   forward and backward, for NVIDIA/AMD GPUs. Isolated in one module because the
   Pallas Triton backend is deprecated from jax 0.11; a Mosaic GPU version can
   replace it behind the same switch.
-- ``"auto"``: ``"triton"`` when the default backend is a GPU, else ``"xla"``.
+- ``"auto"`` (:mod:`.auto`): the Triton kernels in code lowered for CUDA/ROCm, XLA
+  in code lowered for anything else, chosen inside the traced function
+  (``lax.platform_dependent``), so it follows the lowering platform, not the
+  machine's backend. On a GPU host the kernel is first checked against XLA on a
+  small input (:mod:`msvision.ops.kernel_selfcheck`); if it fails, ``"auto"`` is
+  XLA everywhere, with a warning.
 
 :mod:`.reference` is the plain-autodiff transcription of Deformable DETR's
 ``ms_deform_attn_core_pytorch`` used as documentation and test oracle.
@@ -81,7 +86,9 @@ def multiscale_deformable_attention(
     value, sampling_locations, attention_weights = map(jnp.asarray, (value, sampling_locations, attention_weights))
     _check_shapes(value, spatial_shapes, sampling_locations, attention_weights)
     if impl == "auto":
-        impl = "triton" if jax.default_backend() == "gpu" else "xla"
+        from msvision.ops.msda.auto import multiscale_deformable_attention_auto
+
+        return multiscale_deformable_attention_auto(value, spatial_shapes, sampling_locations, attention_weights)
     if impl == "xla":
         return multiscale_deformable_attention_xla(value, spatial_shapes, sampling_locations, attention_weights)
     if impl in ("triton", "triton_interpret"):

@@ -1,0 +1,107 @@
+"""``python -m msvision.analysis --lower-for=...``: sharded train and inference steps lowered on 8 forced CPU devices.
+
+Test-size models (the quickstart RetinaNet of ``tests/train/tiny_config.py``, and
+R-18 + DefEnc-P3 + FQDetV2 shrunk from ``configs/fqdet/r50_defenc_p3_fqdetv2.py``)
+(``tiny_defenc_fqdetv2.py``) with the default MSDA selection (``impl="auto"``), lowered for CUDA and for the CPU
+in one subprocess (the device count must be forced before JAX initialises).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tiny_defenc_fqdetv2 import MSDA_LAYERS
+
+HERE = os.path.dirname(__file__)
+ROOT = os.path.join(HERE, "..", "..")
+QUICKSTART = os.path.join(HERE, "..", "train", "tiny_config.py")
+DEFENC = os.path.join(HERE, "tiny_defenc_fqdetv2.py")
+COMMON = ["--json", "--devices=8", "--image-size=96", "--num-objects=3"]
+CASES = {
+    "quickstart_cuda": [f"--config={QUICKSTART}", "--lower-for=cuda", *COMMON],
+    "quickstart_cpu": [f"--config={QUICKSTART}", "--lower-for=cpu", *COMMON],
+    "defenc_cuda": [f"--config={DEFENC}", "--lower-for=cuda", *COMMON],
+    "defenc_cpu": [f"--config={DEFENC}", "--lower-for=cpu", *COMMON],
+}
+TRITON = "__gpu$xla.gpu.triton"
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("lowering")
+    cases, out = tmp / "cases.json", tmp / "out.json"
+    cases.write_text(json.dumps(list(CASES.values())))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", MSVISION_KERNEL_SELFCHECK="auto")
+    subprocess.run([sys.executable, os.path.join(HERE, "lower_on_devices.py"), "8", str(cases), str(out)],
+                   check=True, env=env, timeout=600)
+    return dict(zip(CASES, json.loads(out.read_text())))
+
+
+def _ok(result):
+    lowering = result["report"]["lowering"]
+    assert result["code"] == 0, result["stderr"]
+    assert lowering["train_ok"] and lowering["inference_ok"] and "errors" not in lowering
+    assert lowering["devices"] == 8 and lowering["batch_size"] == 16
+    assert lowering["num_partitions"] == {"train": 8, "inference": 8}
+    return lowering
+
+
+def test_quickstart_lowers_for_cuda_with_xla_kernel_gradients(results):
+    cuda, cpu = _ok(results["quickstart_cuda"]), _ok(results["quickstart_cpu"])
+    assert cuda["platform"] == "cuda" and cpu["platform"] == "cpu"
+    for lowering in (cuda, cpu):
+        assert TRITON not in lowering["custom_calls"]["train"] and lowering["lowering_s"]["train"] > 0
+    # The CPU-only im2col kernel gradients are matmuls; for CUDA every kernel gradient
+    # is XLA's convolution: more convolutions in the train step, the same in inference.
+    assert cuda["convolutions"]["train"] > cpu["convolutions"]["train"]
+    assert cuda["convolutions"]["inference"] == cpu["convolutions"]["inference"]
+    assert results["quickstart_cuda"]["report"]["params"]["total"] > 0
+
+
+def test_defenc_fqdetv2_lowers_the_msda_triton_kernel_for_cuda_only(results):
+    cuda, cpu = _ok(results["defenc_cuda"]), _ok(results["defenc_cpu"])
+    msda_layers = MSDA_LAYERS  # one MSDA per encoder and decoder layer
+    assert cuda["custom_calls"]["train"][TRITON] == 2 * msda_layers
+    assert cuda["triton_kernels"]["train"] == {"msda_forward": msda_layers, "msda_backward": msda_layers}
+    assert cuda["triton_kernels"]["inference"] == {"msda_forward": msda_layers}
+    for key in ("train", "inference"):
+        assert TRITON not in cpu["custom_calls"][key] and cpu["triton_kernels"][key] == {}
+
+
+def test_a_function_that_fails_to_lower_is_reported():
+    """Hungarian matching is a ``jax.pure_callback``, which lowers only for this host's platform."""
+    import jax
+    import numpy as np
+
+    from msvision.analysis.lowering import _lower
+
+    def with_callback(x):
+        return jax.pure_callback(lambda a: np.asarray(a) * 2, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+
+    x = jax.ShapeDtypeStruct((3,), np.float32)
+    assert _lower(jax.jit(with_callback), (x,), "cpu")["ok"]
+    failed = _lower(jax.jit(with_callback), (x,), "cuda")
+    assert not failed["ok"] and "different from the lowering platform cuda" in failed["error"]
+
+
+def test_cli_prints_the_error_and_exits_nonzero(tmp_path, monkeypatch, capsys):
+    from msvision.analysis import __main__ as cli
+
+    path = tmp_path / "tiny.py"
+    path.write_text("from msvision.models.build import default_model_config\n"
+                    "import ml_collections\n"
+                    "def get_config():\n"
+                    "    return ml_collections.ConfigDict(dict(model=default_model_config()))\n")
+    report = dict(platform="cuda", devices=1, train_ok=False, inference_ok=True, errors={"train": "Boom: x"},
+                  custom_calls={}, num_partitions={"train": None, "inference": 1},
+                  lowering_s={"train": 0.1, "inference": 0.2})
+    monkeypatch.setattr(cli, "lower_config", lambda *a, **k: report)
+    monkeypatch.setattr(cli, "abstract_model", lambda model_cfg: None)
+    monkeypatch.setattr(cli, "count_parameters", lambda model: {})
+    assert cli.main([f"--config={path}", "--lower-for=cuda", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out)["lowering"] == report
+    assert "error: train step failed to lower for cuda: Boom: x" in err
