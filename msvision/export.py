@@ -1,16 +1,18 @@
-"""The inference function serialised with ``jax.export`` (SPEC: the deployment format).
+"""The inference function serialised with ``jax.export``: the one exporter of msvision.
 
 Command line::
 
     python -m msvision.export --config=configs/X.py --workdir=DIR --out model.jaxexport \\
-        [--step N] [--platform cpu] [--platform cuda] [--batch-size N] [--buckets 320x320,256x320]
+        [--step N] [--platform cpu] [--platform cuda] [--batch-size N] [--buckets 320x320,256x320] \\
+        [--no-triton]
 
 A ``.jaxexport`` file is an ``.npz`` (zip) archive holding
 
-- ``manifest``: JSON (as ``uint8`` bytes): format and version, class names and
-  category ids, the evaluation resize (``eval_scale``, ``eval_max_size``), the
-  bucket shapes, the batch size (``null`` = symbolic), the platforms, the
-  checkpoint step and the resolved config;
+- ``manifest``: JSON (as ``uint8`` bytes): format and version, the class list
+  (``class_names``, ``label_to_category`` as in ``WORKDIR/dataset.json``), the
+  evaluation resize (``eval_scale``, ``eval_max_size``), the bucket shapes, the
+  batch size (``null`` = symbolic), the platforms, the checkpoint step and the
+  resolved config;
 - ``weights_00000``, …: the flat leaves of the model's ``(params, rest)``;
 - ``bucket_<H>x<W>``: one serialised :class:`jax.export.Exported` per bucket shape,
   the function ``(weights, images [B, H, W, 3] uint8, image_sizes [B, 2] int32,
@@ -19,18 +21,32 @@ A ``.jaxexport`` file is an ``.npz`` (zip) archive holding
   ``B`` by default (``--batch-size N`` fixes it).
 
 The weights are arguments, not constants, so a model with many buckets stores
-them once. :func:`load_exported` gives back a callable that needs neither the
+them once, and the functions of :func:`export_detector` serve every checkpoint of
+a config. :func:`load_exported` gives back a callable that needs neither the
 config nor the model code's Python (only ``jax``), and
 ``Predictor.from_exported(path)`` / ``python -m msvision.predict --exported
 model.jaxexport …`` predict with it.
 
 Platforms: ``--platform cuda`` (or several) lowers for that platform from any
-host, e.g. this CPU-only machine; the artefact is then only runnable there.
-Tracing happens on the exporting host, so choices made at trace time follow it:
-set ``--config.model.head.decoder.msda_impl=triton`` (and the neck's
-``msda_impl``) to put the Triton MSDA kernel into a CUDA export made on a CPU
-host (``auto`` picks the XLA implementation there, which runs everywhere).
-Serialisation needs the ``flatbuffers`` package.
+host, e.g. this CPU-only machine; nothing is compiled, and the artefact is then
+only runnable there. Code paths follow the lowering platform
+(``lax.platform_dependent``): with the default ``msda_impl="auto"`` a CUDA/ROCm
+export carries the MSDA Pallas Triton kernels (:mod:`msvision.ops.msda.auto`), a
+CPU/TPU export the XLA implementation.
+
+Triton compatibility: the Pallas Triton custom call (``__gpu$xla.gpu.triton``)
+carries Triton IR, which has no stability guarantee, so ``jax.export`` refuses it
+unless its safety check is disabled (``allow_triton=True``, the default; the
+:data:`TRITON_TARGET` check is disabled). Such a CUDA artefact must be run by the
+same jax/jaxlib version that exported it. ``--no-triton`` (``allow_triton=False``)
+builds the model with every MSDA layer on XLA (:func:`with_msda_impl`), for an
+artefact within ``jax.export``'s usual compatibility window. With jax 0.10 a
+multi-platform artefact including CUDA (e.g. ``--platform cuda --platform cpu``)
+of a model with MSDA needs ``--no-triton``: Pallas's Triton lowering refuses a
+module that is also lowered for the CPU. The Triton kernels also need a static
+batch (``--batch-size N``): Pallas blocks cannot depend on a symbolic dimension.
+
+Serialisation needs the ``flatbuffers`` package (a dependency of msvision).
 """
 
 from __future__ import annotations
@@ -47,30 +63,53 @@ from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from jax import export as jax_export
 
 from msvision.data.batching import Bucket
 from msvision.predict import Preprocessing, make_detect_function
-from msvision.train.classes import ClassList
+from msvision.train.data_setup import ClassList, read_class_list
 
 FORMAT = "msvision.jaxexport"
 VERSION = 1
+TRITON_TARGET = "__gpu$xla.gpu.triton"  # the custom call of Pallas Triton kernels
 
 log = logging.getLogger(__name__)
 
 
+def with_msda_impl(config: ml_collections.ConfigDict, impl: str) -> ml_collections.ConfigDict:
+    """A copy of ``config`` (full or model config) whose every ``msda_impl`` (neck and head) is ``impl``."""
+    config = ml_collections.ConfigDict(config.to_dict())
+
+    def visit(section: ml_collections.ConfigDict) -> None:
+        for key, value in section.items():
+            if key == "msda_impl":
+                section[key] = impl
+            elif isinstance(value, ml_collections.ConfigDict):
+                visit(value)
+
+    visit(config)
+    return config
+
+
 def export_detector(graphdef, params, rest, buckets: Sequence[Bucket], *, batch_size: Optional[int] = None,
-                    platforms: Sequence[str] = ("cpu",)) -> dict[Bucket, jax_export.Exported]:
+                    platforms: Sequence[str] = ("cpu",),
+                    allow_triton: bool = True) -> dict[Bucket, jax_export.Exported]:
     """Exports the model's inference function once per bucket shape.
 
     Args:
-      graphdef, params, rest: the model split as ``nnx.split(model, nnx.Param, ...)``
-        (only shapes and dtypes of ``params``/``rest`` are used).
+      graphdef, params, rest: the model split as ``nnx.split(model, nnx.Param, ...)``;
+        only shapes and dtypes of ``params``/``rest`` are used (arrays or
+        ``jax.ShapeDtypeStruct``, e.g. of an ``nnx.eval_shape`` model).
       buckets: ``(H, W)`` padded image shapes, each a static shape of one export.
       batch_size: static batch size, or ``None`` for a symbolic batch dimension.
       platforms: subset of ``'cpu'``, ``'cuda'``, ``'rocm'``, ``'tpu'`` to lower for
         (``jax.export.export(..., platforms=...)``); need not be available here.
+      allow_triton: accept Pallas Triton kernels in the export (see the module
+        docstring; they need a static ``batch_size``). With False, ``jax.export``
+        raises on a model whose MSDA lowers to Triton: build ``graphdef`` from
+        ``with_msda_impl(config, "xla")``.
 
     Returns:
       ``{bucket: Exported}``; each takes ``(weights, images, image_sizes,
@@ -78,17 +117,25 @@ def export_detector(graphdef, params, rest, buckets: Sequence[Bucket], *, batch_
     """
     leaves, treedef = jax.tree.flatten((params, rest))
     detect = jax.jit(make_detect_function(graphdef, treedef))
-    weight_specs = [jax.ShapeDtypeStruct(np.shape(x), x.dtype) for x in leaves]
+    weight_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
     batch = jax_export.symbolic_shape("b")[0] if batch_size is None else int(batch_size)
+    disabled = (jax_export.DisabledSafetyCheck.custom_call(TRITON_TARGET),) if allow_triton else ()
     out = {}
     for height, width in buckets:
         bucket = (int(height), int(width))
-        out[bucket] = jax_export.export(detect, platforms=tuple(platforms))(
-            weight_specs,
-            jax.ShapeDtypeStruct((batch, *bucket, 3), jnp.uint8),
-            jax.ShapeDtypeStruct((batch, 2), jnp.int32),
-            jax.ShapeDtypeStruct((batch, 2), jnp.int32),
-        )
+        try:
+            out[bucket] = jax_export.export(detect, platforms=tuple(platforms), disabled_checks=disabled)(
+                weight_specs,
+                jax.ShapeDtypeStruct((batch, *bucket, 3), jnp.uint8),
+                jax.ShapeDtypeStruct((batch, 2), jnp.int32),
+                jax.ShapeDtypeStruct((batch, 2), jnp.int32),
+            )
+        except ValueError as e:
+            if batch_size is None and "Pallas" in str(e):
+                raise ValueError(
+                    f"{e}\n\nA Pallas (Triton) kernel's blocks cannot depend on the symbolic batch size: export "
+                    "with a static batch (--batch-size N) or without the Triton kernels (--no-triton).") from e
+            raise
     return out
 
 
@@ -166,25 +213,33 @@ def load_exported(path: str) -> ExportedDetector:
         exported[(int(h), int(w))] = jax_export.deserialize(bytearray(archive[f"bucket_{h}x{w}"].tobytes()))
     preprocessing = Preprocessing(int(manifest["eval_scale"]), int(manifest["eval_max_size"]),
                                   tuple(exported), int(manifest["bucket_divisor"]), allow_new_buckets=False)
-    classes = ClassList(tuple(manifest["class_names"]), tuple(int(c) for c in manifest["category_ids"]))
+    classes = ClassList.from_json(manifest)
     return ExportedDetector(exported, weights, classes, preprocessing, manifest["batch_size"],
                             tuple(manifest["platforms"]), manifest["step"], manifest)
 
 
 def export_workdir(config, workdir: str, out: str, *, step: Optional[int] = None, platforms: Sequence[str] = ("cpu",),
-                   batch_size: Optional[int] = None, buckets: Optional[Sequence[Bucket]] = None) -> dict:
-    """Restores ``workdir``'s model and writes its export to ``out``; returns the manifest.
+                   batch_size: Optional[int] = None, buckets: Optional[Sequence[Bucket]] = None,
+                   allow_triton: bool = True) -> dict:
+    """Restores ``workdir``'s model (checkpoint and ``dataset.json``) and writes its export to ``out``;
+    returns the manifest.
 
-    ``buckets`` defaults to the config's (``data.buckets`` or the automatic set).
+    ``buckets`` defaults to the config's (``data.buckets`` or the automatic set);
+    ``allow_triton=False`` puts every MSDA layer on XLA first (see the module docstring).
+
+    Raises:
+      FileNotFoundError: no checkpoint or no ``WORKDIR/dataset.json`` (the message names it).
     """
-    from msvision.train.classes import read_classes
     from msvision.train.loop import restore_for_inference
 
-    classes = read_classes(workdir, config)
+    if not allow_triton:
+        config = with_msda_impl(config, "xla")
+    classes = read_class_list(workdir)
     graphdef, params, rest, step = restore_for_inference(config, workdir, classes.num_classes, step)
     preprocessing = Preprocessing.from_config(config.data)
     buckets = tuple(preprocessing.buckets if buckets is None else buckets)
-    exported = export_detector(graphdef, params, rest, buckets, batch_size=batch_size, platforms=platforms)
+    exported = export_detector(graphdef, params, rest, buckets, batch_size=batch_size, platforms=platforms,
+                               allow_triton=allow_triton)
     return save_exported(out, exported, jax.tree.leaves((params, rest)), classes, preprocessing,
                          batch_size=batch_size, step=step, config=config.to_dict())
 
@@ -211,6 +266,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batch-size", type=int, default=None, help="static batch size (default: symbolic)")
     parser.add_argument("--buckets", type=_parse_buckets, default=None,
                         help="image shapes HxW,HxW,... (default: the config's buckets)")
+    parser.add_argument("--no-triton", action="store_true",
+                        help="MSDA on XLA everywhere: no Triton kernels, an artefact not tied to this jax version")
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(rest)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -220,8 +277,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = config_lib.load_config(args.config, overrides)
     except config_lib.ConfigError as e:
         parser.error(str(e))
-    manifest = export_workdir(config, args.workdir, args.out, step=args.step, platforms=platforms,
-                              batch_size=args.batch_size, buckets=args.buckets)
+    try:
+        manifest = export_workdir(config, args.workdir, args.out, step=args.step, platforms=platforms,
+                                  batch_size=args.batch_size, buckets=args.buckets, allow_triton=not args.no_triton)
+    except FileNotFoundError as e:  # no checkpoint, no dataset.json: nothing was built
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     size = os.path.getsize(args.out)
     batch = "symbolic" if manifest["batch_size"] is None else manifest["batch_size"]
     print(f"exported checkpoint step {manifest['step']} for {','.join(manifest['platforms'])}: "

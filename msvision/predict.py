@@ -31,8 +31,8 @@ into the smallest configured bucket that holds them (a bucket rounded up to
 ``data.bucket_divisor`` when none does), so the number of compiled shapes is
 bounded by the number of buckets; every layer is padding-aware, so an image's
 detections do not depend on its bucket or on the other images of its batch.
-Restoring needs the work directory's checkpoint and ``classes.json`` (written by
-``train.py``), not the training data.
+Restoring needs the work directory's checkpoint and ``dataset.json`` (the class
+list, written by ``train.py``), not the training data.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ from msvision.data.batching import Bucket, choose_bucket, collate
 from msvision.data.image_files import list_image_files
 from msvision.data.images import decode_image, read_image_size
 from msvision.data.transforms import resized_size
-from msvision.train.classes import ClassList
+from msvision.train.data_setup import ClassList, read_class_list
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ def detections_to_dicts(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarra
         out.append({
             "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
             "score": round(float(scores[k]), 5),
-            "category_id": classes.category_ids[label],
+            "category_id": classes.label_to_category[label],
             "category": classes.class_names[label],
         })
     return out
@@ -226,12 +226,11 @@ class Predictor:
         import jax
 
         from msvision import config as config_lib
-        from msvision.train.classes import read_classes
         from msvision.train.loop import restore_for_inference
 
         if isinstance(config, (str, os.PathLike)):
             config = config_lib.load_config(os.fspath(config), overrides)
-        classes = read_classes(workdir, config)
+        classes = read_class_list(workdir)
         graphdef, params, rest, step = restore_for_inference(config, workdir, classes.num_classes, step)
         weights, treedef = jax.tree.flatten((params, rest))
         detect = jax.jit(make_detect_function(graphdef, treedef))
@@ -448,6 +447,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                                score_threshold=args.score_threshold)
         except config_lib.ConfigError as e:
             parser.error(str(e))
+        except FileNotFoundError as e:  # no checkpoint, no dataset.json: nothing was built
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     summary = predictor.predict_files(args.images, args.out, visualize=not args.no_pictures,
                                       num_threads=args.threads)
     print(f"{summary['num_images']} images, {summary['num_detections']} detections with score >= "

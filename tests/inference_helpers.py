@@ -61,7 +61,7 @@ def random_model_state(config, num_classes: int, seed: int = 0):
 def make_inference_workdir(base: Path) -> tuple[str, str, str]:
     """``(config_file_arg, workdir, data_root)``: a work directory laid out as ``train.py`` leaves it.
 
-    ``WORKDIR/classes.json`` and an orbax checkpoint (step 5) of the full train
+    ``WORKDIR/dataset.json`` (the class list) and an orbax checkpoint (step 5) of the full train
     state (params, rest, AdamW state, step, RNG) of the tiny config's model with
     6 classes and the weights of :func:`random_model_state` (no training step:
     it would cost a minute of compilation). The config's dataset root
@@ -71,7 +71,8 @@ def make_inference_workdir(base: Path) -> tuple[str, str, str]:
     import jax.numpy as jnp
 
     from msvision.train import checkpoint as checkpoint_lib
-    from msvision.train import classes as classes_lib
+    from msvision.data.pipeline import DatasetMetadata
+    from msvision.train import data_setup
     from msvision.train import optimizer as optimizer_lib
 
     workdir, data_root = str(base / "run"), str(base / "no_data")
@@ -81,7 +82,9 @@ def make_inference_workdir(base: Path) -> tuple[str, str, str]:
     tx, _ = optimizer_lib.build_optimizer(config.optim, params, 10)
     state = dict(step=jnp.asarray(5, jnp.int32), params=params, rest=jax.tree.map(jnp.asarray, rest),
                  opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
-    classes_lib.write_classes(workdir, CLASS_NAMES, CATEGORY_IDS)
+    os.makedirs(workdir)
+    data_setup.save_dataset_metadata(data_setup.DatasetInfo(DatasetMetadata(CLASS_NAMES, CATEGORY_IDS, 24, ""), None),
+                                     workdir)
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0, async_save=False)
     ckpt.save(5, state, meta=dict(num_steps=5))
     ckpt.close()

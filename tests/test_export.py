@@ -1,16 +1,23 @@
 """``jax.export`` of the inference function: the deserialised function gives the live model's
-detections; symbolic and static batch; CUDA artefacts written from this CPU-only machine."""
+and evaluation's detections; symbolic and static batch; CUDA artefacts written from this
+CPU-only machine, with and without the MSDA Triton kernels."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
+import tiny_defenc_fqdetv2
+from flax import nnx
 from PIL import Image
 
+import inference_helpers
 from inference_helpers import CATEGORY_IDS, CLASS_NAMES, CONFIG_OVERRIDES, assert_same_detections, coco_mini_images
 from msvision import export as export_lib
+from msvision.analysis.cost import abstract_model
 from msvision.data.batching import collate
 from msvision.predict import Predictor
+from msvision.train.loop import make_predict_step
 
 
 def _images():
@@ -26,7 +33,7 @@ def test_exported_function_matches_live_model(tmp_path, inference_workdir, live_
                             *CONFIG_OVERRIDES]) == 0
     exported = export_lib.load_exported(str(out))
     assert exported.platforms == ("cpu",) and exported.batch_size is None and exported.step == 5
-    assert exported.classes.class_names == CLASS_NAMES and exported.classes.category_ids == CATEGORY_IDS
+    assert exported.classes.class_names == CLASS_NAMES and exported.classes.label_to_category == CATEGORY_IDS
     assert sorted(exported.exported) == [(128, 128)]
     assert str(exported.exported[(128, 128)].in_avals[-3].shape) == "(b, 128, 128, 3)"  # symbolic batch
     assert json.loads(json.dumps(exported.manifest))["config"]["model"]["head"]["score_threshold"] == 0.0
@@ -87,3 +94,50 @@ def test_cuda_export_from_cpu_machine(tmp_path, inference_workdir):
     sizes = np.array([[128, 128]], np.int32)
     with pytest.raises(ValueError, match="cuda"):  # not runnable here: the platform is checked on call
         exported(images, sizes, sizes)
+
+
+def test_exported_function_matches_evaluation_predict_step(tmp_path):
+    # What evaluation runs (make_predict_step) and the exported function agree on a static batch of 2,
+    # with an image smaller than the bucket and the original size ≠ network size.
+    config = inference_helpers.tiny_inference_config(str(tmp_path / "no_data"))
+    graphdef, params, rest = inference_helpers.random_model_state(config, num_classes=3, seed=1)
+    exported = export_lib.export_detector(graphdef, params, rest, [(64, 48)], batch_size=2)[(64, 48)]
+    restored = jax.export.deserialize(exported.serialize())
+    assert restored.platforms == ("cpu",) and restored.in_avals[-3].shape == (2, 64, 48, 3)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (2, 64, 48, 3), dtype=np.uint8)
+    image_sizes = np.array([[64, 48], [48, 40]], np.int32)
+    orig_sizes = np.array([[128, 96], [48, 40]], np.int32)
+    actual = restored.call(jax.tree.leaves((params, rest)), images, image_sizes, orig_sizes)
+    batch = collate([dict(image=images[i, :h, :w], orig_size=tuple(orig_sizes[i]), image_id=i,
+                          boxes=np.zeros((0, 4), np.float32), labels=np.zeros((0,), np.int32),
+                          is_crowd=np.zeros((0,), bool)) for i, (h, w) in enumerate(image_sizes)],
+                    (64, 48), max_instances=1)
+    expected = jax.jit(make_predict_step(graphdef))(params, rest, batch)
+    assert set(actual) == {"boxes", "scores", "labels", "valid"}
+    assert int(np.sum(expected.valid)) > 0
+    for key in actual:
+        np.testing.assert_allclose(actual[key], getattr(expected, key), rtol=1e-5, atol=1e-4, err_msg=key)
+
+
+def test_cuda_export_of_an_msda_model_with_and_without_triton():
+    # No weights needed: the export takes shapes only (nnx.eval_shape model).
+    config = tiny_defenc_fqdetv2.get_config()
+    graphdef, params, rest = nnx.split(abstract_model(config.model), nnx.Param, ...)
+    triton = export_lib.export_detector(graphdef, params, rest, [(64, 64)], batch_size=2,
+                                        platforms=("cuda",))[(64, 64)]
+    restored = jax.export.deserialize(triton.serialize())
+    assert restored.platforms == ("cuda",) and restored.in_avals[-3].shape == (2, 64, 64, 3)
+    text = restored.mlir_module()
+    assert text.count(export_lib.TRITON_TARGET) == tiny_defenc_fqdetv2.MSDA_LAYERS  # msda_impl "auto" on CUDA
+    assert "msda_forward" in text
+    # Pallas blocks cannot follow a symbolic batch: the error says what to do instead.
+    with pytest.raises(ValueError, match="--batch-size N"):
+        export_lib.export_detector(graphdef, params, rest, [(64, 64)], platforms=("cuda",))
+    # Built with XLA MSDA: no Triton call, so jax.export's safety check stays on, and the batch can be symbolic.
+    xla_model = abstract_model(export_lib.with_msda_impl(config, "xla").model)
+    stable = export_lib.export_detector(*nnx.split(xla_model, nnx.Param, ...), [(64, 64)], platforms=("cuda",),
+                                        allow_triton=False)[(64, 64)]
+    assert export_lib.TRITON_TARGET not in stable.mlir_module()
+    assert str(stable.in_avals[-3].shape) == "(b, 64, 64, 3)"
+    assert jax.export.deserialize(stable.serialize()).out_avals[0].shape[1:] == restored.out_avals[0].shape[1:]

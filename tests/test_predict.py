@@ -4,6 +4,7 @@ batch/bucket independence, unreadable files, pictures (``msvision.predict``)."""
 import dataclasses
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -14,7 +15,8 @@ import inference_helpers
 from inference_helpers import CATEGORY_IDS, CLASS_NAMES, CONFIG_OVERRIDES, assert_same_detections, coco_mini_images
 from msvision import predict as predict_lib
 from msvision.data.image_files import list_image_files
-from msvision.train.classes import ClassList, read_classes, write_classes
+from msvision.data.pipeline import DatasetMetadata
+from msvision.train import data_setup
 
 
 def _read_rgb(path) -> np.ndarray:
@@ -127,24 +129,26 @@ def test_array_inputs(live_predictor):
     assert len(result) == sum(d["score"] >= 0.9 for d in live_predictor(as_rgb))
 
 
-def test_class_list_from_workdir_or_dataset(tmp_path):
-    write_classes(str(tmp_path / "a"), ["x", "y"], [5, 2])
-    assert read_classes(str(tmp_path / "a")) == ClassList(("x", "y"), (5, 2))
-    # No classes.json: the class list of the config's training annotations (COCO ids sorted).
+def test_class_list_from_dataset_json_only(tmp_path, inference_workdir, capsys):
+    meta = DatasetMetadata(("x", "y"), (5, 2), 7, "")
+    data_setup.save_dataset_metadata(data_setup.DatasetInfo(meta, None), str(tmp_path))
+    assert data_setup.read_class_list(str(tmp_path)) == data_setup.ClassList(("x", "y"), (5, 2))
+    # A work directory without dataset.json is an error naming the file, even when the config's
+    # training annotations exist (they are never read instead).
+    config_arg, workdir, _ = inference_workdir
+    bare = tmp_path / "bare"
+    shutil.copytree(os.path.join(workdir, "checkpoints"), bare / "checkpoints")
     config = inference_helpers.tiny_inference_config(str(tmp_path / "none"))
-    annotations = inference_helpers.COCO_MINI / "annotations" / "instances_train2017.json"
     with config.unlocked():
         config.data.synthetic.enabled = False
-        config.data.train.annotations = str(annotations)
+        config.data.train.annotations = str(inference_helpers.COCO_MINI / "annotations" / "instances_train2017.json")
         config.data.train.images = str(inference_helpers.COCO_MINI / "train2017")
-    classes = read_classes(str(tmp_path / "b"), config)
-    categories = sorted(json.loads(annotations.read_text())["categories"], key=lambda c: c["id"])
-    assert classes.category_ids == tuple(c["id"] for c in categories) and classes.num_classes == 80
-    assert classes.class_names == tuple(c["name"] for c in categories)
-    with config.unlocked():
-        config.data.train.annotations = str(tmp_path / "missing.json")
-    with pytest.raises(FileNotFoundError):
-        read_classes(str(tmp_path / "b"), config)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(bare / "dataset.json"))):
+        predict_lib.Predictor.from_workdir(config, str(bare))
+    code = predict_lib.main([f"--config={config_arg}", f"--workdir={bare}", str(tmp_path), "--out",
+                             str(tmp_path / "out"), *CONFIG_OVERRIDES])
+    assert code == 2 and str(bare / "dataset.json") in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def test_list_image_files(tmp_path):

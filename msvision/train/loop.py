@@ -37,7 +37,6 @@ from msvision import config as config_lib
 from msvision.models.abstract import abstract_init, cheap_tracer_errors
 from msvision.models.build import build_model
 from msvision.train import checkpoint as checkpoint_lib
-from msvision.train import classes as classes_lib
 from msvision.train import data_setup as data_lib
 from msvision.train import metrics as metrics_lib
 from msvision.train import optimizer as optimizer_lib
@@ -201,12 +200,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     sharding_lib.initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     dataset_info = data_lib.dataset_info(config.data)
-    if jax.process_index() == 0:
-        # Prediction and export restore the model from the work directory alone.
-        classes_lib.write_classes(workdir, dataset_info.class_names, dataset_info.label_to_category)
     trainer = build_trainer(config, dataset_info)
     if jax.process_index() == 0:
-        # After the dataset paths and num_classes are resolved: the config actually used.
+        # After the dataset paths and num_classes are resolved: the config actually used, and the
+        # class list (dataset.json) that evaluation, prediction and export read.
         config_lib.save_config(config, os.path.join(workdir, "config.json"))
         data_lib.save_dataset_metadata(dataset_info, workdir)
     num_steps = total_steps(config, dataset_info.num_train_images)
@@ -303,7 +300,7 @@ def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, vi
 
 
 class NoCheckpointError(FileNotFoundError):
-    """The work directory has no checkpoint to evaluate; the message says where it looked."""
+    """The work directory has no checkpoint to restore; the message says where it looked."""
 
 
 def find_checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
@@ -318,7 +315,7 @@ def find_checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
     if not steps:
         what = "no such directory" if not os.path.isdir(directory) else "no step folders (orbax checkpoints)"
         raise NoCheckpointError(
-            f"nothing to evaluate in {os.path.abspath(workdir)}: looked for orbax checkpoints in {directory} "
+            f"no checkpoint to restore in {os.path.abspath(workdir)}: looked for orbax checkpoints in {directory} "
             f"and found {what}. Train first (python train.py --config=... --workdir={workdir}) or point "
             "--workdir at a training run."
         )
@@ -353,7 +350,11 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_c
     (``nnx.eval_shape``) with ``num_classes`` classes and only ``params`` and
     ``rest`` are read from the checkpoint (onto the first local device); the
     optimizer state is not read.
+
+    Raises:
+      NoCheckpointError: no checkpoint (or not ``step``), before anything is built.
     """
+    step = find_checkpoint_step(workdir, step)
     with config.unlocked():
         config.model.num_classes = num_classes
     model_cfg = config.model.copy_and_resolve_references()

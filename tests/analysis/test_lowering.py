@@ -2,7 +2,7 @@
 
 Test-size models (the quickstart RetinaNet of ``tests/train/tiny_config.py``, and
 R-18 + DefEnc-P3 + FQDetV2 shrunk from ``configs/fqdet/r50_defenc_p3_fqdetv2.py``)
-(``tiny_defenc_fqdetv2.py``) with the default MSDA selection (``impl="auto"``), lowered for CUDA and for the CPU
+(``tests/tiny_defenc_fqdetv2.py``) with the default MSDA selection (``impl="auto"``), lowered for CUDA and for the CPU
 in one subprocess (the device count must be forced before JAX initialises).
 """
 
@@ -18,7 +18,7 @@ from tiny_defenc_fqdetv2 import MSDA_LAYERS
 HERE = os.path.dirname(__file__)
 ROOT = os.path.join(HERE, "..", "..")
 QUICKSTART = os.path.join(HERE, "..", "train", "tiny_config.py")
-DEFENC = os.path.join(HERE, "tiny_defenc_fqdetv2.py")
+DEFENC = os.path.join(HERE, "..", "tiny_defenc_fqdetv2.py")
 COMMON = ["--json", "--devices=8", "--image-size=96", "--num-objects=3"]
 CASES = {
     "quickstart_cuda": [f"--config={QUICKSTART}", "--lower-for=cuda", *COMMON],

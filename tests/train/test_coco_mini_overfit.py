@@ -38,11 +38,11 @@ def test_quickstart_overfits_coco_mini(tmp_path):
     assert final["perf/compiled_train_shapes"] <= 3  # the config's three buckets
 
     # The class list went to the work directory: COCO's 80 categories with their own ids.
-    with open(os.path.join(workdir, "classes.json")) as f:
+    with open(os.path.join(workdir, "dataset.json")) as f:
         classes = json.load(f)
     with open(os.path.join(DATA, "annotations", "instances_train2017.json")) as f:
         categories = sorted(json.load(f)["categories"], key=lambda c: c["id"])
-    assert classes["category_ids"] == [c["id"] for c in categories]
+    assert classes["label_to_category"] == [c["id"] for c in categories]
 
     # Restored for prediction from the work directory alone (the annotations are not read).
     with config.unlocked():

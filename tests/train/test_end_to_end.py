@@ -8,7 +8,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import tiny_config  # noqa: E402
 
 from msvision.train import loop  # noqa: E402
-from msvision.train.classes import read_classes  # noqa: E402
+from msvision.train.data_setup import read_class_list  # noqa: E402
 from msvision.train.metrics import read_metrics  # noqa: E402
 
 
@@ -37,6 +37,7 @@ def test_short_training_learns(tmp_path):
     assert len(os.listdir(os.path.join(workdir, "eval", "vis_300"))) == 2
     assert final["perf/compiled_train_shapes"] == 1  # one bucket in the tiny config
     # The class list prediction and export restore the model with, without the dataset:
-    classes = read_classes(workdir)
+    classes = read_class_list(workdir)
     assert classes.class_names == ("circle", "triangle", "rectangle", "star", "hexagon", "cross")
-    assert classes.category_ids == (1, 2, 3, 4, 5, 6)
+    assert classes.label_to_category == (1, 2, 3, 4, 5, 6)
+    assert not os.path.exists(os.path.join(workdir, "classes.json"))  # one file for the class list
