@@ -222,6 +222,10 @@ class Predictor:
 
         Args:
           config: a config file path (``overrides`` applied) or a ``ConfigDict``.
+
+        Raises:
+          FileNotFoundError: no checkpoint, or no ``WORKDIR/dataset.json`` (the
+            class list); the message names what is missing.
         """
         import jax
 

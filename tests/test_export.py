@@ -1,20 +1,16 @@
 """``jax.export`` of the inference function: the deserialised function gives the live model's
-and evaluation's detections; symbolic and static batch; CUDA artefacts written from this
-CPU-only machine, with and without the MSDA Triton kernels."""
+and evaluation's detections; symbolic and static batch (CUDA artefacts: ``test_export_cuda.py``)."""
 
 import json
 
 import jax
 import numpy as np
 import pytest
-import tiny_defenc_fqdetv2
-from flax import nnx
 from PIL import Image
 
 import inference_helpers
 from inference_helpers import CATEGORY_IDS, CLASS_NAMES, CONFIG_OVERRIDES, assert_same_detections, coco_mini_images
 from msvision import export as export_lib
-from msvision.analysis.cost import abstract_model
 from msvision.data.batching import collate
 from msvision.predict import Predictor
 from msvision.train.loop import make_predict_step
@@ -38,29 +34,51 @@ def test_exported_function_matches_live_model(tmp_path, inference_workdir, live_
     assert str(exported.exported[(128, 128)].in_avals[-3].shape) == "(b, 128, 128, 3)"  # symbolic batch
     assert json.loads(json.dumps(exported.manifest))["config"]["model"]["head"]["score_threshold"] == 0.0
 
-    # Raw arrays: the deserialised function on a batch of 3 and of 1 (symbolic batch) equals the live
-    # one (batches of 1) up to float32 rounding (separately compiled programs: box coordinates of a
-    # few hundred pixels come out of exp() of the regressed deltas, so compare with a relative tolerance).
+    # Raw arrays: the deserialised function on a batch of 3 equals the live one (batches of 1) up to
+    # float32 rounding (separately compiled programs: box coordinates of a few hundred pixels come out
+    # of exp() of the regressed deltas, so compare with a relative tolerance).
     images = _images()
     batch = collate([live_predictor.preprocessing.record(im) for im in images], (128, 128), max_instances=1)
-    live = [live_predictor.detect(batch.images[i:i + 1], batch.image_sizes[i:i + 1], batch.orig_sizes[i:i + 1])
-            for i in range(3)]
-    live = {k: np.concatenate([d[k] for d in live]) for k in live[0]}
+    live = _live_arrays(live_predictor, batch)
     assert live["valid"].sum() > 0
-    for sl in (slice(0, 3), slice(1, 2)):
-        got = exported(batch.images[sl], batch.image_sizes[sl], batch.orig_sizes[sl])
-        np.testing.assert_array_equal(got["valid"], live["valid"][sl])
-        np.testing.assert_array_equal(got["labels"], live["labels"][sl])
-        np.testing.assert_allclose(got["scores"], live["scores"][sl], rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(got["boxes"], live["boxes"][sl], rtol=1e-4, atol=1e-3)
+    _assert_same_arrays(exported(batch.images, batch.image_sizes, batch.orig_sizes), live)
 
-    # Through the Predictor (``Predictor.from_exported`` does the same from the path; this shares the
-    # compiled batch-1 function): same detection dicts as the live model.
-    from_file = Predictor(exported, exported.classes, exported.preprocessing, score_threshold=0.0)
+    # Through the Predictor (``Predictor.from_exported`` does the same from the path; batches of 3
+    # share the compiled function): same detection dicts as the live model.
+    from_file = Predictor(exported, exported.classes, exported.preprocessing, batch_size=3, score_threshold=0.0)
     for a, b in zip(live_predictor.predict_arrays(images), from_file.predict_arrays(images)):
         assert_same_detections(a, b)
 
 
+def _live_arrays(live_predictor, batch):
+    live = [live_predictor.detect(batch.images[i:i + 1], batch.image_sizes[i:i + 1], batch.orig_sizes[i:i + 1])
+            for i in range(len(batch.images))]
+    return {k: np.concatenate([d[k] for d in live]) for k in live[0]}
+
+
+def _assert_same_arrays(got, live):
+    np.testing.assert_array_equal(got["valid"], live["valid"])
+    np.testing.assert_array_equal(got["labels"], live["labels"])
+    np.testing.assert_allclose(got["scores"], live["scores"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(got["boxes"], live["boxes"], rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.slow  # two more compiles of the tiny model
+def test_symbolic_batch_runs_at_any_size(tmp_path, inference_workdir, live_predictor):
+    config_arg, workdir, _ = inference_workdir
+    out = tmp_path / "model.jaxexport"
+    assert export_lib.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(out),
+                            *CONFIG_OVERRIDES]) == 0
+    exported = export_lib.load_exported(str(out))
+    images = _images()
+    batch = collate([live_predictor.preprocessing.record(im) for im in images], (128, 128), max_instances=1)
+    live = _live_arrays(live_predictor, batch)
+    for sl in (slice(1, 2), slice(0, 2)):
+        got = exported(batch.images[sl], batch.image_sizes[sl], batch.orig_sizes[sl])
+        _assert_same_arrays(got, {k: v[sl] for k, v in live.items()})
+
+
+@pytest.mark.slow  # one more compile of the tiny model
 def test_static_batch_for_cpu_and_cuda(tmp_path, inference_workdir, live_predictor):
     config_arg, workdir, _ = inference_workdir
     out = tmp_path / "both.jaxexport"
@@ -79,26 +97,11 @@ def test_static_batch_for_cpu_and_cuda(tmp_path, inference_workdir, live_predict
         assert_same_detections(a, b)
 
 
-def test_cuda_export_from_cpu_machine(tmp_path, inference_workdir):
-    config_arg, workdir, _ = inference_workdir
-    out = tmp_path / "cuda.jaxexport"
-    assert export_lib.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(out),
-                            "--platform", "cuda", "--buckets", "128x128,128x256", *CONFIG_OVERRIDES]) == 0
-    exported = export_lib.load_exported(str(out))
-    assert exported.platforms == ("cuda",)
-    assert sorted(exported.exported) == [(128, 128), (128, 256)]
-    for (h, w), e in exported.exported.items():
-        assert e.platforms == ("cuda",)  # as read back from the serialised module
-        assert str(e.in_avals[-3].shape) == f"(b, {h}, {w}, 3)"
-    images = np.zeros((1, 128, 128, 3), np.uint8)
-    sizes = np.array([[128, 128]], np.int32)
-    with pytest.raises(ValueError, match="cuda"):  # not runnable here: the platform is checked on call
-        exported(images, sizes, sizes)
-
-
+@pytest.mark.slow  # two compiles of the tiny model
 def test_exported_function_matches_evaluation_predict_step(tmp_path):
     # What evaluation runs (make_predict_step) and the exported function agree on a static batch of 2,
-    # with an image smaller than the bucket and the original size ≠ network size.
+    # with an image smaller than the bucket and the original size ≠ network size. The exported function
+    # gets random pixels in the padding, evaluation zeros: the model is padding-aware.
     config = inference_helpers.tiny_inference_config(str(tmp_path / "no_data"))
     graphdef, params, rest = inference_helpers.random_model_state(config, num_classes=3, seed=1)
     exported = export_lib.export_detector(graphdef, params, rest, [(64, 48)], batch_size=2)[(64, 48)]
@@ -118,26 +121,3 @@ def test_exported_function_matches_evaluation_predict_step(tmp_path):
     assert int(np.sum(expected.valid)) > 0
     for key in actual:
         np.testing.assert_allclose(actual[key], getattr(expected, key), rtol=1e-5, atol=1e-4, err_msg=key)
-
-
-def test_cuda_export_of_an_msda_model_with_and_without_triton():
-    # No weights needed: the export takes shapes only (nnx.eval_shape model).
-    config = tiny_defenc_fqdetv2.get_config()
-    graphdef, params, rest = nnx.split(abstract_model(config.model), nnx.Param, ...)
-    triton = export_lib.export_detector(graphdef, params, rest, [(64, 64)], batch_size=2,
-                                        platforms=("cuda",))[(64, 64)]
-    restored = jax.export.deserialize(triton.serialize())
-    assert restored.platforms == ("cuda",) and restored.in_avals[-3].shape == (2, 64, 64, 3)
-    text = restored.mlir_module()
-    assert text.count(export_lib.TRITON_TARGET) == tiny_defenc_fqdetv2.MSDA_LAYERS  # msda_impl "auto" on CUDA
-    assert "msda_forward" in text
-    # Pallas blocks cannot follow a symbolic batch: the error says what to do instead.
-    with pytest.raises(ValueError, match="--batch-size N"):
-        export_lib.export_detector(graphdef, params, rest, [(64, 64)], platforms=("cuda",))
-    # Built with XLA MSDA: no Triton call, so jax.export's safety check stays on, and the batch can be symbolic.
-    xla_model = abstract_model(export_lib.with_msda_impl(config, "xla").model)
-    stable = export_lib.export_detector(*nnx.split(xla_model, nnx.Param, ...), [(64, 64)], platforms=("cuda",),
-                                        allow_triton=False)[(64, 64)]
-    assert export_lib.TRITON_TARGET not in stable.mlir_module()
-    assert str(stable.in_avals[-3].shape) == "(b, 64, 64, 3)"
-    assert jax.export.deserialize(stable.serialize()).out_avals[0].shape[1:] == restored.out_avals[0].shape[1:]

@@ -34,28 +34,32 @@ def test_cli_predictions_json_pictures_and_skipped_files(tmp_path, inference_wor
     shutil.copy(photos[2], single)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (37, 300, 4), np.uint8), "RGBA").save(inputs / "a.png")  # RGBA, extreme shape
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(rng.integers(0, 255, (5, 7, 3), np.uint8)).save(tiny)
     (inputs / "broken.jpg").write_bytes(b"not an image at all")
     (inputs / "truncated.jpg").write_bytes(open(photos[0], "rb").read()[:3000])  # header reads, decoding fails
     (inputs / "notes.txt").write_text("ignored: not an image extension")
     out = tmp_path / "out"
 
+    # Batches of 3 (the second one padded) in a 256x256 bucket, where live_predictor runs one image at a
+    # time in 128x128: every layer is padding-aware, so the detections must not change.
     code = predict_lib.main([f"--config={config_arg}", f"--workdir={workdir}", str(inputs), str(single),
-                             str(tmp_path / "missing.jpg"), "--out", str(out), "--batch-size", "3",
-                             "--score-threshold", "0", *CONFIG_OVERRIDES])
+                             str(tmp_path / "missing.jpg"), str(tiny), "--out", str(out), "--batch-size", "3",
+                             "--score-threshold", "0", "--config.data.buckets=((256, 256),)", *CONFIG_OVERRIDES])
     assert code == 0
     stderr = capsys.readouterr().err
     predictions = json.loads((out / "predictions.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
 
-    expected = [inputs / "a.png", inputs / "b.jpg", inputs / "sub" / "c.JPG", single]  # walk order, then argv order
+    expected = [inputs / "a.png", inputs / "b.jpg", inputs / "sub" / "c.JPG", single, tiny]  # walk, then argv order
     assert [p["file_name"] for p in predictions] == [str(p) for p in expected]
     skipped = {os.path.basename(s["file_name"]): s["error"] for s in summary["skipped"]}
     assert set(skipped) == {"broken.jpg", "truncated.jpg", "missing.jpg"}
     assert "decode" in skipped["truncated.jpg"] and "no such file" in skipped["missing.jpg"]
     for name in skipped:
         assert name in stderr
-    assert summary["num_images"] == 4
-    assert summary["compiled_shapes"] == [[3, 128, 128, 3]]  # every image fits the tiny config's one bucket
+    assert summary["num_images"] == 5
+    assert summary["compiled_shapes"] == [[3, 256, 256, 3]]  # every image fits the one bucket
 
     for entry, path in zip(predictions, expected):
         image = _read_rgb(path)
@@ -71,12 +75,15 @@ def test_cli_predictions_json_pictures_and_skipped_files(tmp_path, inference_wor
             assert x + w <= entry["width"] + 0.01 and y + h <= entry["height"] + 0.01
             # category mapping: the dataset's own (non-contiguous) id and its name
             assert det["category"] == CLASS_NAMES[CATEGORY_IDS.index(det["category_id"])]
-        # Batches of 3 in the CLI, one image at a time in the Python API: the same detections.
-        assert_same_detections(entry["detections"], live_predictor(image))
+        assert_same_detections(live_predictor(image), entry["detections"], box_atol=0.05, score_atol=1e-3)
+        # The image with boxes drawn; small images enlarged by an integer factor (visualize.draw_detections).
         picture = _read_rgb(out / entry["picture"])
-        assert picture.shape == image.shape
-        assert np.abs(picture.astype(int) - image).max() > 100  # boxes drawn
-    assert len({p["picture"] for p in predictions}) == 4
+        scale = picture.shape[0] // image.shape[0]
+        assert scale >= 1 and picture.shape == (image.shape[0] * scale, image.shape[1] * scale, 3)
+        assert (scale > 1) == (max(image.shape[:2]) < 640)
+        enlarged = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+        assert np.abs(picture.astype(int) - enlarged).max() > 100
+    assert len({p["picture"] for p in predictions}) == 5
 
 
 def test_boxes_are_in_original_pixels(live_predictor):
@@ -92,22 +99,11 @@ def test_boxes_are_in_original_pixels(live_predictor):
     # in tests/train/test_coco_mini_overfit.py: these random weights are not robust to it.)
 
 
-def test_detections_independent_of_batch_and_bucket(live_predictor):
-    rng = np.random.default_rng(1)
-    images = [_read_rgb(p) for p in coco_mini_images(2)]
-    images += [rng.integers(0, 255, (300, 37, 3), np.uint8), rng.integers(0, 255, (5, 7, 3), np.uint8)]
-    alone = [live_predictor(im) for im in images]  # one image per batch, in the 128x128 bucket
-    # Three per batch (the second batch padded) in a bigger bucket: the same detections, since
-    # every layer is padding-aware.
-    big = dataclasses.replace(live_predictor.preprocessing, buckets=((256, 256),))
-    batched = predict_lib.Predictor(live_predictor.detect, live_predictor.classes, big, batch_size=3,
-                                    score_threshold=0.0)
-    for a, b in zip(alone, batched.predict_arrays(images)):
-        assert_same_detections(a, b, box_atol=0.05, score_atol=1e-3)
-    assert batched.shapes_seen == {(3, 256, 256, 3)}
-    # No bucket holds the image: one is made, rounded up to the bucket divisor.
+def test_bucket_choice(live_predictor):
+    # (Detections do not depend on the bucket or the batch: see the CLI test.)
     small = dataclasses.replace(live_predictor.preprocessing, buckets=((64, 64),))
     assert small.bucket([(96, 128)]) == (128, 128) and small.bucket([(64, 20)]) == (64, 64)
+    # No bucket holds the image: one is made, rounded up to the bucket divisor.
     fixed = dataclasses.replace(small, allow_new_buckets=False)
     assert fixed.bucket([(96, 128)]) == (64, 64)  # exported models shrink the image instead
     # DETR's rounding gives 16x129 for 37x300 (shortest 96, longest <= 128): capped to 128.
