@@ -49,6 +49,7 @@ def _ok(result):
     return lowering
 
 
+@pytest.mark.slow  # the fixture's subprocess lowers four train steps: ~40 s of CPU
 def test_quickstart_lowers_for_cuda_with_xla_kernel_gradients(results):
     cuda, cpu = _ok(results["quickstart_cuda"]), _ok(results["quickstart_cpu"])
     assert cuda["platform"] == "cuda" and cpu["platform"] == "cpu"
@@ -61,6 +62,7 @@ def test_quickstart_lowers_for_cuda_with_xla_kernel_gradients(results):
     assert results["quickstart_cuda"]["report"]["params"]["total"] > 0
 
 
+@pytest.mark.slow  # the fixture's subprocess lowers four train steps: ~40 s of CPU
 def test_defenc_fqdetv2_lowers_the_msda_triton_kernel_for_cuda_only(results):
     cuda, cpu = _ok(results["defenc_cuda"]), _ok(results["defenc_cpu"])
     msda_layers = MSDA_LAYERS  # one MSDA per encoder and decoder layer

@@ -5,6 +5,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+import pytest  # noqa: E402
 import tiny_config  # noqa: E402
 
 from msvision.train import loop  # noqa: E402
@@ -12,6 +13,7 @@ from msvision.train.data_setup import read_class_list  # noqa: E402
 from msvision.train.metrics import read_metrics  # noqa: E402
 
 
+@pytest.mark.slow  # 300 training steps, evaluation: minutes of CPU
 def test_short_training_learns(tmp_path):
     config = tiny_config.get_config(str(tmp_path / "shapes"))
     config.data.synthetic.num_train = 64
