@@ -1,4 +1,5 @@
-"""Test-session setup.
+"""Test-session setup, and the fixtures shared by the prediction and export tests
+(see ``inference_helpers.py``).
 
 A persistent XLA compilation cache shared by the whole session, its subprocesses
 included: the training tests start ``train.py`` several times with one tiny config
@@ -30,3 +31,26 @@ if os.environ.get("MSVISION_TEST_COMPILATION_CACHE", "1") != "0" and "JAX_COMPIL
 
 if "XLA_FLAGS" not in os.environ:
     os.environ["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
+
+
+import pytest
+
+import inference_helpers  # noqa: E402  (after the environment above: it imports jax)
+
+
+@pytest.fixture(scope="session")
+def inference_workdir(tmp_path_factory):
+    """``(config_file_arg, workdir, data_root)`` of :func:`inference_helpers.make_inference_workdir`."""
+    return inference_helpers.make_inference_workdir(tmp_path_factory.mktemp("inference"))
+
+
+@pytest.fixture(scope="session")
+def live_predictor(inference_workdir):
+    """A :class:`msvision.predict.Predictor` of the fixture work directory (score threshold 0)."""
+    from msvision.predict import Predictor
+
+    _, workdir, data_root = inference_workdir
+    predictor = Predictor.from_workdir(inference_helpers.tiny_inference_config(data_root), workdir,
+                                       score_threshold=0.0)
+    assert not os.path.exists(data_root)  # restoring neither read nor generated the training data
+    return predictor

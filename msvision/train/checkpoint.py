@@ -99,6 +99,25 @@ class Checkpointer:
         name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
         return os.path.exists(os.path.join(self.directory, str(step), "data", name))
 
+    def restore_subtree(self, abstract_subtree: Any, step: Optional[int] = None) -> tuple[int, Any]:
+        """Restores only the top-level entries of the saved state named in ``abstract_subtree``.
+
+        E.g. ``{"params": ..., "rest": ...}`` for inference, leaving the optimizer
+        state on disk. Returns ``(step, subtree)``.
+        """
+        step = self.latest_step if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        # PyTreeRestore reads the StandardSave format; partial_restore skips the entries not asked for.
+        args = ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=abstract_subtree,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract_subtree),
+            partial_restore=True,
+        ))
+        restored = self.manager.restore(step, args=args)
+        logging.info("restored %s of checkpoint %d from %s", sorted(abstract_subtree), step, self.directory)
+        return step, restored["state"]
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

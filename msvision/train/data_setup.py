@@ -85,13 +85,63 @@ def dataset_info(data_cfg) -> DatasetInfo:
 DATASET_FILE = "dataset.json"
 
 
+@dataclasses.dataclass(frozen=True)
+class ClassList:
+    """The classes of a trained model: ``class_names[k]`` and ``label_to_category[k]``
+    (the dataset's category id) of contiguous label ``k``."""
+
+    class_names: tuple[str, ...]
+    label_to_category: tuple[int, ...]
+
+    def __post_init__(self):
+        if len(self.class_names) != len(self.label_to_category):
+            raise ValueError(f"{len(self.class_names)} class names but {len(self.label_to_category)} category ids")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> dict:
+        return {"class_names": list(self.class_names), "label_to_category": list(self.label_to_category)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "ClassList":
+        return cls(tuple(str(n) for n in data["class_names"]), tuple(int(c) for c in data["label_to_category"]))
+
+
 def save_dataset_metadata(info: DatasetInfo, workdir: str) -> None:
-    """Writes the class list of a training run to ``WORKDIR/dataset.json`` (read by
-    evaluation and prediction, which then need no training annotations)."""
+    """Writes the class list of a training run to ``WORKDIR/dataset.json``::
+
+        {"class_names": ["person", ...], "label_to_category": [1, ...], "num_train_images": 118287}
+
+    Evaluation, prediction and export read it (:func:`read_class_list`), so they
+    need no training annotations.
+    """
     meta = info.metadata
+    classes = ClassList(tuple(meta.class_names), tuple(int(c) for c in meta.label_to_category))
     with open(os.path.join(workdir, DATASET_FILE), "w") as f:
-        json.dump(dict(class_names=list(meta.class_names), label_to_category=list(meta.label_to_category),
-                       num_train_images=meta.num_train_images), f, indent=2)
+        json.dump(dict(**classes.to_json(), num_train_images=meta.num_train_images), f, indent=2)
+
+
+def _read_dataset_file(workdir: str) -> dict:
+    path = os.path.join(workdir, DATASET_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path} not found: train.py writes the class list of a run there. Point --workdir at a "
+            "training run's work directory (one written before dataset.json existed needs it added: "
+            '{"class_names": [...], "label_to_category": [...]}).')
+    with open(path) as f:
+        return json.load(f)
+
+
+def read_class_list(workdir: str) -> ClassList:
+    """The class list of the model trained in ``workdir`` (its ``dataset.json``).
+
+    Raises:
+      FileNotFoundError: ``WORKDIR/dataset.json`` does not exist (the message names it);
+        the training annotations are never read instead.
+    """
+    return ClassList.from_json(_read_dataset_file(workdir))
 
 
 def eval_dataset_info(data_cfg, workdir: Optional[str] = None) -> DatasetInfo:
@@ -103,17 +153,14 @@ def eval_dataset_info(data_cfg, workdir: Optional[str] = None) -> DatasetInfo:
     """
     prepare_synthetic(data_cfg)
     val_source = data_lib.build_source(data_cfg.val, data_cfg)
-    path = os.path.join(workdir, DATASET_FILE) if workdir else ""
-    if path and os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
-        class_names, label_to_category = tuple(saved["class_names"]), tuple(saved["label_to_category"])
+    if workdir and os.path.exists(os.path.join(workdir, DATASET_FILE)):
+        saved = _read_dataset_file(workdir)
+        classes = ClassList.from_json(saved)
         num_train = int(saved.get("num_train_images", 0))
     else:
-        class_names = tuple(val_source.class_names)
-        label_to_category = tuple(int(c) for c in val_source.label_to_category)
+        classes = ClassList(tuple(val_source.class_names), tuple(int(c) for c in val_source.label_to_category))
         num_train = 0
-    meta = DatasetMetadata(class_names=class_names, label_to_category=label_to_category,
+    meta = DatasetMetadata(class_names=classes.class_names, label_to_category=classes.label_to_category,
                            num_train_images=max(num_train, 1),
                            val_annotations=data_cfg.val.annotations if data_cfg.source == "coco" else "")
     return DatasetInfo(meta, data_cfg, None, val_source)

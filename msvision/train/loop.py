@@ -202,7 +202,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     dataset_info = data_lib.dataset_info(config.data)
     trainer = build_trainer(config, dataset_info)
     if jax.process_index() == 0:
-        # After the dataset paths and num_classes are resolved: the config actually used.
+        # After the dataset paths and num_classes are resolved: the config actually used, and the
+        # class list (dataset.json) that evaluation, prediction and export read.
         config_lib.save_config(config, os.path.join(workdir, "config.json"))
         data_lib.save_dataset_metadata(dataset_info, workdir)
     num_steps = total_steps(config, dataset_info.num_train_images)
@@ -331,7 +332,7 @@ def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, vi
 
 
 class NoCheckpointError(FileNotFoundError):
-    """The work directory has no checkpoint to evaluate; the message says where it looked."""
+    """The work directory has no checkpoint to restore; the message says where it looked."""
 
 
 def find_checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
@@ -346,7 +347,7 @@ def find_checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
     if not steps:
         what = "no such directory" if not os.path.isdir(directory) else "no step folders (orbax checkpoints)"
         raise NoCheckpointError(
-            f"nothing to evaluate in {os.path.abspath(workdir)}: looked for orbax checkpoints in {directory} "
+            f"no checkpoint to restore in {os.path.abspath(workdir)}: looked for orbax checkpoints in {directory} "
             f"and found {what}. Train first (python train.py --config=... --workdir={workdir}) or point "
             "--workdir at a training run."
         )
@@ -371,3 +372,34 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Opti
     step, state, _ = ckpt.restore(checkpoint_lib.abstract_like(trainer.state), step=step)
     ckpt.close()
     return trainer, state, step
+
+
+def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_classes: int,
+                          step: Optional[int] = None):
+    """Restores only the model of a checkpoint (latest by default): ``(graphdef, params, rest, step)``.
+
+    Needs neither the dataset nor the optimizer: the model is built abstractly
+    (``nnx.eval_shape``) with ``num_classes`` classes and only ``params`` and
+    ``rest`` are read from the checkpoint (onto the first local device); the
+    optimizer state is not read.
+
+    Raises:
+      NoCheckpointError: no checkpoint (or not ``step``), before anything is built.
+    """
+    step = find_checkpoint_step(workdir, step)
+    with config.unlocked():
+        config.model.num_classes = num_classes
+    model_cfg = config.model.copy_and_resolve_references()
+    with model_cfg.unlocked():
+        model_cfg.backbone.pretrained = ""  # the checkpoint holds the weights
+    abstract_model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(config.seed)))
+    graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                            dict(params=params, rest=rest))
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
+    try:
+        step, state = ckpt.restore_subtree(abstract, step=step)
+    finally:
+        ckpt.close()
+    return graphdef, state["params"], state["rest"], step

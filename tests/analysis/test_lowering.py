@@ -2,7 +2,7 @@
 
 Test-size models (the quickstart RetinaNet of ``tests/train/tiny_config.py``, and
 R-18 + DefEnc-P3 + FQDetV2 shrunk from ``configs/fqdet/r50_defenc_p3_fqdetv2.py``)
-(``tiny_defenc_fqdetv2.py``) with the default MSDA selection (``impl="auto"``), lowered for CUDA and for the CPU
+(``tests/tiny_defenc_fqdetv2.py``) with the default MSDA selection (``impl="auto"``), lowered for CUDA and for the CPU
 in one subprocess (the device count must be forced before JAX initialises).
 """
 
@@ -18,7 +18,7 @@ from tiny_defenc_fqdetv2 import MSDA_LAYERS
 HERE = os.path.dirname(__file__)
 ROOT = os.path.join(HERE, "..", "..")
 QUICKSTART = os.path.join(HERE, "..", "train", "tiny_config.py")
-DEFENC = os.path.join(HERE, "tiny_defenc_fqdetv2.py")
+DEFENC = os.path.join(HERE, "..", "tiny_defenc_fqdetv2.py")
 COMMON = ["--json", "--devices=8", "--image-size=96", "--num-objects=3"]
 CASES = {
     "quickstart_cuda": [f"--config={QUICKSTART}", "--lower-for=cuda", *COMMON],
@@ -49,6 +49,7 @@ def _ok(result):
     return lowering
 
 
+@pytest.mark.slow  # the fixture's subprocess lowers four train steps: ~40 s of CPU
 def test_quickstart_lowers_for_cuda_with_xla_kernel_gradients(results):
     cuda, cpu = _ok(results["quickstart_cuda"]), _ok(results["quickstart_cpu"])
     assert cuda["platform"] == "cuda" and cpu["platform"] == "cpu"
@@ -61,6 +62,7 @@ def test_quickstart_lowers_for_cuda_with_xla_kernel_gradients(results):
     assert results["quickstart_cuda"]["report"]["params"]["total"] > 0
 
 
+@pytest.mark.slow  # the fixture's subprocess lowers four train steps: ~40 s of CPU
 def test_defenc_fqdetv2_lowers_the_msda_triton_kernel_for_cuda_only(results):
     cuda, cpu = _ok(results["defenc_cuda"]), _ok(results["defenc_cpu"])
     msda_layers = MSDA_LAYERS  # one MSDA per encoder and decoder layer

@@ -5,12 +5,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
+import pytest  # noqa: E402
 import tiny_config  # noqa: E402
 
 from msvision.train import loop  # noqa: E402
+from msvision.train.data_setup import read_class_list  # noqa: E402
 from msvision.train.metrics import read_metrics  # noqa: E402
 
 
+@pytest.mark.slow  # 300 training steps, evaluation: minutes of CPU
 def test_short_training_learns(tmp_path):
     config = tiny_config.get_config(str(tmp_path / "shapes"))
     config.data.synthetic.num_train = 64
@@ -35,3 +38,8 @@ def test_short_training_learns(tmp_path):
         assert json.load(f)["bbox/AP50"] == final["eval/bbox/AP50"]
     assert len(os.listdir(os.path.join(workdir, "eval", "vis_300"))) == 2
     assert final["perf/compiled_train_shapes"] == 1  # one bucket in the tiny config
+    # The class list prediction and export restore the model with, without the dataset:
+    classes = read_class_list(workdir)
+    assert classes.class_names == ("circle", "triangle", "rectangle", "star", "hexagon", "cross")
+    assert classes.label_to_category == (1, 2, 3, 4, 5, 6)
+    assert not os.path.exists(os.path.join(workdir, "classes.json"))  # one file for the class list

@@ -8,7 +8,7 @@ import os
 
 from msvision.config import load_config
 
-CONFIG = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "fqdet", "r50_defenc_p3_fqdetv2.py")
+CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fqdet", "r50_defenc_p3_fqdetv2.py")
 ENCODER_LAYERS, DECODER_LAYERS = 1, 1
 MSDA_LAYERS = ENCODER_LAYERS + DECODER_LAYERS
 

@@ -1,0 +1,52 @@
+"""CUDA artefacts written from this CPU-only machine: one per bucket with a symbolic batch, refused
+at call time here; the MSDA Triton kernels in them (``allow_triton``) or not (``--no-triton``)."""
+
+import jax
+import numpy as np
+import pytest
+import tiny_defenc_fqdetv2
+from flax import nnx
+
+from inference_helpers import CONFIG_OVERRIDES
+from msvision import export as export_lib
+from msvision.analysis.cost import abstract_model
+
+
+def test_cuda_export_from_cpu_machine(tmp_path, inference_workdir):
+    config_arg, workdir, _ = inference_workdir
+    out = tmp_path / "cuda.jaxexport"
+    assert export_lib.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(out),
+                            "--platform", "cuda", "--buckets", "128x128,128x256", *CONFIG_OVERRIDES]) == 0
+    exported = export_lib.load_exported(str(out))
+    assert exported.platforms == ("cuda",)
+    assert sorted(exported.exported) == [(128, 128), (128, 256)]
+    for (h, w), e in exported.exported.items():
+        assert e.platforms == ("cuda",)  # as read back from the serialised module
+        assert str(e.in_avals[-3].shape) == f"(b, {h}, {w}, 3)"
+    images = np.zeros((1, 128, 128, 3), np.uint8)
+    sizes = np.array([[128, 128]], np.int32)
+    with pytest.raises(ValueError, match="cuda"):  # not runnable here: the platform is checked on call
+        exported(images, sizes, sizes)
+
+
+def test_cuda_export_of_an_msda_model_with_and_without_triton():
+    # No weights needed: the export takes shapes only (nnx.eval_shape model).
+    config = tiny_defenc_fqdetv2.get_config()
+    graphdef, params, rest = nnx.split(abstract_model(config.model), nnx.Param, ...)
+    triton = export_lib.export_detector(graphdef, params, rest, [(64, 64)], batch_size=2,
+                                        platforms=("cuda",))[(64, 64)]
+    restored = jax.export.deserialize(triton.serialize())
+    assert restored.platforms == ("cuda",) and restored.in_avals[-3].shape == (2, 64, 64, 3)
+    text = restored.mlir_module()
+    assert text.count(export_lib.TRITON_TARGET) == tiny_defenc_fqdetv2.MSDA_LAYERS  # msda_impl "auto" on CUDA
+    assert "msda_forward" in text
+    # Pallas blocks cannot follow a symbolic batch: the error says what to do instead.
+    with pytest.raises(ValueError, match="--batch-size N"):
+        export_lib.export_detector(graphdef, params, rest, [(64, 64)], platforms=("cuda",))
+    # Built with XLA MSDA: no Triton call, so jax.export's safety check stays on, and the batch can be symbolic.
+    xla_model = abstract_model(export_lib.with_msda_impl(config, "xla").model)
+    stable = export_lib.export_detector(*nnx.split(xla_model, nnx.Param, ...), [(64, 64)], platforms=("cuda",),
+                                        allow_triton=False)[(64, 64)]
+    assert export_lib.TRITON_TARGET not in stable.mlir_module()
+    assert str(stable.in_avals[-3].shape) == "(b, 64, 64, 3)"
+    assert jax.export.deserialize(stable.serialize()).out_avals[0].shape[1:] == restored.out_avals[0].shape[1:]
