@@ -248,6 +248,7 @@ def _loss_and_grad(model, feats, mask):
     return jax.jit(jax.value_and_grad(loss, argnums=(0, 1))), params
 
 
+@pytest.mark.slow  # two compiled train steps of a DefEncoder: ~25 s
 def test_remat_matches_unrolled_layers_and_saves_memory():
     """remat=True (scan over the stacked layers under jax.checkpoint) computes the same
     outputs and gradients, for the weights of every layer and for the input features,

@@ -372,14 +372,15 @@ def test_iou_losses_take_the_thesis_weights():
 
 @pytest.mark.parametrize("overrides", [
     dict(matcher__matching="absolute"),
-    dict(matcher__matching="hungarian"),
+    pytest.param(dict(matcher__matching="hungarian"), marks=pytest.mark.slow),
     dict(matcher__matching="auction"),
-    dict(matcher__crowd_ignore=True, matcher__ignore_padding_anchors=True),
+    pytest.param(dict(matcher__crowd_ignore=True, matcher__ignore_padding_anchors=True), marks=pytest.mark.slow),
     dict(prediction__aux_losses=True, prediction__aux_shared=False, decoder__iterative_refinement=True,
          loss__box="giou", decoder__num_layers=2),
     dict(inference__duplicate_removal="soft_learned", loss__cls="qfl", prediction__box_scoring=True,
          loss__box="ciou"),
-    dict(inference__duplicate_removal="learned", loss__box="diou", inference__strategy="new"),
+    pytest.param(dict(inference__duplicate_removal="learned", loss__box="diou", inference__strategy="new"),
+                 marks=pytest.mark.slow),
 ])
 def test_ablation_switches_finite(overrides):
     head = tiny_head(**overrides)

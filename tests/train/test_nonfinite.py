@@ -25,6 +25,7 @@ def _params_at(workdir, step):
     return [np.asarray(x) for x in jax.tree.leaves(restored["params"])]
 
 
+@pytest.mark.slow  # two training runs (the second recompiles for its learning rate): ~1 min
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     workdir = str(tmp_path / "run")
     config = tiny_config.get_config(str(tmp_path / "shapes"))
