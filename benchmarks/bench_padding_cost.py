@@ -32,9 +32,9 @@ from msvision.train.optimizer import build_optimizer
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 
 
-def unaware_pyramid(self, batch):
+def unaware_pyramid(self, batch, rng=None):
     """``Detector.pyramid`` without image sizes (the canvas is the image)."""
-    return self.neck(self.backbone(self.normalize_images(batch)))
+    return self.neck(self.backbone(self.normalize_images(batch), rng=rng))
 
 
 def compiled_step(config, batch, aware: bool):
