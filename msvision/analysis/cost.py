@@ -67,15 +67,25 @@ def _without_pretrained(model_cfg):
 
 
 def synthetic_batch(
-    batch_size: int = 2, image_size: int = 800, num_objects: int = 10, num_classes: int = 80, seed: int = 0
+    batch_size: int = 2, image_size: int = 800, num_objects: int = 10, num_classes: int = 80, seed: int = 0,
+    with_masks: bool = False,
 ) -> Batch:
-    """A numpy :class:`Batch` of random square images with ``num_objects`` random boxes each."""
+    """A numpy :class:`Batch` of random square images with ``num_objects`` random boxes each
+    (and, ``with_masks``, the ellipse inscribed in each box as its mask)."""
     rng = np.random.default_rng(seed)
     b, s, m = batch_size, image_size, num_objects
     xy0 = rng.uniform(0, 0.7 * s, (b, m, 2))
     wh = rng.uniform(0.05 * s, 0.3 * s, (b, m, 2))
     boxes = np.concatenate([xy0, np.minimum(xy0 + wh, s)], axis=-1).astype(np.float32)
+    masks = None
+    if with_masks:
+        yy, xx = np.mgrid[:s, :s].astype(np.float32) + 0.5
+        c = (boxes[..., :2] + boxes[..., 2:]) / 2
+        r = np.maximum((boxes[..., 2:] - boxes[..., :2]) / 2, 1.0)
+        masks = (((xx - c[..., 0, None, None]) / r[..., 0, None, None]) ** 2
+                 + ((yy - c[..., 1, None, None]) / r[..., 1, None, None]) ** 2) <= 1.0
     return Batch(
+        masks=masks,
         images=rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
         image_sizes=np.full((b, 2), s, np.int32),
         orig_sizes=np.full((b, 2), s, np.int32),
@@ -159,7 +169,8 @@ def analyse(
     model = abstract_model(model_cfg)
     report["params"] = count_parameters(model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    batch = synthetic_batch(batch_size, image_size, num_objects, model_cfg.num_classes)
+    with_masks = model_cfg.get("seg_head", {}).get("name", "none") != "none"
+    batch = synthetic_batch(batch_size, image_size, num_objects, model_cfg.num_classes, with_masks=with_masks)
     # The train step and optimizer of msvision.train (AdamW with parameter groups).
     from msvision.train.loop import make_train_step
     from msvision.train.optimizer import build_optimizer, default_optim_config

@@ -2,8 +2,10 @@
 
 Writes, under ``WORKDIR/eval/``: ``results_<step>.json`` (COCO results format,
 the dataset's own category ids), ``metrics_<step>.json`` (``bbox/AP``,
-``bbox/AP50``, …) and, when asked, ``vis_<step>/*.png`` with predicted boxes
-(solid) and ground truth (dashed).
+``bbox/AP50``, …; with a segmentation head also ``segm/AP``, … from masks pasted
+at the original image size, :mod:`msvision.evaluation.masks`) and, when asked,
+``vis_<step>/*.png`` with predicted boxes (solid, masks blended) and ground truth
+(dashed).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from msvision.evaluation import coco_eval, visualize
+from msvision.evaluation.masks import detection_image_masks
 from msvision.structures import Batch, Detections
 from msvision.train import data_setup
 from msvision.train import sharding as sharding_lib
@@ -47,21 +50,29 @@ def evaluate_detector(
     vis_dir = os.path.join(workdir, "eval", f"vis_{step}")
     drawn = 0
     is_main = jax.process_index() == 0
+    has_masks = False
     for local_batch in tqdm(eval_iter, desc="eval", disable=not is_main, dynamic_ncols=True):
         batch = sharding_lib.shard_batch(local_batch, mesh)
         detections = sharding_lib.gather_to_host(predict(batch))
         image_ids = sharding_lib.gather_to_host(batch.image_ids)
+        image_masks = None
+        if detections.masks is not None:  # segmentation head: masks at the original size
+            has_masks = True
+            image_masks = detection_image_masks(detections, sharding_lib.gather_to_host(batch.orig_sizes))
         results.extend(
-            coco_eval.detections_to_coco_results(detections, image_ids, dataset_info.label_to_category)
+            coco_eval.detections_to_coco_results(detections, image_ids, dataset_info.label_to_category,
+                                                 image_masks=image_masks)
         )
         if is_main and drawn < visualize_count:
-            drawn += _draw(local_batch, detections, dataset_info, vis_dir, visualize_count - drawn)
+            drawn += _draw(local_batch, detections, dataset_info, vis_dir, visualize_count - drawn,
+                           image_masks=image_masks)
     metrics: dict[str, float] = {}
     if is_main:
         out_dir = os.path.join(workdir, "eval")
         os.makedirs(out_dir, exist_ok=True)
         coco_eval.write_results_json(os.path.join(out_dir, f"results_{step}.json"), results)
-        evaluator = coco_eval.CocoEvaluator(dataset_info.val_annotations, iou_types=("bbox",))
+        evaluator = coco_eval.CocoEvaluator(dataset_info.val_annotations,
+                                            iou_types=("bbox", "segm") if has_masks else ("bbox",))
         evaluator.add(results)
         metrics = evaluator.evaluate()
         print(f"COCO evaluation at step {step} ({len(results)} detections):")
@@ -71,8 +82,12 @@ def evaluate_detector(
     return {f"eval/{k}": v for k, v in metrics.items()}
 
 
-def _draw(local_batch: Batch, detections: Detections, dataset_info, out_dir: str, limit: int) -> int:
-    """Writes up to ``limit`` PNGs of this batch (original resolution); returns how many."""
+def _draw(local_batch: Batch, detections: Detections, dataset_info, out_dir: str, limit: int,
+          image_masks=None) -> int:
+    """Writes up to ``limit`` PNGs of this batch (original resolution); returns how many.
+
+    ``image_masks``: optional per image ``[K, h, w] bool`` masks of the detections (drawn).
+    """
     os.makedirs(out_dir, exist_ok=True)
     count = 0
     for i in range(local_batch.images.shape[0]):
@@ -89,6 +104,7 @@ def _draw(local_batch: Batch, detections: Detections, dataset_info, out_dir: str
             dataset_info.class_names,
             gt_boxes=gt_boxes,
             gt_labels=gt_labels,
+            masks=None if image_masks is None else image_masks[i][detections.valid[i]],
         )
         picture.save(os.path.join(out_dir, f"{image_id}.png"))
         count += 1
