@@ -31,7 +31,11 @@ def main(argv=None) -> int:
         parser.error(str(e))
     from msvision.train import loop
 
-    trainer, state, step = loop.restore_for_eval(config, args.workdir, args.step)
+    try:
+        trainer, state, step = loop.restore_for_eval(config, args.workdir, args.step)
+    except loop.NoCheckpointError as e:
+        logging.error("%s", e)
+        return 2
     loop.evaluate_state(trainer, state, args.workdir, step, visualize_count=args.visualize)
     return 0
 

@@ -32,6 +32,7 @@ sys.path.insert(0, ROOT)
 
 from msvision.config import load_config  # noqa: E402
 from msvision.models.build import build_model  # noqa: E402
+from msvision.models.abstract import abstract_init  # noqa: E402
 
 CONFIGS = {  # name: (table 3.1 params in M, tFPS, iFPS on a GTX 1660 Ti)
     "r50_tpn_L1B7": (36.3, 1.7, 5.3),
@@ -50,7 +51,7 @@ def params_only(name: str) -> dict:
     from msvision.analysis.cost import count_parameters
 
     cfg = load_config(os.path.join(ROOT, "configs", "retinanet", name + ".py"))
-    model = nnx.eval_shape(lambda: build_model(cfg.model, rngs=nnx.Rngs(0)))
+    model = abstract_init(lambda: build_model(cfg.model, rngs=nnx.Rngs(0)))
     out = {"params": count_parameters(model)}
     out["params"]["neck"] = sum(
         int(v.size) for _, v in nnx.to_flat_state(nnx.state(model.neck, nnx.Param))

@@ -8,12 +8,17 @@ Measures in one process, with the same number of threads for both:
   * achieved FLOP/s of our train step (XLA cost analysis) against the FLOP/s of a
     large float32 matmul measured in the same run (the machine's practical peak).
 
-Both models have random weights. They differ in size (ours: the thesis's C = 1
-head with 1×1 last layers and 80 classes; torchvision: 4 convs, 3×3 last layers,
-91 classes), so the FLOP counts are printed too and the time ratio is also given
-per MAC.
+Both models have random weights. Two rows of ours:
+  * ``like torchvision``: our RetinaNet configured as torchvision's (C = 4 hidden
+    convs, 3×3 last layers, 91 classes, P6 from the 256-channel P5): the same
+    network, so the time ratio compares implementations (parameter counts printed
+    to show they agree);
+  * ``thesis``: the thesis's C = 1 head with 1×1 last layers and 80 classes
+    (smaller than torchvision's: its ratio is not like for like).
+The jax/jaxlib and torch versions and builds, the thread count and the load
+average are printed with the table.
 
-    python benchmarks/bench_retinanet.py [--repeats 3] [--markdown]
+    python benchmarks/bench_retinanet.py [--repeats 5] [--markdown]
 """
 
 from __future__ import annotations
@@ -47,19 +52,18 @@ def _median_time(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def ours(repeats: int) -> dict:
-    config = load_config(os.path.join(ROOT, "configs/retinanet/r50_fpn.py"))
+LIKE_TORCHVISION = [  # torchvision retinanet_resnet50_fpn(num_classes=91), random weights
+    "--config.model.num_classes=91", "--config.model.head.num_convs=4", "--config.model.head.last_kernel_size=3",
+]
+
+
+def ours(repeats: int, overrides=()) -> dict:
+    config = load_config(os.path.join(ROOT, "configs/retinanet/r50_fpn.py"), list(overrides))
     model = build_model(config.model, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    optim_cfg = config.optim if "optim" in config else None
-    if optim_cfg is None:
-        from msvision.train.optimizer import default_optim_config
-
-        optim_cfg = default_optim_config()
-    tx, schedules = build_optimizer(optim_cfg, params, steps_per_epoch=1000)
-    state = dict(
-        step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params), rng=jax.random.PRNGKey(0)
-    )
+    tx, schedules = build_optimizer(config.optim, params, steps_per_epoch=1000)
+    state = dict(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+                 rng=jax.random.PRNGKey(0))
     infer_batch = jax.device_put(synthetic_batch(1, 800, 10, config.model.num_classes))
     train_batch = jax.device_put(synthetic_batch(2, 800, 10, config.model.num_classes))
 
@@ -80,16 +84,28 @@ def ours(repeats: int) -> dict:
         jax.block_until_ready(metrics)
 
     train_s = _median_time(step, repeats)
-    return dict(infer_s=infer_s, train_s=train_s, train_flops=train_flops, infer_flops=float(pcost["flops"]))
+    from msvision.models.layers import count_variables
+
+    return dict(infer_s=infer_s, train_s=train_s, train_flops=train_flops, infer_flops=float(pcost["flops"]),
+                params=count_variables(model, nnx.Param))
 
 
 def torchvision_reference(repeats: int, threads: int) -> dict:
     import torch
     import torchvision
 
+    from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+    from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model = torchvision.models.detection.retinanet_resnet50_fpn(weights=None, weights_backbone=None, num_classes=91)
+    # retinanet_resnet50_fpn's architecture with the thesis's backbone treatment (as
+    # ours): frozen BatchNorm, stem + layer1 frozen. (Its weights=None default would
+    # train every layer with batch-statistics BatchNorm: a different, slower network.)
+    resnet = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    backbone = _resnet_fpn_extractor(resnet, 3, returned_layers=[2, 3, 4], extra_blocks=LastLevelP6P7(256, 256))
+    model = torchvision.models.detection.RetinaNet(backbone, num_classes=91)
     rng = np.random.default_rng(0)
 
     def targets():
@@ -122,7 +138,8 @@ def torchvision_reference(repeats: int, threads: int) -> dict:
         optimizer.step()
 
     train_s = _median_time(step, repeats)
-    return dict(infer_s=infer_s, train_s=train_s, params=sum(p.numel() for p in model.parameters()))
+    return dict(infer_s=infer_s, train_s=train_s, params=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                version=torch.__version__)
 
 
 def matmul_flops_per_s(n: int = 4096, repeats: int = 5) -> float:
@@ -135,34 +152,36 @@ def matmul_flops_per_s(n: int = 4096, repeats: int = 5) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--markdown", action="store_true", help="print a Markdown table for RESULTS.md")
     args = parser.parse_args()
+    import jaxlib
+
     threads = os.cpu_count()
     load = os.getloadavg()[0]
     peak = matmul_flops_per_s()
-    mine = ours(args.repeats)
+    like = ours(args.repeats, LIKE_TORCHVISION)
+    thesis = ours(args.repeats)
     ref = torchvision_reference(args.repeats, threads)
-    train_rate = mine["train_flops"] / mine["train_s"]
-    rows = [
-        ("inference, 1×800×800 (s)", mine["infer_s"], ref["infer_s"]),
-        ("train step, 2×800×800 (s)", mine["train_s"], ref["train_s"]),
-    ]
-    print(f"threads: {threads}, load average at start: {load:.2f}, jax {jax.__version__}, backend {jax.default_backend()}")
-    print(f"our inference MACs: {mine['infer_flops'] / 2e9:.1f} G, train-step MACs: {mine['train_flops'] / 2e9:.1f} G")
-    print(f"torchvision params: {ref['params'] / 1e6:.2f} M")
+    print(f"threads: {threads} (torch.set_num_threads and XLA's CPU pool), load average at start: {load:.2f}, "
+          f"jax {jax.__version__} / jaxlib {jaxlib.__version__}, torch {ref['version']}, "
+          f"backend {jax.default_backend()}")
+    print(f"trainable params: ours like torchvision {like['params'] / 1e6:.2f} M, torchvision "
+          f"{ref['params'] / 1e6:.2f} M, ours thesis C=1 {thesis['params'] / 1e6:.2f} M")
     if args.markdown:
-        print("| measurement | msvision | torchvision | torchvision / msvision |")
-        print("| --- | --- | --- | --- |")
-    for name, a, b in rows:
-        if args.markdown:
-            print(f"| {name} | {a:.3f} | {b:.3f} | {b / a:.2f}× |")
-        else:
-            print(f"{name:32s} msvision {a:8.3f}  torchvision {b:8.3f}  ratio (torchvision/msvision) {b / a:5.2f}")
-    print(
-        f"train step achieved {train_rate / 1e9:.1f} GFLOP/s; float32 4096² matmul {peak / 1e9:.1f} GFLOP/s "
-        f"→ {100 * train_rate / peak:.1f}% of the matmul rate"
-    )
+        print("| network | measurement | msvision (s) | torchvision (s) | torchvision / msvision |")
+        print("| --- | --- | --- | --- | --- |")
+    for label, mine in (("like torchvision (same network)", like), ("thesis C=1, 80 classes", thesis)):
+        for name, a, b in (("inference, 1×800×800", mine["infer_s"], ref["infer_s"]),
+                           ("train step, 2×800×800", mine["train_s"], ref["train_s"])):
+            if args.markdown:
+                print(f"| {label} | {name} | {a:.3f} | {b:.3f} | {b / a:.2f}× |")
+            else:
+                print(f"{label:34s} {name:24s} msvision {a:8.3f}  torchvision {b:8.3f}  ratio {b / a:5.2f}")
+        rate = mine["train_flops"] / mine["train_s"]
+        print(f"{label}: inference {mine['infer_flops'] / 2e9:.1f} GMACs, train step "
+              f"{mine['train_flops'] / 2e9:.1f} GMACs at {rate / 1e9:.1f} GFLOP/s = {100 * rate / peak:.1f}% of a "
+              f"float32 4096² matmul ({peak / 1e9:.1f} GFLOP/s)")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@
   (``model.neck.remat``: a ``lax.scan``) the FLOPs come from a second compile with
   ``remat=False`` (same arithmetic, without the recomputation); memory and timing
   come from the model as configured.
-- Compile time, latency and images/s on the current machine, peak device memory
+- Compile time, latency and images/s on the current machine (a train step that
+  runs out of memory is reported as ``train.error``, with XLA's plan), peak device memory
   when the backend reports it (``device.memory_stats()``; "n/a" on CPU), and XLA's
   ``memory_analysis()`` (argument / output / temp bytes) of each executable.
 
@@ -31,6 +32,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from msvision.models.abstract import abstract_init
 from msvision.models.build import build_model
 from msvision.models.layers import Frozen, FrozenStat, count_variables
 from msvision.structures import Batch
@@ -47,7 +49,7 @@ def count_parameters(model: nnx.Module) -> dict[str, int]:
 def abstract_model(model_cfg: ml_collections.ConfigDict) -> nnx.Module:
     """The model with ``ShapeDtypeStruct`` leaves (nothing allocated). Skips ``pretrained``."""
     cfg = _without_pretrained(model_cfg)
-    return nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
+    return abstract_init(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
 
 
 def _without_remat(model_cfg) -> Optional[ml_collections.ConfigDict]:
@@ -213,7 +215,13 @@ def analyse(
         state[0], metrics = train_c(state[0], dev_batch)
         return metrics["train/loss"]
 
-    dt = _time(train_once, iterations)
+    try:
+        dt = _time(train_once, iterations)
+    except jax.errors.JaxRuntimeError as err:  # keep the rest of the report (e.g. Swin-L's train step on the CPU)
+        if "RESOURCE_EXHAUSTED" not in str(err):
+            raise
+        report["train"]["error"] = f"not run: {str(err).splitlines()[0]}"
+        return report
     report["train"].update(latency_s=dt, images_per_s=batch_size / dt, peak_memory_bytes=_peak_memory())
     return report
 

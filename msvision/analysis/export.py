@@ -139,7 +139,13 @@ def export_inference(
 def _with_msda_impl(model_cfg, impl: str) -> ml_collections.ConfigDict:
     """A copy of ``model_cfg`` whose MSDA layers (neck and head, when present) use ``impl``."""
     cfg = ml_collections.ConfigDict(model_cfg.to_dict())
-    for section in ("neck", "head"):
-        if "msda_impl" in cfg.get(section, {}):
-            cfg[section].msda_impl = impl
+
+    def visit(section: ml_collections.ConfigDict) -> None:
+        for key, value in section.items():
+            if key == "msda_impl":
+                section[key] = impl
+            elif isinstance(value, ml_collections.ConfigDict):
+                visit(value)
+
+    visit(cfg)
     return cfg

@@ -99,6 +99,13 @@ class CocoSource:
         for annotation in dataset.get("annotations", []):
             per_image[annotation["image_id"]].append(annotation)
         self.stats.annotations = sum(len(v) for v in per_image.values())
+        known = {image["id"] for image in dataset["images"]}
+        for image_id in sorted(set(per_image) - known, key=str):
+            for _ in per_image[image_id]:
+                self.stats.add("orphan_annotations")
+            self.stats.bad_files.setdefault("orphan_annotations", []).append(f"image_id {image_id}")
+            self.stats.warn("orphan_annotation", "%s: %d annotation(s) of image_id %s, which is not in 'images'; "
+                            "dropped", self.annotations_path, len(per_image[image_id]), image_id)
 
         self._images: list[dict[str, Any]] = []
         for image in dataset["images"]:
@@ -154,8 +161,8 @@ class CocoSource:
         path = os.path.join(self.images_dir, entry["file_name"])
         image = decode_image(path)
         if image is None:
-            self.stats.add("corrupt_images")
-            self.stats.warn("corrupt_image", "unreadable image %s replaced by the next one", path)
+            self.stats.add("corrupt_image_reads")
+            self.stats.add_bad_file("corrupt_images", path, "unreadable image %s: replaced by the next readable one")
             return None
         boxes = entry["boxes"]
         if image.shape[:2] != entry["size"]:

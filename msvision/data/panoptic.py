@@ -126,9 +126,9 @@ class PanopticSource:
             if png is not None and png.shape != image.shape:
                 png = None
         if image is None or (self.with_masks and png is None):
-            self.stats.add("corrupt_images")
-            self.stats.warn("corrupt_image", "unreadable image or panoptic PNG for %s "
-                            "replaced by the next one", entry["file_name"])
+            self.stats.add("corrupt_image_reads")
+            self.stats.add_bad_file("corrupt_images", entry["file_name"],
+                                    "unreadable image or panoptic PNG for %s: replaced by the next readable one")
             return None
         record = {
             "image": image,

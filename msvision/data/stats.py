@@ -6,9 +6,11 @@ trainer can log the counts as metrics (``stats.as_dict()``).
 
 Annotation problems are counted once, when a source indexes its annotation file
 (deterministic, independent of workers). Unreadable images are only discovered
-when an image is decoded, so ``corrupt_images`` counts reads in *this* process:
-with multiprocessing workers (``data.num_workers > 0``) those reads happen in the
-workers, whose warnings still reach the log but whose counts stay there.
+when an image is decoded: ``corrupt_images`` counts distinct unreadable files (each
+named once in the log and in :attr:`DataStats.bad_files`), ``corrupt_image_reads``
+every failed read, in *this* process: with multiprocessing workers
+(``data.num_workers > 0``) those reads happen in the workers, whose warnings still
+reach the log but whose counts stay there.
 """
 
 from __future__ import annotations
@@ -40,8 +42,12 @@ class DataStats:
       overflow_dropped: annotations dropped because an image had more than
         ``max_instances`` (the largest boxes are kept).
       images_over_max_instances: images that had such an overflow.
-      corrupt_images: image reads that failed (missing, truncated or undecodable
-        file); each was replaced by the next readable image.
+      orphan_annotations: annotations whose ``image_id`` is not in ``images``
+        (dropped; the ids are in :attr:`bad_files` under ``orphan_annotations``).
+      corrupt_images: distinct image files that could not be read (missing,
+        truncated or undecodable); each read of one is replaced by the next
+        readable image.
+      corrupt_image_reads: failed reads (a bad file is met again every epoch).
     """
 
     images: int = 0
@@ -52,11 +58,28 @@ class DataStats:
     unknown_category_dropped: int = 0
     overflow_dropped: int = 0
     images_over_max_instances: int = 0
+    orphan_annotations: int = 0
     corrupt_images: int = 0
+    corrupt_image_reads: int = 0
 
     def __post_init__(self):
         self._lock = threading.Lock()
         self._warned: dict[str, int] = {}
+        self.bad_files: dict[str, list[str]] = {}  # kind -> names, in the order met
+
+    def add_bad_file(self, kind: str, name: str, message: str) -> bool:
+        """Records ``name`` under ``kind`` once: the first time it is met it is logged
+        (``message % name``) and counted in the counter ``kind``; returns whether it
+        was new."""
+        with self._lock:
+            names = self.bad_files.setdefault(kind, [])
+            new = name not in names
+            if new:
+                names.append(name)
+                setattr(self, kind, getattr(self, kind) + 1)
+        if new:
+            logger.warning(message, name)
+        return new
 
     def add(self, name: str, count: int = 1) -> None:
         """Thread-safe ``self.<name> += count``."""
@@ -76,6 +99,11 @@ class DataStats:
     def as_dict(self, prefix: str = "data/") -> dict[str, int]:
         """The counters as ``{prefix + name: count}``, ready to log as metrics."""
         return {prefix + f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def bad_files_report(self) -> dict[str, list[str]]:
+        """``{kind: [file names or ids]}`` of the bad data met so far (copy)."""
+        with self._lock:
+            return {k: list(v) for k, v in self.bad_files.items()}
 
     # The lock is not picklable; workers get a fresh one.
     def __getstate__(self):

@@ -141,10 +141,9 @@ class TfdsSource:
                 if image.ndim != 3 or image.shape[-1] != 3:
                     raise ValueError(f"image of shape {image.shape}")
             except Exception as error:  # noqa: BLE001 - any decoding failure
-                self.stats.add("corrupt_images")
-                self.stats.warn("corrupt_image", "%s[%s] example %d unreadable (%s), "
-                                "replaced by the next one", self.name, self.split,
-                                candidate, error)
+                self.stats.add("corrupt_image_reads")
+                self.stats.add_bad_file("corrupt_images", f"{self.name}[{self.split}] example {candidate} ({error})",
+                                        "unreadable %s: replaced by the next readable one")
                 continue
             return self._to_record(example, image, candidate)
         raise RuntimeError(f"no readable example in {self.name}[{self.split}]")
@@ -201,9 +200,8 @@ def _examples(source):
         path = os.path.join(source.images_dir, entry["file_name"])
         data = _jpeg_bytes(path)
         if data is None:
-            source.stats.add("corrupt_images")
-            source.stats.warn("corrupt_image", "unreadable image %s left out of the "
-                              "TFDS dataset", path)
+            source.stats.add("corrupt_image_reads")
+            source.stats.add_bad_file("corrupt_images", path, "unreadable image %s left out of the TFDS dataset")
             continue
         h, w = entry["size"]
         boxes = entry["boxes"] / np.array([w, h, w, h], np.float32)

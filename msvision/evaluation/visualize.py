@@ -3,6 +3,10 @@
 Predictions are solid rectangles in their class colour with a ``name score``
 tag; ground truth is dashed, in the same class colour, tagged ``GT name``.
 Optional full-image masks are alpha-blended in the class colour below the boxes.
+
+Small images are enlarged (to ``min_size`` pixels on the long side, by an integer
+factor) and the font, line widths and dashes scale with the picture, so the tags
+stay readable; tags are placed so that they do not cover each other.
 """
 
 from __future__ import annotations
@@ -42,13 +46,43 @@ def _dashed_rectangle(draw: ImageDraw.ImageDraw, box, color, width: int, dash: i
             )
 
 
-def _tag(draw: ImageDraw.ImageDraw, xy, text: str, color, font) -> None:
-    x, y = xy
+def _overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_tag(size: tuple[int, int], anchor: tuple[float, float], tag_wh: tuple[int, int],
+              placed: list) -> tuple[float, float, float, float]:
+    """A free rectangle for a tag of ``tag_wh`` near ``anchor`` (a box's top-left corner).
+
+    Tries above the corner, then inside below it, then further down in steps of the
+    tag height, and keeps the first position that overlaps no rectangle of
+    ``placed`` and lies in the image of ``size = (W, H)``; falls back to the first
+    candidate. The chosen rectangle ``(x0, y0, x1, y1)`` is appended to ``placed``.
+    """
+    width, height = size
+    tw, th = tag_wh
+    x = min(max(0.0, anchor[0]), max(0.0, width - tw))
+    candidates = [anchor[1] - th, anchor[1]] + [anchor[1] + k * th for k in range(1, 40)]
+    candidates += [anchor[1] - k * th for k in range(2, 40)]
+    first = None
+    for y in candidates:
+        y = min(max(0.0, y), max(0.0, height - th))
+        rect = (x, y, x + tw, y + th)
+        first = first or rect
+        if not any(_overlaps(rect, other) for other in placed):
+            placed.append(rect)
+            return rect
+    placed.append(first)
+    return first
+
+
+def _tag(draw: ImageDraw.ImageDraw, xy, text: str, color, font, placed: list) -> None:
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
-    tw, th = right - left, bottom - top
-    y = max(0, y - th - 2)
-    draw.rectangle([x, y, x + tw + 2, y + th + 2], fill=color)
-    draw.text((x + 1 - left, y + 1 - top), text, fill=(255, 255, 255), font=font)
+    pad = max(1, (bottom - top) // 6)
+    tw, th = right - left + 2 * pad, bottom - top + 2 * pad
+    x0, y0, x1, y1 = place_tag(draw.im.size, xy, (tw, th), placed)
+    draw.rectangle([x0, y0, x1, y1], fill=color)
+    draw.text((x0 + pad - left, y0 + pad - top), text, fill=(255, 255, 255), font=font)
 
 
 def draw_detections(
@@ -62,8 +96,9 @@ def draw_detections(
     gt_boxes: Optional[np.ndarray] = None,
     gt_labels: Optional[np.ndarray] = None,
     masks: Optional[np.ndarray] = None,
-    line_width: int = 2,
+    line_width: Optional[int] = None,
     mask_alpha: float = 0.45,
+    min_size: int = 640,
 ) -> Image.Image:
     """Draw detections (and optionally ground truth) on an image.
 
@@ -76,14 +111,26 @@ def draw_detections(
       gt_boxes, gt_labels: optional ``[G, 4]``, ``[G]`` ground truth (dashed).
       masks: optional ``[K, H, W]`` bool (or probabilities, thresholded at 0.5)
         full-image masks of the detections, blended with ``mask_alpha``.
+      line_width: box outline width in pixels of the picture (default: scales
+        with its size).
+      min_size: images whose long side is shorter are enlarged by the smallest
+        integer factor that reaches it (nearest neighbour, so pixels stay visible).
 
     Returns:
-      ``PIL.Image`` RGB of size ``(W, H)``.
+      ``PIL.Image`` RGB of size ``(s·W, s·H)``, ``s`` the enlargement factor (1 for
+      images of ``min_size`` or more).
     """
     image = np.asarray(image)
     if image.dtype != np.uint8:
         image = np.clip(image, 0, 255).astype(np.uint8)
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    scale = max(1, math.ceil(min_size / max(image.shape[:2]))) if max(image.shape[:2]) < min_size else 1
+    if scale > 1:
+        image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+        if masks is not None:
+            masks = np.repeat(np.repeat(np.asarray(masks), scale, axis=-2), scale, axis=-1)
+    long_side = max(image.shape[:2])
+    line_width = line_width or max(2, round(long_side / 320))
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4) * scale
     labels = np.asarray(labels).reshape(-1).astype(int)
     scores = np.asarray(scores, np.float64).reshape(-1)
     shown = np.flatnonzero(scores >= score_threshold)
@@ -97,21 +144,22 @@ def draw_detections(
             canvas[m] = (1 - mask_alpha) * canvas[m] + mask_alpha * np.asarray(class_color(labels[k]), np.float32)
     pil = Image.fromarray(np.clip(np.round(canvas), 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(pil)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=max(12, round(long_side / 55)))
+    placed: list = []
 
+    for k in shown:  # ascending score: the best box is drawn last, on top
+        draw.rectangle(boxes[k].tolist(), outline=class_color(labels[k]), width=line_width)
     if gt_boxes is not None:
-        gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4)
+        gt_boxes = np.asarray(gt_boxes, np.float64).reshape(-1, 4) * scale
         gt_labels = np.zeros(len(gt_boxes), int) if gt_labels is None else np.asarray(gt_labels).astype(int)
         for box, label in zip(gt_boxes, gt_labels):
-            color = class_color(label)
-            _dashed_rectangle(draw, box.tolist(), color, line_width)
-            _tag(draw, (box[0], box[3] + 12), f"GT {_class_name(class_names, label)}", color, font)
-
-    for k in shown:
-        color = class_color(labels[k])
-        x0, y0, x1, y1 = boxes[k].tolist()
-        draw.rectangle([x0, y0, x1, y1], outline=color, width=line_width)
-        _tag(draw, (x0, y0), f"{_class_name(class_names, labels[k])} {scores[k]:.2f}", color, font)
+            _dashed_rectangle(draw, box.tolist(), class_color(label), line_width, dash=3 * line_width)
+    for k in shown[::-1]:  # best first: its tag gets the preferred place
+        _tag(draw, (boxes[k, 0], boxes[k, 1]), f"{_class_name(class_names, labels[k])} {scores[k]:.2f}",
+             class_color(labels[k]), font, placed)
+    if gt_boxes is not None:
+        for box, label in zip(gt_boxes, gt_labels):
+            _tag(draw, (box[0], box[3]), f"GT {_class_name(class_names, label)}", class_color(label), font, placed)
     return pil
 
 

@@ -19,8 +19,9 @@ Arguments the builder supplies itself (not config fields): ``rngs`` and ``dtype`
 the head's ``num_classes`` (from ``model.num_classes``, set from the dataset by
 the trainer), ``levels`` and ``channels`` (from the neck); the segmentation
 head's ``levels`` and ``channels`` (from the neck). Builder-level fields:
-``backbone.pretrained`` (a torchvision ResNet ``.pth`` loaded after construction;
-needs torch).
+``backbone.pretrained`` (a checkpoint loaded after construction by the backbone's
+loader: a torchvision ResNet ``.pth``, or an official / mmdet / torchvision Swin
+``.pth``, :mod:`msvision.models.backbones.pretrained`; needs torch).
 
 With no fields set, the model is the thesis's R50-FPN-RetinaNet (chapter 3, C = 1).
 """
@@ -37,6 +38,7 @@ from flax import nnx
 
 from msvision.config_schema import ConfigError, check_and_complete, schema_config, section_kwargs, signature_schema
 from msvision.models.backbones.resnet import ResNet
+from msvision.models.backbones.swin import SwinTransformer
 from msvision.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector
 from msvision.models.heads.effseg import EffSegHead
 from msvision.models.heads.fqdet import FQDetHead
@@ -50,7 +52,7 @@ from msvision.models.necks.tpn import TPN
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 # name -> (constructor, arguments fixed by the name)
-BACKBONES: dict[str, tuple[Callable, dict]] = {"resnet": (ResNet, {})}
+BACKBONES: dict[str, tuple[Callable, dict]] = {"resnet": (ResNet, {}), "swin": (SwinTransformer, {})}
 NECKS: dict[str, tuple[Callable, dict]] = {
     "fpn": (FPN, {}),
     "tpn": (TPN, {}),
@@ -152,9 +154,9 @@ def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Dete
     dtype = DTYPES[model_cfg.dtype]
     backbone = build_part("backbone", model_cfg.backbone, dtype=dtype, rngs=rngs)
     if model_cfg.backbone.pretrained:
-        from msvision.models.backbones.convert_torchvision import load_torchvision_resnet
+        from msvision.models.backbones.pretrained import load_pretrained_backbone
 
-        load_torchvision_resnet(backbone, model_cfg.backbone.pretrained)
+        load_pretrained_backbone(backbone, model_cfg.backbone.pretrained)
     neck = build_part("neck", model_cfg.neck, in_channels=dict(backbone.out_channels), dtype=dtype, rngs=rngs)
     head = build_part("head", model_cfg.head, num_classes=model_cfg.num_classes, levels=neck.out_levels,
                        channels=neck.channels, dtype=dtype, rngs=rngs)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,17 +63,20 @@ class Detector(nnx.Module):
         mask = batch.pixel_mask(jnp)[..., None]
         return jnp.where(mask, images, 0.0).astype(self.dtype)
 
-    def pyramid(self, batch: Batch) -> dict[int, Array]:
+    def pyramid(self, batch: Batch, rng: Optional[Array] = None) -> dict[int, Array]:
         """The neck's pyramid; every part is padding-aware (``batch.image_sizes``), so an
-        image's features do not depend on the padding of its batch."""
+        image's features do not depend on the padding of its batch. ``rng``: a key for
+        the backbone's training-time randomness (Swin's stochastic depth); None at
+        inference."""
         image_sizes = jnp.asarray(batch.image_sizes, jnp.int32)
-        features = self.backbone(self.normalize_images(batch), image_sizes)
+        features = self.backbone(self.normalize_images(batch), image_sizes, rng=rng)
         return self.neck(features, image_sizes)
 
-    def losses(self, batch: Batch) -> tuple[Array, dict[str, Array]]:
-        """Total loss (float32 scalar) and a dict of scalar metrics."""
+    def losses(self, batch: Batch, rng: Optional[Array] = None) -> tuple[Array, dict[str, Array]]:
+        """Total loss (float32 scalar) and a dict of scalar metrics; ``rng`` as in :meth:`pyramid`
+        (the train step passes one per step)."""
         # Heads cast their outputs to float32 before the losses.
-        pyramid = self.pyramid(batch)
+        pyramid = self.pyramid(batch, rng)
         if self.seg_head is None:
             loss, metrics = self.head.losses(pyramid, batch)
         else:

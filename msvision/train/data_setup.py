@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any, Optional
 
@@ -20,11 +21,12 @@ from msvision.data.pipeline import DatasetMetadata
 
 @dataclasses.dataclass
 class DatasetInfo:
-    """Dataset metadata plus the sources, built once per run."""
+    """Dataset metadata plus the sources, built once per run (``train_source`` is None
+    when only evaluating)."""
 
     metadata: DatasetMetadata
     data_cfg: Any
-    train_source: Any
+    train_source: Any = None
     _val_source: Any = None
 
     @property
@@ -80,6 +82,43 @@ def dataset_info(data_cfg) -> DatasetInfo:
     return DatasetInfo(data_lib.dataset_metadata(data_cfg, train_source), data_cfg, train_source)
 
 
+DATASET_FILE = "dataset.json"
+
+
+def save_dataset_metadata(info: DatasetInfo, workdir: str) -> None:
+    """Writes the class list of a training run to ``WORKDIR/dataset.json`` (read by
+    evaluation and prediction, which then need no training annotations)."""
+    meta = info.metadata
+    with open(os.path.join(workdir, DATASET_FILE), "w") as f:
+        json.dump(dict(class_names=list(meta.class_names), label_to_category=list(meta.label_to_category),
+                       num_train_images=meta.num_train_images), f, indent=2)
+
+
+def eval_dataset_info(data_cfg, workdir: Optional[str] = None) -> DatasetInfo:
+    """Dataset metadata for evaluation without reading the training annotations.
+
+    The class list comes from ``WORKDIR/dataset.json`` when the run wrote one (so
+    labels map to the categories the model was trained on), else from the
+    validation split's own categories.
+    """
+    prepare_synthetic(data_cfg)
+    val_source = data_lib.build_source(data_cfg.val, data_cfg)
+    path = os.path.join(workdir, DATASET_FILE) if workdir else ""
+    if path and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        class_names, label_to_category = tuple(saved["class_names"]), tuple(saved["label_to_category"])
+        num_train = int(saved.get("num_train_images", 0))
+    else:
+        class_names = tuple(val_source.class_names)
+        label_to_category = tuple(int(c) for c in val_source.label_to_category)
+        num_train = 0
+    meta = DatasetMetadata(class_names=class_names, label_to_category=label_to_category,
+                           num_train_images=max(num_train, 1),
+                           val_annotations=data_cfg.val.annotations if data_cfg.source == "coco" else "")
+    return DatasetInfo(meta, data_cfg, None, val_source)
+
+
 def build_train_iterator(info: DatasetInfo, *, seed: int, shard_index: int, shard_count: int):
     return data_lib.build_train_iterator(
         info.data_cfg, seed=seed, shard_index=shard_index, shard_count=shard_count, source=info.train_source
@@ -94,7 +133,18 @@ def build_eval_iterator(info: DatasetInfo, *, shard_index: int, shard_count: int
 
 def data_stats_metrics(info: DatasetInfo) -> dict[str, int]:
     """Bad-data counters of the training source (see ``msvision.data.stats``)."""
-    return info.train_source.stats.as_dict("data/")
+    return info.train_source.stats.as_dict("data/") if info.train_source is not None else {}
+
+
+def save_data_faults(info: DatasetInfo, workdir: str) -> None:
+    """Writes the names of the bad files and annotations met so far to
+    ``WORKDIR/data_faults.json`` (counts are in the ``data/*`` metrics)."""
+    if info.train_source is None:
+        return
+    report = info.train_source.stats.bad_files_report()
+    if report:
+        with open(os.path.join(workdir, "data_faults.json"), "w") as f:
+            json.dump(report, f, indent=2)
 
 
 def _val_record(info: DatasetInfo, image_id: int) -> dict:

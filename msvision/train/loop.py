@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 
 from msvision import config as config_lib
+from msvision.models.abstract import abstract_init, cheap_tracer_errors
 from msvision.models.build import build_model
 from msvision.train import checkpoint as checkpoint_lib
 from msvision.train import data_setup as data_lib
@@ -78,14 +79,15 @@ def init_model_state(config: ml_collections.ConfigDict, num_classes: int):
     def init():
         return nnx.split(build_model(model_cfg, rngs=nnx.Rngs(config.seed)), nnx.Param, ...)[1:]
 
-    abstract_model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(config.seed)))
+    abstract_model = abstract_init(lambda: build_model(model_cfg, rngs=nnx.Rngs(config.seed)))
     graphdef = nnx.split(abstract_model, nnx.Param, ...)[0]
-    params, rest = jax.jit(init)()
+    with cheap_tracer_errors():  # tracing init draws every initialiser (msvision.models.abstract)
+        params, rest = jax.jit(init)()
     if pretrained:
-        from msvision.models.backbones.convert_torchvision import load_torchvision_resnet
+        from msvision.models.backbones.pretrained import load_pretrained_backbone
 
         model = nnx.merge(graphdef, params, rest)
-        load_torchvision_resnet(model.backbone, pretrained)
+        load_pretrained_backbone(model.backbone, pretrained)
         _, params, rest = nnx.split(model, nnx.Param, ...)
         log.info("loaded pretrained backbone weights from %s", pretrained)
     return graphdef, params, rest
@@ -97,7 +99,8 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, schedules: dict)
     def train_step(state: dict, batch) -> tuple[dict, dict]:
         def loss_fn(params):
             model = nnx.merge(graphdef, params, state["rest"], copy=True)
-            loss, metrics = model.losses(batch)
+            # one key per step for training-time randomness (Swin's stochastic depth)
+            loss, metrics = model.losses(batch, rng=jax.random.fold_in(state["rng"], state["step"]))
             # Non-parameter state the forward pass updated (e.g. a loss-normaliser EMA).
             _, _, rest = nnx.split(model, nnx.Param, ...)
             return loss, (metrics, rest)
@@ -151,7 +154,7 @@ def build_trainer(config: ml_collections.ConfigDict, dataset_info) -> Trainer:
         params=params,
         rest=rest,
         opt_state=tx.init(params),
-        rng=jax.random.PRNGKey(config.seed),
+        rng=jax.random.PRNGKey(config.seed),  # folded with the step: training-time randomness (drop path)
     )
     state = jax.device_put(state, replicated)
     train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state)
@@ -196,11 +199,12 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from ``workdir`` if it has a checkpoint) and returns final metrics."""
     sharding_lib.initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
-    if jax.process_index() == 0:
-        config_lib.save_config(config, os.path.join(workdir, "config.json"))
-
     dataset_info = data_lib.dataset_info(config.data)
     trainer = build_trainer(config, dataset_info)
+    if jax.process_index() == 0:
+        # After the dataset paths and num_classes are resolved: the config actually used.
+        config_lib.save_config(config, os.path.join(workdir, "config.json"))
+        data_lib.save_dataset_metadata(dataset_info, workdir)
     num_steps = total_steps(config, dataset_info.num_train_images)
     train_iter = data_lib.build_train_iterator(
         dataset_info, seed=config.seed, shard_index=jax.process_index(), shard_count=jax.process_count()
@@ -250,6 +254,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
                 progress.update(step)
             if must_save:
                 ckpt.save(step, state, train_iter, meta=dict(num_steps=num_steps))
+                if jax.process_index() == 0:
+                    data_lib.save_data_faults(dataset_info, workdir)
                 progress.reset_timer(step)
             eval_every = config.train.eval_every
             if eval_every and step % eval_every == 0 and step != num_steps:
@@ -292,9 +298,42 @@ def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, vi
     )
 
 
+class NoCheckpointError(FileNotFoundError):
+    """The work directory has no checkpoint to evaluate; the message says where it looked."""
+
+
+def find_checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
+    """The checkpoint step to restore from ``workdir`` (latest by default), checked before
+    anything is built.
+
+    Raises:
+      NoCheckpointError: no checkpoint (or not ``step``) under ``WORKDIR/checkpoints``.
+    """
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+    if not steps:
+        what = "no such directory" if not os.path.isdir(directory) else "no step folders (orbax checkpoints)"
+        raise NoCheckpointError(
+            f"nothing to evaluate in {os.path.abspath(workdir)}: looked for orbax checkpoints in {directory} "
+            f"and found {what}. Train first (python train.py --config=... --workdir={workdir}) or point "
+            "--workdir at a training run."
+        )
+    if step is not None and step not in steps:
+        raise NoCheckpointError(f"no checkpoint of step {step} in {directory}; available steps: {steps}")
+    return steps[-1] if step is None else step
+
+
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None):
-    """Builds the trainer and restores a checkpoint (latest by default): ``(trainer, state, step)``."""
-    dataset_info = data_lib.dataset_info(config.data)
+    """Restores a checkpoint (latest by default) for evaluation: ``(trainer, state, step)``.
+
+    Checks that the checkpoint exists before building anything, initialises
+    multi-process mode like :func:`train`, and reads only the validation split (the
+    class list comes from ``WORKDIR/dataset.json``, written at training time, or from
+    the validation annotations).
+    """
+    step = find_checkpoint_step(workdir, step)
+    sharding_lib.initialize_distributed()
+    dataset_info = data_lib.eval_dataset_info(config.data, workdir)
     trainer = build_trainer(config, dataset_info)
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
     step, state, _ = ckpt.restore(checkpoint_lib.abstract_like(trainer.state), step=step)

@@ -14,6 +14,7 @@ from msvision.models.layers import Conv2d
 TINY_CONFIG = '''
 import ml_collections
 from msvision.models.build import default_model_config
+from msvision.models.abstract import abstract_init
 
 def get_config():
     config = ml_collections.ConfigDict()
@@ -27,7 +28,7 @@ def get_config():
 
 def test_conv_macs_match_analytic():
     h, w, cin, cout, k = 32, 24, 16, 32, 3
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Conv2d(cin, cout, k, use_bias=False, rngs=nnx.Rngs(0))))
+    graphdef, state = nnx.split(abstract_init(lambda: Conv2d(cin, cout, k, use_bias=False, rngs=nnx.Rngs(0))))
 
     def f(state, x):
         return nnx.merge(graphdef, state)(x)
@@ -73,3 +74,27 @@ def test_remat_model_flops_come_from_the_unrolled_layers():
         assert "flops_from" not in reports[0][key] and reports[1][key]["flops_from"] == "remat=False"
         assert reports[1][key]["flops"] == pytest.approx(reports[0][key]["flops"], rel=1e-3)
     assert reports[1]["params"] == reports[0]["params"]
+
+
+@pytest.mark.slow  # compiles and runs a tiny detector's inference: ~1 min of CPU
+def test_train_step_out_of_memory_keeps_the_report(tmp_path, capsys, monkeypatch):
+    """A train step that does not fit (Swin-L at 2×800² on the CPU) is reported, not fatal."""
+    from msvision.analysis import cost
+
+    calls = []
+
+    def fake_time(run, iterations):
+        calls.append(run)
+        if len(calls) == 2:  # the train step, timed after inference
+            raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 123 bytes.")
+        return 0.5
+
+    monkeypatch.setattr(cost, "_time", fake_time)
+    path = tmp_path / "tiny.py"
+    path.write_text(TINY_CONFIG)
+    assert cli.main([f"--config={path}", "--json", "--image-size=64", "--batch-size=1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["inference"]["latency_s"] == 0.5
+    assert "latency_s" not in report["train"] and "Out of memory" in report["train"]["error"]
+    assert report["train"]["temp_size"] > 0  # XLA's plan is still reported
+    assert "skipped" in cost.format_report(report)

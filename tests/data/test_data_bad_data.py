@@ -40,6 +40,8 @@ def broken_dataset(tmp_path):
     for k in range(8):                # 8 objects on "crowded", max_instances = 5
         add(4, [k * 5, 0, 2 + k, 2 + k])
     add(5, [0, 0, 10, 10])
+    add(77, [0, 0, 10, 10])           # image 77 is not in 'images' (two annotations)
+    add(77, [5, 5, 10, 10])
     categories = [{"id": 1, "name": "thing"}, {"id": 3, "name": "other"}]
     image_records = [
         {"id": 1, "file_name": "good.jpg", "height": 48, "width": 64},
@@ -61,7 +63,9 @@ def test_annotation_problems_are_counted(broken_dataset, caplog):
         source = CocoSource(path, images, max_instances=5)
     stats = source.stats
     assert stats.images == 6
-    assert stats.annotations == 15
+    assert stats.annotations == 17
+    assert stats.orphan_annotations == 2 and stats.bad_files["orphan_annotations"] == ["image_id 77"]
+    assert "image_id 77" in caplog.text
     assert stats.degenerate_boxes_dropped == 2
     assert stats.unknown_category_dropped == 1
     assert stats.boxes_clipped == 1
@@ -86,13 +90,18 @@ def test_unreadable_images_are_replaced(broken_dataset, caplog):
     with caplog.at_level(logging.WARNING, logger="msvision.data"):
         replaced = source[1]  # corrupt.jpg → next readable: empty.jpg
     assert replaced["file_name"] == "empty.jpg" and replaced["image_id"] == 3
-    assert source.stats.corrupt_images == 1
+    assert source.stats.corrupt_images == 1 and source.stats.corrupt_image_reads == 1
     assert "corrupt.jpg" in caplog.text
-    again = source[1]  # deterministic
-    assert again["image_id"] == 3 and source.stats.corrupt_images == 2
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="msvision.data"):
+        again = source[1]  # deterministic; the same bad file is counted (and named) once
+    assert again["image_id"] == 3 and source.stats.corrupt_images == 1 and source.stats.corrupt_image_reads == 2
+    assert "corrupt.jpg" not in caplog.text
     # truncated.jpg and missing.jpg (indices 4, 5) wrap around to good.jpg.
     assert source[4]["image_id"] == 1 and source[5]["image_id"] == 1
-    assert source.stats.corrupt_images == 2 + 2 + 1
+    assert source.stats.corrupt_images == 3 and source.stats.corrupt_image_reads == 2 + 2 + 1
+    names = [p.rsplit("/", 1)[-1] for p in source.stats.bad_files_report()["corrupt_images"]]
+    assert names == ["corrupt.jpg", "truncated.jpg", "missing.jpg"]
 
 
 def test_masks_fall_back_to_boxes(broken_dataset):

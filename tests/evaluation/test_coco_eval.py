@@ -26,11 +26,7 @@ FIXTURE = "coco_panoptic_sample/instances_from_panoptic.json"
 
 
 def fixture_path():
-    for root in (os.path.join(HERE, "..", "data"), "/work/shared/data"):
-        path = os.path.join(root, FIXTURE)
-        if os.path.exists(path):
-            return path
-    pytest.skip("COCO fixture not available")
+    return os.path.join(HERE, "..", "data", FIXTURE)
 
 
 def synthetic_gt():

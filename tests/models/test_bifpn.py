@@ -9,6 +9,7 @@ from flax import nnx
 
 from msvision.models.layers import count_variables
 from msvision.models.necks.bifpn import BiFPN, BiFPNLayer, SeparableConvNode, fast_normalized_weights
+from msvision.models.abstract import abstract_init
 
 D = 32
 IN_P3 = {3: 16, 4: 24, 5: 40}
@@ -52,7 +53,7 @@ def test_bifpn_shapes_and_gradients(in_channels, out_levels, size):
 def test_bifpn_structure_and_parameter_count():
     """2(n−1) separable-conv nodes and 5(n−1) fusion weights per layer; at D = 256 a
     node has 9·256 + 256 (depthwise + bias) + 256² (pointwise) + 512 (GN) = 68 608."""
-    model = nnx.eval_shape(lambda: BiFPN(IN_P3, num_layers=3, channels=256, rngs=nnx.Rngs(0)))
+    model = abstract_init(lambda: BiFPN(IN_P3, num_layers=3, channels=256, rngs=nnx.Rngs(0)))
     nodes = [m for _, m in model.iter_modules() if isinstance(m, SeparableConvNode)]
     assert len(nodes) == 3 * 8
     assert count_variables(nodes[0]) == 68_608

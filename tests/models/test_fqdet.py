@@ -24,6 +24,7 @@ from msvision.models.layers import count_variables
 from msvision.models.necks.fpn import FPN
 from msvision.ops.anchors import anchor_cells
 from msvision.structures import Batch
+from msvision.models.abstract import abstract_init
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"
 
@@ -353,12 +354,12 @@ def test_config_and_builder():
         tiny_head(decoder__iterative_refinement=True)
     with pytest.raises(ValueError, match="matching"):
         tiny_head(matcher__matching="greedy")
-    # Non-shared auxiliary heads add (num_layers - 1) prediction heads (table 4.3).
+    # Non-shared auxiliary heads: one set for the decoder input and one per layer (table 4.3).
     count = lambda **kw: count_variables(  # noqa: E731
-        nnx.eval_shape(lambda: tiny_head(decoder__num_layers=3, **kw)))
-    one = count_variables(nnx.eval_shape(lambda: tiny_head()).heads[0])
+        abstract_init(lambda: tiny_head(decoder__num_layers=3, **kw)))
+    one = count_variables(abstract_init(lambda: tiny_head()).heads[0])
     assert count(prediction__aux_losses=True) == count()
-    assert count(prediction__aux_losses=True, prediction__aux_shared=False) == count() + 2 * one
+    assert count(prediction__aux_losses=True, prediction__aux_shared=False) == count() + 3 * one
 
 
 def test_iou_losses_take_the_thesis_weights():

@@ -9,6 +9,7 @@ from flax import nnx
 from msvision.models.backbones.convert_torchvision import load_torchvision_resnet
 from msvision.models.backbones.resnet import ResNet
 from msvision.models.layers import Frozen, FrozenStat, count_variables
+from msvision.models.abstract import abstract_init
 
 
 def _randomize_bn(torch_model, seed=0):
@@ -60,7 +61,7 @@ def test_matches_torchvision(kind):
 
 
 def test_converter_rejects_mismatch():
-    ours = nnx.eval_shape(lambda: ResNet(18, out_levels=(3, 4, 5), width=8, rngs=nnx.Rngs(0)))  # shapes suffice
+    ours = abstract_init(lambda: ResNet(18, out_levels=(3, 4, 5), width=8, rngs=nnx.Rngs(0)))  # shapes suffice
     with pytest.raises(ValueError, match="shape mismatch for 'conv1.weight'"):
         load_torchvision_resnet(ours, {"conv1.weight": np.zeros((64, 3, 7, 7), np.float32)})
     with pytest.raises(ValueError, match="missing keys"):
@@ -73,7 +74,7 @@ def test_resnet50_param_count_equals_torchvision():
     tvm = pytest.importorskip("torchvision.models")
     tm = tvm.resnet50(weights=None)
     expected = sum(p.numel() for n, p in tm.named_parameters() if not n.startswith("fc."))
-    model = nnx.eval_shape(lambda: ResNet(50, out_levels=(3, 4, 5), rngs=nnx.Rngs(0)))
+    model = abstract_init(lambda: ResNet(50, out_levels=(3, 4, 5), rngs=nnx.Rngs(0)))
     # torch parameters = our Param + Frozen weights (BN statistics are buffers in both).
     total = count_variables(model, nnx.Param) + count_variables(model, Frozen, exclude=(FrozenStat,))
     assert total == expected == 23_508_032

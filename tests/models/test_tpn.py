@@ -13,6 +13,7 @@ from msvision.models.layers import GroupNorm
 from msvision.models.necks.bfpn import BottleneckFPN
 from msvision.models.necks.bottleneck import Bottleneck
 from msvision.models.necks.tpn import TPN, BottomUp, TopDown, TPNLayer
+from msvision.models.abstract import abstract_init
 
 D, HID = 32, 16  # tiny widths; GroupNorm(8) still has 4 / 2 channels per group
 
@@ -64,16 +65,13 @@ def test_tpn_output_shapes(in_channels, out_levels, size):
     assert sorted(out) == list(out_levels)
 
 
-# Abstract init time grows ~quadratically with the number of variables (flax 0.12 reads
-# ``.sharding`` of a tracer on every RNG-count update, and jax builds an error message
-# by walking the whole trace), so the fast set uses small (L, B); the full table 3.1
-# configurations are counted in test_table31_params.py (slow).
+# The full table 3.1 configurations are counted in test_table31_params.py.
 @pytest.mark.parametrize("L,B,out_levels", [(1, 3, (3, 4, 5, 6, 7)), (3, 1, (3, 4, 5, 6, 7)),
                                             (2, 1, (2, 3, 4, 5, 6, 7))])
 def test_tpn_operation_counts(L, B, out_levels):
     """Per layer: n−1 top-down, n−1 bottom-up, 2·B·n bottlenecks (thesis fig. 3.2)."""
     in_channels = IN_P2 if 2 in out_levels else IN_P3
-    model = nnx.eval_shape(lambda: TPN(in_channels, out_levels=out_levels, num_layers=L, num_bottlenecks=B,
+    model = abstract_init(lambda: TPN(in_channels, out_levels=out_levels, num_layers=L, num_bottlenecks=B,
                                        channels=D, hidden_channels=HID, rngs=nnx.Rngs(0)))
     n = len(out_levels)
     assert _count(model, TPNLayer) == L
@@ -84,7 +82,7 @@ def test_tpn_operation_counts(L, B, out_levels):
 
 def test_bfpn_hfpn_operation_counts_and_order():
     for first in (True, False):
-        model = nnx.eval_shape(lambda: BottleneckFPN(IN_P3, bottlenecks_first=first, num_layers=2,
+        model = abstract_init(lambda: BottleneckFPN(IN_P3, bottlenecks_first=first, num_layers=2,
                                                      num_bottlenecks=2, channels=D, hidden_channels=HID,
                                                      rngs=nnx.Rngs(0)))
         assert _count(model, Bottleneck) == 2 * 2 * 5 and _count(model, TopDown) == 4
@@ -222,5 +220,5 @@ def test_registry_builds_full_size_neck():
 
     for (name, L, B), n in expected.items():
         cfg = dict(name=name, num_layers=L, num_bottlenecks=B)
-        model = nnx.eval_shape(lambda: build_part("neck", cfg, in_channels=in_channels, rngs=nnx.Rngs(0)))
+        model = abstract_init(lambda: build_part("neck", cfg, in_channels=in_channels, rngs=nnx.Rngs(0)))
         assert count_variables(model) == n, (name, L, B)

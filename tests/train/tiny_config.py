@@ -5,11 +5,12 @@
 
 import importlib.util
 import os
+import tempfile
 
 _QUICKSTART = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "quickstart.py")
 
 
-def get_config(root: str = "/tmp/msvision_tiny_shapes"):
+def get_config(root: str = os.path.join(tempfile.gettempdir(), "msvision_tiny_shapes")):
     spec = importlib.util.spec_from_file_location("quickstart", _QUICKSTART)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

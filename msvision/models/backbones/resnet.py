@@ -197,7 +197,9 @@ class ResNet(nnx.Module):
     def stages(self) -> list:
         return [s for s in (self.layer1, self.layer2, self.layer3, self.layer4) if s is not None]
 
-    def __call__(self, images: Array, image_sizes: Optional[Array] = None) -> dict[int, Array]:
+    def __call__(self, images: Array, image_sizes: Optional[Array] = None,
+                 rng: Optional[Array] = None) -> dict[int, Array]:
+        del rng  # the backbone interface's training key; ResNet has no stochastic layers
         x = self.conv1(images, padding_mask(image_sizes, images.shape[1:3], 1))
         x = jax.nn.relu(self.bn1(x, padding_mask(image_sizes, x.shape[1:3], 2)))
         # Post-ReLU values are >= 0, so zeros in the padding never win the max.

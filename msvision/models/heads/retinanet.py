@@ -6,7 +6,8 @@ losses per feature map (instead of over the whole feature pyramid)."
 
 Architecture (detectron2 ``RetinaNetHead``, no norm): class and box subnets, each
 ``num_convs`` (C) hidden 3×3 convs (D→D, ReLU) shared over levels, then a 1×1
-conv to ``A·K`` logits / ``A·4`` deltas. Init N(0, 0.01) weights, zero bias; the
+conv to ``A·K`` logits / ``A·4`` deltas (``last_kernel_size=3``: detectron2's and
+torchvision's 3×3 last layers). Init N(0, 0.01) weights, zero bias; the
 class bias is ``-log((1 - π)/π)``, π = 0.01.
 
 Anchors: 3 sizes × 3 aspect ratios per level, sizes ``4·2^l·2^(j/3)``, centres at
@@ -91,6 +92,7 @@ class RetinaNetHead(nnx.Module):
         channels: int = 256,
         *,
         num_convs: int = 1,
+        last_kernel_size: int = 1,
         anchors: AnchorSpec = AnchorSpec(offset=0.0),
         prior_prob: float = 0.01,
         focal_alpha: float = 0.25,
@@ -143,9 +145,10 @@ class RetinaNetHead(nnx.Module):
         self.box_subnet = nnx.List([Conv2d(channels, channels, 3, **init) for _ in range(num_convs)])
         prior_bias = -math.log((1 - prior_prob) / prior_prob)
         self.cls_score = Conv2d(
-            channels, self.num_anchors * num_classes, 1, bias_init=nnx.initializers.constant(prior_bias), **init
+            channels, self.num_anchors * num_classes, last_kernel_size,
+            bias_init=nnx.initializers.constant(prior_bias), **init
         )
-        self.bbox_pred = Conv2d(channels, self.num_anchors * 4, 1, **init)
+        self.bbox_pred = Conv2d(channels, self.num_anchors * 4, last_kernel_size, **init)
         num_normalizers = len(self.levels) if loss_normalization == "per_level" else 1
         self.loss_normalizer = LossNormalizer(jnp.full((num_normalizers,), loss_normalizer_init, jnp.float32))
 
@@ -164,8 +167,9 @@ class RetinaNetHead(nnx.Module):
             r = x
             for conv in self.box_subnet:
                 r = jax.nn.relu(conv(r, mask))
-            logits[level] = self.cls_score(c).astype(jnp.float32).reshape(b, h * w * self.num_anchors, self.num_classes)
-            deltas[level] = self.bbox_pred(r).astype(jnp.float32).reshape(b, h * w * self.num_anchors, 4)
+            logits[level] = self.cls_score(c, mask).astype(jnp.float32).reshape(
+                b, h * w * self.num_anchors, self.num_classes)
+            deltas[level] = self.bbox_pred(r, mask).astype(jnp.float32).reshape(b, h * w * self.num_anchors, 4)
         return logits, deltas
 
     def anchors(self, pyramid: dict[int, Array]) -> dict[int, np.ndarray]:
