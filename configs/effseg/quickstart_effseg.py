@@ -41,4 +41,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.seg_head = seg
     config.data.with_masks = True
     config.data.buckets = ((320, 320),)
+    config.eval.box_mask_baseline = True  # box_as_mask/...: the predicted boxes filled as masks
     return config

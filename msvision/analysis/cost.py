@@ -38,12 +38,21 @@ from msvision.models.layers import Frozen, FrozenStat, count_variables
 from msvision.structures import Batch
 
 
-def count_parameters(model: nnx.Module) -> dict[str, int]:
-    """``{'total', 'trainable', 'frozen', 'buffers'}`` scalars of a (possibly abstract) model."""
+MODEL_PARTS = ("backbone", "neck", "head", "seg_head")
+
+
+def count_parameters(model: nnx.Module) -> dict:
+    """``{'total', 'trainable', 'frozen', 'buffers'}`` scalars of a (possibly abstract) model, and
+    ``trainable_by_part``: the trainable parameters of each part of a :class:`Detector`
+    (``backbone``, ``neck``, ``head`` and, when present, ``seg_head``: thesis table 5.4's
+    "head alone" counts)."""
     trainable = count_variables(model, nnx.Param)
     frozen = count_variables(model, Frozen, exclude=(FrozenStat,))
     everything = count_variables(model, nnx.Variable)
-    return dict(total=trainable + frozen, trainable=trainable, frozen=frozen, buffers=everything - trainable - frozen)
+    parts = {name: count_variables(getattr(model, name), nnx.Param) for name in MODEL_PARTS
+             if getattr(model, name, None) is not None}
+    return dict(total=trainable + frozen, trainable=trainable, frozen=frozen, buffers=everything - trainable - frozen,
+                trainable_by_part=parts)
 
 
 def abstract_model(model_cfg: ml_collections.ConfigDict) -> nnx.Module:
@@ -245,6 +254,7 @@ def format_report(report: dict) -> str:
         f"{inp['num_objects']} objects/image; backend {report['backend']} ({report['device']})",
         f"Params       total {_fmt_count(p['total'])}  (trainable {_fmt_count(p['trainable'])}, "
         f"frozen {_fmt_count(p['frozen'])}; buffers {_fmt_count(p['buffers'])} not counted)",
+        "Trainable    " + ", ".join(f"{k} {_fmt_count(v)}" for k, v in p.get("trainable_by_part", {}).items()),
         "",
         f"{'':22s}{'inference':>16s}{'train step':>16s}",
     ]

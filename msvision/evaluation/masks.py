@@ -53,6 +53,34 @@ def _axis_weights(start: float, length: float, size: int, p0: int, p1: int, cell
             + np.where(cells[None] == low[:, None] + 1.0, frac[:, None], 0.0))
 
 
+def filled_box_masks(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``boxes [K, 4]`` ``(x0, y0, x1, y1)`` pixels → ``[K, height, width]`` bool: the pixels whose
+    centre lies inside each box (the trivial mask prediction: the box filled)."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    cx = np.arange(width) + 0.5
+    cy = np.arange(height) + 0.5
+    inside_x = (cx[None, :] >= boxes[:, 0:1]) & (cx[None, :] < boxes[:, 2:3])  # [K, W]
+    inside_y = (cy[None, :] >= boxes[:, 1:2]) & (cy[None, :] < boxes[:, 3:4])  # [K, H]
+    return inside_y[:, :, None] & inside_x[:, None, :]
+
+
+def detection_box_masks(detections: Detections, image_sizes: np.ndarray) -> list[np.ndarray]:
+    """Per image ``[K, h, w] bool``: each valid detection's box filled (:func:`filled_box_masks`).
+
+    Args:
+      detections: numpy ``Detections``, ``boxes [B, K, 4]`` in pixels of the images of ``image_sizes``.
+      image_sizes: ``[B, 2]`` int (h, w).
+    """
+    out = []
+    valid = np.asarray(detections.valid, bool)
+    for b, (h, w) in enumerate(np.asarray(image_sizes).reshape(-1, 2).tolist()):
+        masks = np.zeros((valid.shape[1], int(h), int(w)), bool)
+        keep = np.flatnonzero(valid[b])
+        masks[keep] = filled_box_masks(np.asarray(detections.boxes[b])[keep], int(h), int(w))
+        out.append(masks)
+    return out
+
+
 def detection_image_masks(detections: Detections, image_sizes: np.ndarray,
                           threshold: float = 0.5) -> Optional[list[np.ndarray]]:
     """Per image ``[K, h, w] bool`` full-image masks of the detections (invalid ones empty).

@@ -3,7 +3,9 @@
 Writes, under ``WORKDIR/eval/``: ``results_<step>.json`` (COCO results format,
 the dataset's own category ids), ``metrics_<step>.json`` (``bbox/AP``,
 ``bbox/AP50``, …; with a segmentation head also ``segm/AP``, … from masks pasted
-at the original image size, :mod:`msvision.evaluation.masks`) and, when asked,
+at the original image size, :mod:`msvision.evaluation.masks`, and with
+``eval.box_mask_baseline`` ``box_as_mask/AP``, …: the mask metrics of the predicted boxes
+filled as masks, the trivial baseline of a mask head) and, when asked,
 ``vis_<step>/*.png`` with predicted boxes (solid, masks blended) and ground truth
 (dashed).
 """
@@ -21,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from msvision.evaluation import coco_eval, visualize
-from msvision.evaluation.masks import detection_image_masks
+from msvision.evaluation.masks import detection_box_masks, detection_image_masks
 from msvision.structures import Batch, Detections
 from msvision.train import data_setup
 from msvision.train import sharding as sharding_lib
@@ -47,6 +49,8 @@ def evaluate_detector(
         dataset_info, shard_index=jax.process_index(), shard_count=jax.process_count()
     )
     results: list[dict] = []
+    box_mask_results: list[dict] = []  # eval.box_mask_baseline: the boxes filled as masks
+    box_mask_baseline = bool(config.get("eval", {}).get("box_mask_baseline", False))
     vis_dir = os.path.join(workdir, "eval", f"vis_{step}")
     drawn = 0
     is_main = jax.process_index() == 0
@@ -58,7 +62,12 @@ def evaluate_detector(
         image_masks = None
         if detections.masks is not None:  # segmentation head: masks at the original size
             has_masks = True
-            image_masks = detection_image_masks(detections, sharding_lib.gather_to_host(batch.orig_sizes))
+            orig_sizes = sharding_lib.gather_to_host(batch.orig_sizes)
+            image_masks = detection_image_masks(detections, orig_sizes)
+            if box_mask_baseline:
+                box_mask_results.extend(coco_eval.detections_to_coco_results(
+                    detections, image_ids, dataset_info.label_to_category,
+                    image_masks=detection_box_masks(detections, orig_sizes)))
         results.extend(
             coco_eval.detections_to_coco_results(detections, image_ids, dataset_info.label_to_category,
                                                  image_masks=image_masks)
@@ -75,6 +84,10 @@ def evaluate_detector(
                                             iou_types=("bbox", "segm") if has_masks else ("bbox",))
         evaluator.add(results)
         metrics = evaluator.evaluate()
+        if box_mask_results:
+            baseline = coco_eval.CocoEvaluator(dataset_info.val_annotations, iou_types=("segm",))
+            baseline.add(box_mask_results)
+            metrics.update({f"box_as_mask/{k.split('/', 1)[1]}": v for k, v in baseline.evaluate().items()})
         print(f"COCO evaluation at step {step} ({len(results)} detections):")
         print(coco_eval.format_table(metrics))
         with open(os.path.join(out_dir, f"metrics_{step}.json"), "w") as f:

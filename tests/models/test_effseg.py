@@ -1,8 +1,13 @@
 """EffSeg head (thesis 5.3): output shapes and capacities, losses against numpy from the masks,
-SPS with every cell active against the dense computation, training-RoI overflow."""
+SPS with every cell active against the dense computation, training-RoI overflow.
+
+Every head compile costs seconds on the CPU: the default selection runs the shapes and
+overflow tests; the oracle comparisons through the whole head are ``slow``
+(``python -m pytest -m slow tests/models/test_effseg.py``)."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -11,6 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from msvision.models.abstract import abstract_init
 from msvision.models.heads.effseg import EffSegCriterion, EffSegHead
 from msvision.models.heads.effseg.targets import positive_priority, select_train_rois
 from msvision.structures import Batch, QueryOutputs
@@ -20,12 +26,26 @@ LEVELS = (2, 3, 4, 5)
 CANVAS = 64
 
 
+@functools.lru_cache(maxsize=None)
+def _build(items):
+    kw = dict(items)
+    graphdef, abstract = nnx.split(abstract_init(lambda: EffSegHead(levels=LEVELS, channels=C, **kw,
+                                                                    rngs=nnx.Rngs(0))))
+    # Random parameters drawn on the host (nothing to compile; these tests compare computations,
+    # not initialisations): N(0, 1/fan_in) kernels, N(0, 0.1²) biases.
+    rng = np.random.default_rng(0)
+
+    def draw(x):
+        fan_in = math.prod(x.shape[:-1]) if len(x.shape) > 1 else 100
+        return jnp.asarray(rng.normal(size=x.shape) / math.sqrt(fan_in), x.dtype)
+
+    return graphdef, jax.tree.map(draw, abstract)
+
+
 def build(**kw):
-    """A tiny head, initialised in one jitted call (eager init compiles every initialiser)."""
-    make = lambda: EffSegHead(levels=LEVELS, channels=C, **kw, rngs=nnx.Rngs(0))  # noqa: E731
-    graphdef = nnx.split(nnx.eval_shape(make))[0]
-    state = jax.jit(lambda: nnx.split(make())[1])()
-    return graphdef, state
+    """A tiny head with random parameters, cached per configuration: the parameters do not
+    depend on K, the training-RoI capacity or the loss settings (same shapes, same draws)."""
+    return _build(tuple(sorted(kw.items())))
 
 
 def make_pyramid(seed=0, batch=2):
@@ -39,12 +59,15 @@ BOXES = np.array([[[4, 6, 40, 50], [10, 0, 61, 30], [0, 0, 1, 1]],
 ROI_VALID = np.array([[True, True, False], [True, True, True]])
 
 
-def run_head(graphdef, state, pyramid, queries, boxes, valid):
-    @jax.jit
-    def f(state, pyramid, queries, boxes, valid):
-        return nnx.merge(graphdef, state)(pyramid, jnp.asarray(IMAGE_SIZES), queries, boxes, valid)
+@functools.partial(jax.jit, static_argnums=0)
+def _run_head(graphdef, state, pyramid, image_sizes, queries, boxes, valid):
+    return nnx.merge(graphdef, state)(pyramid, image_sizes, queries, boxes, valid)
 
-    return f(state, pyramid, queries, boxes, valid)
+
+def run_head(graphdef, state, pyramid, queries, boxes, valid, image_sizes=IMAGE_SIZES):
+    """The head's stages as numpy arrays (one compile per graphdef and shapes)."""
+    out = _run_head(graphdef, state, pyramid, jnp.asarray(image_sizes, jnp.int32), queries, boxes, valid)
+    return jax.tree.map(np.asarray, out)
 
 
 def test_output_shapes_and_capacities():
@@ -81,12 +104,13 @@ def test_output_shapes_and_capacities():
     np.testing.assert_allclose(np.sort(chosen_scores)[::-1], valid_scores[:40], rtol=1e-6)
 
 
+@pytest.mark.slow  # one or two head compiles each (~15 s on a quiet 2-core machine)
 def test_sps_with_every_cell_active_equals_the_dense_head():
     """Through the whole head: SFM by IdConvs on SPS maps where every cell is active
     (K >= every cell at every stage) equals DenseSFM (dense 3x3 convolutions of the maps)."""
     graphdef, state = build(max_selected=10 ** 6)
-    dense_graphdef = nnx.split(nnx.eval_shape(lambda: EffSegHead(levels=LEVELS, channels=C, processing="dense_sfm",
-                                                                 rngs=nnx.Rngs(0))))[0]
+    dense_graphdef = nnx.split(abstract_init(lambda: EffSegHead(levels=LEVELS, channels=C, processing="dense_sfm",
+                                                                rngs=nnx.Rngs(0))))[0]
     rng = np.random.default_rng(2)
     pyramid = make_pyramid(3)
     queries = jnp.asarray(rng.normal(size=(2, 2, C)), jnp.float32)
@@ -151,62 +175,56 @@ def test_train_roi_overflow_is_counted_and_keeps_every_object_first():
 
 def numpy_cell_average(mask, box, size, samples):
     """Mean of ``samples``² torchvision-style bilinear samples per cell of a size² grid (aligned)."""
-    h, w = mask.shape
     x0, y0, x1, y1 = np.asarray(box, np.float64) - 0.5
-    out = np.zeros((size, size))
-    for i in range(size):
-        for j in range(size):
-            acc = 0.0
-            for sy in range(samples):
-                for sx in range(samples):
-                    y = y0 + (i + (sy + 0.5) / samples) * (y1 - y0) / size
-                    x = x0 + (j + (sx + 0.5) / samples) * (x1 - x0) / size
-                    acc += bilinear_tv(mask, y, x)
-            out[i, j] = acc / samples ** 2
-    return out
+    steps = (np.arange(size)[:, None] + (np.arange(samples)[None, :] + 0.5) / samples).reshape(-1)  # [size·samples]
+    y = y0 + steps * (y1 - y0) / size
+    x = x0 + steps * (x1 - x0) / size
+    values = bilinear_tv(mask, y[:, None], x[None, :])  # [size·samples, size·samples]
+    return values.reshape(size, samples, size, samples).mean(axis=(1, 3))
 
 
 def bilinear_tv(m, y, x):
+    """torchvision's ``bilinear_interpolate`` (roi_align_kernel.cpp) of ``m`` at broadcast (y, x)."""
     h, w = m.shape
-    if y < -1 or y > h or x < -1 or x > w:
-        return 0.0
-    y, x = max(y, 0.0), max(x, 0.0)
-    yl, xl = int(y), int(x)
-    yh, xh = min(yl + 1, h - 1), min(xl + 1, w - 1)
-    if yl >= h - 1:
-        yl = yh = h - 1
-        y = float(yl)
-    if xl >= w - 1:
-        xl = xh = w - 1
-        x = float(xl)
+    y, x = np.broadcast_arrays(np.asarray(y, np.float64), np.asarray(x, np.float64))
+    outside = (y < -1) | (y > h) | (x < -1) | (x > w)
+    y, x = np.maximum(y, 0.0), np.maximum(x, 0.0)
+    yl, xl = np.floor(y).astype(int), np.floor(x).astype(int)
+    y = np.where(yl >= h - 1, h - 1.0, y)
+    x = np.where(xl >= w - 1, w - 1.0, x)
+    yl, xl = np.minimum(yl, h - 1), np.minimum(xl, w - 1)
+    yh, xh = np.minimum(yl + 1, h - 1), np.minimum(xl + 1, w - 1)
     ly, lx = y - yl, x - xl
-    return ((1 - ly) * (1 - lx) * m[yl, xl] + (1 - ly) * lx * m[yl, xh] + ly * (1 - lx) * m[yh, xl]
-            + ly * lx * m[yh, xh])
+    value = ((1 - ly) * (1 - lx) * m[yl, xl] + (1 - ly) * lx * m[yl, xh] + ly * (1 - lx) * m[yh, xl]
+             + ly * lx * m[yh, xh])
+    return np.where(outside, 0.0, value)
 
 
 def numpy_centre(mask, box, size):
+    """The mask pixel holding each cell centre (zero outside the mask)."""
     h, w = mask.shape
     x0, y0, x1, y1 = np.asarray(box, np.float64)
-    out = np.zeros((size, size), bool)
-    for i in range(size):
-        for j in range(size):
-            r = math.floor(y0 + (i + 0.5) * (y1 - y0) / size)
-            c = math.floor(x0 + (j + 0.5) * (x1 - x0) / size)
-            out[i, j] = 0 <= r < h and 0 <= c < w and bool(mask[r, c])
-    return out
+    centres = np.arange(size) + 0.5
+    rows = np.floor(y0 + centres * (y1 - y0) / size).astype(int)[:, None]
+    cols = np.floor(x0 + centres * (x1 - x0) / size).astype(int)[None, :]
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    return inside & mask[np.clip(rows, 0, h - 1), np.clip(cols, 0, w - 1)].astype(bool)
 
 
 def bce(logit, target):
-    return max(logit, 0.0) - logit * target + math.log1p(math.exp(-abs(logit)))
+    """Sigmoid cross-entropy, float64, elementwise."""
+    logit = np.asarray(logit, np.float64)
+    return np.maximum(logit, 0.0) - logit * target + np.log1p(np.exp(-np.abs(logit)))
 
 
+@pytest.mark.slow  # one or two head compiles each (~15 s on a quiet 2-core machine)
 @pytest.mark.parametrize("seg_target", ["centre", "average"])
 def test_losses_match_numpy_from_the_masks(seg_target):
     """loss = Σ_s w_s · mean over the supervised cells of BCE × number of RoIs, per image, averaged
     over images; weights 0.25/0.375/0.375/0.5 (segmentation) and 0.25 x 4 (refinement), targets
     from the ground-truth masks at the predicted boxes (T1364, N§6.3)."""
     rng = np.random.default_rng(5)
-    graphdef, state = build(max_selected=30, max_train_rois=4, loss=EffSegCriterion(seg_target=seg_target))
+    graphdef, state = build(max_selected=40, max_train_rois=4, loss=EffSegCriterion(seg_target=seg_target))
     b, q, m = 2, 6, 3
     masks = np.zeros((b, m, CANVAS, CANVAS), bool)
     yy, xx = np.mgrid[:CANVAS, :CANVAS]
@@ -244,7 +262,9 @@ def test_losses_match_numpy_from_the_masks(seg_target):
     idx = np.asarray(rois.query_index)
     roi_boxes = boxes[np.arange(b)[:, None], idx]
     roi_queries = jnp.asarray(np.asarray(queries.queries)[np.arange(b)[:, None], idx])
-    stages = run_head(graphdef, state, pyramid, roi_queries, jnp.asarray(roi_boxes), rois.valid)
+    # The forward of the same parameters (the loss settings do not change the network).
+    head_graphdef, head_state = build(max_selected=40)
+    stages = run_head(head_graphdef, head_state, pyramid, roi_queries, jnp.asarray(roi_boxes), rois.valid)
     gt = np.asarray(rois.gt_index)
     valid = np.asarray(rois.valid)
     seg_w, ref_w = (0.25, 0.375, 0.375, 0.5), (0.25, 0.25, 0.25, 0.25)
@@ -260,15 +280,13 @@ def test_losses_match_numpy_from_the_masks(seg_target):
                 v = numpy_cell_average(mask, roi_boxes[image, r], size, 2 ** (4 - s))
                 seg = numpy_centre(mask, roi_boxes[image, r], size) if seg_target == "centre" else v > 0.5
                 targets[r] = (seg, (v > 1e-4) & (v < 1 - 1e-4))
-            sums, count = {"seg": 0.0, "ref": 0.0}, 0
-            for a in range(cells["seg"].shape[1]):
-                if not bool(cells["valid"][image, a]):
-                    continue
-                r = int(cells["roi"][image, a])
-                x, y = (int(v) for v in cells["xy"][image, a])
-                count += 1
-                sums["seg"] += bce(float(cells["seg"][image, a]), float(targets[r][0][y, x]))
-                sums["ref"] += bce(float(cells["ref"][image, a]), float(targets[r][1][y, x]))
+            ok = cells["valid"][image]
+            roi, xy = cells["roi"][image][ok], cells["xy"][image][ok]
+            count = int(ok.sum())
+            sums = {}
+            for name, t in (("seg", 0), ("ref", 1)):
+                target = np.stack([targets[r][t] for r in range(4)])[roi, xy[:, 1], xy[:, 0]]
+                sums[name] = float(bce(cells[name][image][ok], target.astype(np.float64)).sum())
             for name, weights in (("seg", seg_w), ("ref", ref_w)):
                 expected[name] += weights[s] * sums[name] / max(count, 1) * n_rois / b
     np.testing.assert_allclose(metrics["loss_mask_seg"], expected["seg"], rtol=2e-4)
@@ -277,13 +295,14 @@ def test_losses_match_numpy_from_the_masks(seg_target):
     assert float(metrics["seg/rois_per_image"]) == 4.0 and float(metrics["seg/dropped_rois"]) == 0.0
 
 
+@pytest.mark.slow  # one or two head compiles each (~15 s on a quiet 2-core machine)
 def test_predict_masks_per_query_and_scores_by_class_times_mask_probability():
     """One mask per distinct detected query (a query detected with two classes shares it);
     score = class score × mean pasted probability over p > 0.5 (eq. 5.3), re-sorted."""
     from msvision.models.heads.effseg.postprocess import assemble_mask_logits, paste_masks
     from msvision.structures import Detections
 
-    graphdef, state = build(max_selected=60)
+    graphdef, state = build(max_selected=40)
     rng = np.random.default_rng(7)
     q = 5
     queries = QueryOutputs(queries=jnp.asarray(rng.normal(size=(2, q, C)), jnp.float32),
@@ -333,11 +352,12 @@ def test_predict_masks_per_query_and_scores_by_class_times_mask_probability():
         assert not np.asarray(out.masks[image, 3]).any()
 
 
+@pytest.mark.slow  # one or two head compiles each (~15 s on a quiet 2-core machine)
 def test_masks_do_not_depend_on_the_batch_padding():
     """An image's RoIs read the same features alone (a canvas of its own valid map) and padded
     into a larger canvas holding garbage outside its valid cells (RoIAlign border rules at
     the image's map, neck sampled on maps zeroed outside the image)."""
-    graphdef, state = build(max_selected=50)
+    graphdef, state = build(max_selected=40)
     rng = np.random.default_rng(9)
     h, w = 50, 58
     alone = {l: rng.normal(size=(1, -(-h // 2 ** l), -(-w // 2 ** l), C)).astype(np.float32) for l in LEVELS}
@@ -350,12 +370,8 @@ def test_masks_do_not_depend_on_the_batch_padding():
     queries = jnp.asarray(rng.normal(size=(1, 3, C)), jnp.float32)
     valid = jnp.ones((1, 3), bool)
 
-    @jax.jit
-    def run(state, pyramid):
-        return nnx.merge(graphdef, state)(pyramid, jnp.asarray([[h, w]]), queries, boxes, valid)
-
-    a = run(state, {l: jnp.asarray(v) for l, v in alone.items()})
-    b = run(state, {l: jnp.asarray(v) for l, v in padded.items()})
+    a = run_head(graphdef, state, {l: jnp.asarray(v) for l, v in alone.items()}, queries, boxes, valid, [[h, w]])
+    b = run_head(graphdef, state, {l: jnp.asarray(v) for l, v in padded.items()}, queries, boxes, valid, [[h, w]])
     for sa, sb in zip(a, b):
         np.testing.assert_array_equal(sa["xy"], sb["xy"])
         np.testing.assert_allclose(sa["seg"], sb["seg"], rtol=1e-4, atol=1e-4)

@@ -34,3 +34,18 @@ def test_table_5_7_processing_modules(module, thesis):
     assert abs(total - thesis) <= 0.1e6, total
     if module == "dense_sfm":
         assert head == 4_208_872  # the SFM's weights, applied densely
+
+
+def test_analysis_cli_prints_the_counts_by_part(capsys):
+    """``python -m msvision.analysis --config=... --params-only --json``: total and per-part
+    trainable counts, the EffSeg head alone included (table 5.4's 4.2 M)."""
+    import json
+
+    from msvision.analysis.__main__ import main
+
+    assert main([f"--config={CONFIGS / 'r50_fpn_fqdet_effseg.py'}", "--params-only", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    total, head = trainable("r50_fpn_fqdet_effseg.py")
+    parts = report["params"]["trainable_by_part"]
+    assert report["params"]["trainable"] == total == sum(parts.values())
+    assert parts["seg_head"] == head == 4_208_872

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msvision.evaluation.masks import detection_image_masks, paste_masks_numpy
+from msvision.evaluation.masks import (detection_box_masks, detection_image_masks, filled_box_masks,
+                                       paste_masks_numpy)
 from msvision.models.heads.effseg.postprocess import (assemble_mask_logits, mask_scores, paste_masks,
                                                       unique_queries, upsample2x)
 from msvision.structures import Detections
@@ -148,3 +149,18 @@ def test_detection_image_masks_paste_at_the_original_size():
     (masks,) = detection_image_masks(dets, np.array([[16, 19]]))
     assert masks.shape == (3, 16, 19) and not masks[1].any()
     np.testing.assert_array_equal(masks[[0, 2]], paste_masks_numpy(PROBS[[0, 2]], PASTE_BOXES[[0, 2]], 16, 19))
+
+
+def test_box_masks_fill_the_pixels_whose_centre_is_inside():
+    """The box-as-mask baseline of the evaluation: pixel (i, j) is on iff (j + ½, i + ½) is in the box."""
+    boxes = np.array([[1.2, 0.0, 7.5, 4.49], [-3, 2.5, 30, 30], [5, 5, 5, 9]], np.float32)
+    dets = Detections(boxes=boxes[None], scores=np.ones((1, 3), np.float32), labels=np.zeros((1, 3), np.int32),
+                      valid=np.array([[True, True, False]]))
+    (masks,) = detection_box_masks(dets, np.array([[9, 11]]))
+    assert masks.shape == (3, 9, 11) and not masks[2].any()
+    for k in range(2):
+        x0, y0, x1, y1 = boxes[k].astype(np.float64)
+        for i in range(9):
+            for j in range(11):
+                assert masks[k, i, j] == (x0 <= j + 0.5 < x1 and y0 <= i + 0.5 < y1), (k, i, j)
+    np.testing.assert_array_equal(filled_box_masks(boxes[:2], 9, 11), masks[:2])
