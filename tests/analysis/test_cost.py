@@ -9,12 +9,12 @@ from flax import nnx
 
 from msvision.analysis import __main__ as cli
 from msvision.analysis.cost import abstract_model, compile_cost, count_parameters
+from msvision.models.abstract import abstract_init
 from msvision.models.layers import Conv2d
 
 TINY_CONFIG = '''
 import ml_collections
 from msvision.models.build import default_model_config
-from msvision.models.abstract import abstract_init
 
 def get_config():
     config = ml_collections.ConfigDict()
@@ -40,6 +40,7 @@ def test_conv_macs_match_analytic():
     assert info["compile_s"] >= 0
 
 
+@pytest.mark.slow  # the CLI compiles and times a tiny detector: ~35 s of CPU
 def test_cli_params_equal_abstract_count(tmp_path, capsys):
     path = tmp_path / "tiny.py"
     path.write_text(TINY_CONFIG)
@@ -54,6 +55,7 @@ def test_cli_params_equal_abstract_count(tmp_path, capsys):
     assert report["inference"]["macs"] > 0 and report["train"]["macs"] > report["inference"]["macs"]
 
 
+@pytest.mark.slow  # two DefEncoder analyses (compiles): ~3 min of CPU
 def test_remat_model_flops_come_from_the_unrolled_layers():
     """XLA counts a loop body once; the report must give a rematerialized (scanned)
     DefEncoder the FLOPs of the unrolled one, and keep its own memory plan."""
