@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from msvision.models.abstract import abstract_init, cheap_tracer_errors
 from msvision.models.heads.effseg import EffSegHead
 from msvision.models.heads.effseg.cost import effseg_macs, stage_counts
 from msvision.models.heads.effseg.postprocess import assemble_mask_logits
@@ -51,8 +52,9 @@ def inputs(num_rois: int, image: int = 800, channels: int = 256, seed: int = 0):
 def measure(processing: str, num_rois: int, repeats: int) -> dict:
     make = lambda: EffSegHead(levels=(2, 3, 4, 5), processing=processing, sfm_impl="xla",  # noqa: E731
                               rngs=nnx.Rngs(0))
-    graphdef = nnx.split(nnx.eval_shape(make))[0]
-    state = jax.jit(lambda: nnx.split(make())[1])()
+    graphdef = nnx.split(abstract_init(make))[0]
+    with cheap_tracer_errors():  # tracing the initialisers (msvision.models.abstract)
+        state = jax.jit(lambda: nnx.split(make())[1])()
     params = count_variables(nnx.merge(graphdef, state), nnx.Param)
     pyramid, sizes, queries, boxes = inputs(num_rois)
     valid = jnp.ones((1, num_rois), bool)

@@ -217,14 +217,9 @@ def bce(logit, target):
     return np.maximum(logit, 0.0) - logit * target + np.log1p(np.exp(-np.abs(logit)))
 
 
-@pytest.mark.slow  # one or two head compiles each (~15 s on a quiet 2-core machine)
-@pytest.mark.parametrize("seg_target", ["centre", "average"])
-def test_losses_match_numpy_from_the_masks(seg_target):
-    """loss = Σ_s w_s · mean over the supervised cells of BCE × number of RoIs, per image, averaged
-    over images; weights 0.25/0.375/0.375/0.5 (segmentation) and 0.25 x 4 (refinement), targets
-    from the ground-truth masks at the predicted boxes (T1364, N§6.3)."""
+def loss_case():
+    """Two images with 3 masks and 6 queries each, 4 of them positive: ``(batch, queries, boxes, masks, pyramid)``."""
     rng = np.random.default_rng(5)
-    graphdef, state = build(max_selected=40, max_train_rois=4, loss=EffSegCriterion(seg_target=seg_target))
     b, q, m = 2, 6, 3
     masks = np.zeros((b, m, CANVAS, CANVAS), bool)
     yy, xx = np.mgrid[:CANVAS, :CANVAS]
@@ -249,12 +244,25 @@ def test_losses_match_numpy_from_the_masks(seg_target):
                            matched=jnp.asarray(matched), positive=jnp.asarray(positive),
                            match_quality=jnp.asarray(quality))
     pyramid = make_pyramid(6)
+    return batch, queries, boxes, masks, pyramid
 
-    @jax.jit
-    def losses(state, pyramid, batch, queries):
-        return nnx.merge(graphdef, state).losses(pyramid, batch, queries)
 
-    total, metrics = losses(state, pyramid, batch, queries)
+@functools.partial(jax.jit, static_argnums=0)
+def _losses(graphdef, state, pyramid, batch, queries):
+    return nnx.merge(graphdef, state).losses(pyramid, batch, queries)
+
+
+@pytest.mark.slow  # one or two head compiles each (~15 s on a quiet 2-core machine)
+@pytest.mark.parametrize("seg_target", ["centre", "average"])
+def test_losses_match_numpy_from_the_masks(seg_target):
+    """loss = Σ_s w_s · mean over the supervised cells of BCE × number of RoIs, per image, averaged
+    over images; weights 0.25/0.375/0.375/0.5 (segmentation) and 0.25 x 4 (refinement), targets
+    from the ground-truth masks at the predicted boxes (T1364, N§6.3)."""
+    graphdef, state = build(max_selected=40, max_train_rois=4, loss=EffSegCriterion(seg_target=seg_target))
+    batch, queries, boxes, masks, pyramid = loss_case()
+    b = boxes.shape[0]
+
+    total, metrics = _losses(graphdef, state, pyramid, batch, queries)
 
     # The same RoIs through the network (capacity 4 of 4 / 4 positives: nothing dropped).
     rois = select_train_rois(queries, 4)
@@ -376,3 +384,15 @@ def test_masks_do_not_depend_on_the_batch_padding():
         np.testing.assert_array_equal(sa["xy"], sb["xy"])
         np.testing.assert_allclose(sa["seg"], sb["seg"], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(sa["ref"], sb["ref"], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # one or two head compiles each (~15 s on a quiet 2-core machine)
+def test_training_roi_overflow_is_logged_by_the_loss():
+    """4 positives per image, capacity 3: one dropped per image, counted in the metrics
+    (``seg/dropped_rois`` over the batch), the loss normalised by the 3 kept."""
+    graphdef, state = build(max_selected=40, max_train_rois=3)
+    batch, queries, _, _, pyramid = loss_case()
+    _, metrics = _losses(graphdef, state, pyramid, batch, queries)
+    assert float(metrics["seg/positive_queries"]) == 8.0
+    assert float(metrics["seg/dropped_rois"]) == 2.0
+    assert float(metrics["seg/rois_per_image"]) == 3.0
