@@ -2,9 +2,10 @@
 
 Restores the orbax checkpoint (latest unless ``--step``), runs inference on the
 validation split, writes ``DIR/eval/results_<step>.json`` (COCO results) and
-``DIR/eval/metrics_<step>.json`` (``bbox/AP``, ``bbox/AP50``, …), prints the
-standard COCO table, and with ``--visualize N`` writes N PNGs with predicted and
-ground-truth boxes to ``DIR/eval/vis_<step>/``.
+``DIR/eval/metrics_<step>.json`` (``bbox/AP``, ``bbox/AP50``, …; with a segmentation
+head also ``segm/...`` and, with ``eval.box_mask_baseline``, ``box_as_mask/...``), prints the
+standard COCO table, and with ``--visualize N`` writes N PNGs with predicted boxes (and
+masks) and ground-truth boxes to ``DIR/eval/vis_<step>/``.
 """
 
 import argparse

@@ -41,7 +41,11 @@ class Batch:
       is_crowd: ``[B, M] bool`` the annotation is a COCO ``iscrowd`` region: never a
         positive target, anchors/queries overlapping it are ignored.
       masks: optional ``[B, M, H, W] bool`` instance masks on the padded image grid
-        (only when the pipeline is asked for masks).
+        (only when the pipeline is asked for masks); with ``mask_boxes``, box-frame
+        masks instead: ``[B, M, S, S] uint8`` coverage (0..255) of the S × S split of
+        ``mask_boxes[b, m]`` (:mod:`msvision.data.box_masks`).
+      mask_boxes: optional ``[B, M, 4] float32`` ``(x0, y0, x1, y1)`` pixels, the box
+        each box-frame mask covers (None for full-image masks).
     """
 
     images: Array
@@ -53,6 +57,7 @@ class Batch:
     valid: Array
     is_crowd: Array
     masks: Optional[Array] = None
+    mask_boxes: Optional[Array] = None
 
     @property
     def batch_size(self) -> int:
@@ -86,7 +91,11 @@ class Detections:
       labels: ``[B, K] int32`` contiguous class labels.
       valid: ``[B, K] bool`` True for the first ``num_valid`` entries of each image.
       masks: optional ``[B, K, h, w] float32`` mask probabilities on a per-box
-        grid (segmentation heads).
+        grid (segmentation heads): cell (i, j) covers the ``(i, j)``-th of ``h × w``
+        equal parts of ``mask_boxes[b, k]``.
+      mask_boxes: optional ``[B, K, 4] float32`` ``(x0, y0, x1, y1)`` the box each
+        mask grid covers (the unclipped predicted box of the detection's query; the
+        detection box itself is clipped to the image), same pixels as ``boxes``.
     """
 
     boxes: Array
@@ -94,7 +103,32 @@ class Detections:
     labels: Array
     valid: Array
     masks: Optional[Array] = None
+    mask_boxes: Optional[Array] = None
 
     @property
     def num_valid(self) -> Array:
         return self.valid.sum(axis=-1)
+
+
+@struct.dataclass
+class QueryOutputs:
+    """What a query-based detection head hands to a segmentation head (thesis T1338).
+
+    Attributes:
+      queries: ``[B, Q, D]`` query features after the last decoder layer.
+      boxes: ``[B, Q, 4] float32`` predicted boxes ``(x0, y0, x1, y1)`` in pixels of
+        the padded network input, unclipped.
+      matched: ``[B, Q] int32`` ground-truth slot of each query (training; 0 for
+        negatives), or None at inference.
+      positive: ``[B, Q] bool`` the query is matched (training), or None.
+      match_quality: ``[B, Q] float32`` IoU of the query's box prior with its matched
+        ground truth (orders the positives of one object), or None.
+      detection_queries: ``[B, K] int32`` query of each detection (inference), or None.
+    """
+
+    queries: Array
+    boxes: Array
+    matched: Optional[Array] = None
+    positive: Optional[Array] = None
+    match_quality: Optional[Array] = None
+    detection_queries: Optional[Array] = None

@@ -3,7 +3,8 @@
 Reports Params, FLOPs (MACs), compile time, latency, images/s and memory of the
 config's model for training and inference (see :mod:`msvision.analysis.cost`).
 
-Options: ``--skip-timing`` (params + FLOPs only), ``--batch-size`` (2),
+Options: ``--params-only`` (parameter counts from abstract shapes, nothing compiled),
+``--skip-timing`` (params + FLOPs only), ``--batch-size`` (2),
 ``--image-size`` (800), ``--num-objects`` (10), ``--iterations`` (3), ``--json``.
 
 ``--lower-for=cuda|tpu|rocm|cpu --devices=N`` instead lowers the config's sharded
@@ -31,6 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--config", required=True, help="config file with get_config()")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--skip-timing", action="store_true", help="params and FLOPs only (no execution)")
+    parser.add_argument("--params-only", action="store_true", help="parameter counts only (nothing compiled)")
     parser.add_argument("--batch-size", type=int, default=None, help="2, or 2 per device with --lower-for")
     parser.add_argument("--image-size", type=int, default=800)
     parser.add_argument("--num-objects", type=int, default=10)
@@ -43,6 +45,10 @@ def main(argv=None) -> int:
     config = load_config(args.config, overrides)
     if args.lower_for:
         return _lower(config, args)
+    if args.params_only:
+        report = dict(config=args.config, params=count_parameters(abstract_model(config.model)))
+        print(json.dumps(report, indent=2) if args.json else f"{args.config}: {report['params']}")
+        return 0
     report = analyse(
         config.model, batch_size=args.batch_size or 2, image_size=args.image_size, num_objects=args.num_objects,
         skip_timing=args.skip_timing, iterations=args.iterations,

@@ -38,12 +38,21 @@ from msvision.models.layers import Frozen, FrozenStat, count_variables
 from msvision.structures import Batch
 
 
-def count_parameters(model: nnx.Module) -> dict[str, int]:
-    """``{'total', 'trainable', 'frozen', 'buffers'}`` scalars of a (possibly abstract) model."""
+MODEL_PARTS = ("backbone", "neck", "head", "seg_head")
+
+
+def count_parameters(model: nnx.Module) -> dict:
+    """``{'total', 'trainable', 'frozen', 'buffers'}`` scalars of a (possibly abstract) model, and
+    ``trainable_by_part``: the trainable parameters of each part of a :class:`Detector`
+    (``backbone``, ``neck``, ``head`` and, when present, ``seg_head``: thesis table 5.4's
+    "head alone" counts)."""
     trainable = count_variables(model, nnx.Param)
     frozen = count_variables(model, Frozen, exclude=(FrozenStat,))
     everything = count_variables(model, nnx.Variable)
-    return dict(total=trainable + frozen, trainable=trainable, frozen=frozen, buffers=everything - trainable - frozen)
+    parts = {name: count_variables(getattr(model, name), nnx.Param) for name in MODEL_PARTS
+             if getattr(model, name, None) is not None}
+    return dict(total=trainable + frozen, trainable=trainable, frozen=frozen, buffers=everything - trainable - frozen,
+                trainable_by_part=parts)
 
 
 def abstract_model(model_cfg: ml_collections.ConfigDict) -> nnx.Module:
@@ -69,15 +78,25 @@ def _without_pretrained(model_cfg):
 
 
 def synthetic_batch(
-    batch_size: int = 2, image_size: int = 800, num_objects: int = 10, num_classes: int = 80, seed: int = 0
+    batch_size: int = 2, image_size: int = 800, num_objects: int = 10, num_classes: int = 80, seed: int = 0,
+    with_masks: bool = False,
 ) -> Batch:
-    """A numpy :class:`Batch` of random square images with ``num_objects`` random boxes each."""
+    """A numpy :class:`Batch` of random square images with ``num_objects`` random boxes each
+    (and, ``with_masks``, the ellipse inscribed in each box as its mask)."""
     rng = np.random.default_rng(seed)
     b, s, m = batch_size, image_size, num_objects
     xy0 = rng.uniform(0, 0.7 * s, (b, m, 2))
     wh = rng.uniform(0.05 * s, 0.3 * s, (b, m, 2))
     boxes = np.concatenate([xy0, np.minimum(xy0 + wh, s)], axis=-1).astype(np.float32)
+    masks = None
+    if with_masks:
+        yy, xx = np.mgrid[:s, :s].astype(np.float32) + 0.5
+        c = (boxes[..., :2] + boxes[..., 2:]) / 2
+        r = np.maximum((boxes[..., 2:] - boxes[..., :2]) / 2, 1.0)
+        masks = (((xx - c[..., 0, None, None]) / r[..., 0, None, None]) ** 2
+                 + ((yy - c[..., 1, None, None]) / r[..., 1, None, None]) ** 2) <= 1.0
     return Batch(
+        masks=masks,
         images=rng.integers(0, 256, (b, s, s, 3), dtype=np.uint8),
         image_sizes=np.full((b, 2), s, np.int32),
         orig_sizes=np.full((b, 2), s, np.int32),
@@ -161,7 +180,8 @@ def analyse(
     model = abstract_model(model_cfg)
     report["params"] = count_parameters(model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    batch = synthetic_batch(batch_size, image_size, num_objects, model_cfg.num_classes)
+    with_masks = model_cfg.get("seg_head", {}).get("name", "none") != "none"
+    batch = synthetic_batch(batch_size, image_size, num_objects, model_cfg.num_classes, with_masks=with_masks)
     # The train step and optimizer of msvision.train (AdamW with parameter groups).
     from msvision.train.loop import make_train_step
     from msvision.train.optimizer import build_optimizer, default_optim_config
@@ -234,6 +254,7 @@ def format_report(report: dict) -> str:
         f"{inp['num_objects']} objects/image; backend {report['backend']} ({report['device']})",
         f"Params       total {_fmt_count(p['total'])}  (trainable {_fmt_count(p['trainable'])}, "
         f"frozen {_fmt_count(p['frozen'])}; buffers {_fmt_count(p['buffers'])} not counted)",
+        "Trainable    " + ", ".join(f"{k} {_fmt_count(v)}" for k, v in p.get("trainable_by_part", {}).items()),
         "",
         f"{'':22s}{'inference':>16s}{'train step':>16s}",
     ]

@@ -170,7 +170,9 @@ def lower_config(
                     rng=jax.random.PRNGKey(0))
 
     state = jax.eval_shape(make_state, params, rest)
-    batch = _abstract(synthetic_batch(batch_size, image_size, num_objects, config.model.num_classes))
+    with_masks = config.model.get("seg_head", {}).get("name", "none") != "none"
+    batch = _abstract(synthetic_batch(batch_size, image_size, num_objects, config.model.num_classes,
+                                      with_masks=with_masks))
     train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state)
 
     results = {

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from msvision.data.box_masks import box_frame_masks
 from msvision.data.stats import logger
 from msvision.data.transforms import resize
 from msvision.structures import Batch
@@ -59,7 +60,7 @@ def fit_into(record: dict[str, Any], bucket: Bucket) -> dict[str, Any]:
 
 
 def collate(records: Sequence[dict[str, Any]], bucket: Bucket, max_instances: int,
-            with_masks: bool = False) -> Batch:
+            with_masks: bool = False, mask_format: str = "image", box_mask_size: int = 128) -> Batch:
     """Pad records into a :class:`Batch` of numpy arrays.
 
     Args:
@@ -69,7 +70,13 @@ def collate(records: Sequence[dict[str, Any]], bucket: Bucket, max_instances: in
       max_instances: ``M``, ground-truth slots per image; extra objects (none if
         the source already capped them) are dropped, smallest boxes first.
       with_masks: also pad ``records[i]["masks"]`` to ``[B, M, H, W]``.
+      mask_format: ``'image'`` (the padded full-image masks) or ``'box'`` (box-frame
+        coverage grids ``[B, M, S, S]`` uint8 with their boxes in ``Batch.mask_boxes``,
+        S = ``box_mask_size``; :mod:`msvision.data.box_masks`).
     """
+    if mask_format not in ("image", "box"):
+        raise ValueError(f"mask_format must be 'image' or 'box', got {mask_format!r}")
+    box_frames = with_masks and mask_format == "box"
     batch_size = len(records)
     height, width = bucket
     images = np.zeros((batch_size, height, width, 3), np.uint8)
@@ -80,7 +87,11 @@ def collate(records: Sequence[dict[str, Any]], bucket: Bucket, max_instances: in
     labels = np.zeros((batch_size, max_instances), np.int32)
     valid = np.zeros((batch_size, max_instances), bool)
     is_crowd = np.zeros((batch_size, max_instances), bool)
-    masks = np.zeros((batch_size, max_instances, height, width), bool) if with_masks else None
+    masks = np.zeros((batch_size, max_instances, height, width), bool) if with_masks and not box_frames else None
+    mask_boxes = None
+    if box_frames:
+        masks = np.zeros((batch_size, max_instances, box_mask_size, box_mask_size), np.uint8)
+        mask_boxes = np.zeros((batch_size, max_instances, 4), np.float32)
     for i, record in enumerate(records):
         record = fit_into(record, bucket)
         h, w = record["image"].shape[:2]
@@ -98,8 +109,10 @@ def collate(records: Sequence[dict[str, Any]], bucket: Bucket, max_instances: in
         labels[i, :n] = record["labels"][keep]
         is_crowd[i, :n] = record["is_crowd"][keep]
         valid[i, :n] = True
-        if with_masks:
+        if box_frames:
+            mask_boxes[i, :n], masks[i, :n] = box_frame_masks(record["masks"][keep], box_mask_size)
+        elif with_masks:
             masks[i, :n, :h, :w] = record["masks"][keep]
     return Batch(images=images, image_sizes=image_sizes, orig_sizes=orig_sizes,
                  image_ids=image_ids, boxes=boxes, labels=labels, valid=valid,
-                 is_crowd=is_crowd, masks=masks)
+                 is_crowd=is_crowd, masks=masks, mask_boxes=mask_boxes)

@@ -36,6 +36,9 @@ Config schema (``config.data``, an ``ml_collections.ConfigDict``; defaults from
   (``ReadOptions.prefetch_buffer_size``; at least ``num_threads``).
 - ``num_workers``: grain multiprocessing workers (0 = threads only).
 - ``with_masks``: also produce ``Batch.masks`` (``[B, M, H, W] bool``).
+- ``mask_format``: ``'image'`` (the padded full-image masks) or ``'box'``
+  (``[B, M, S, S] uint8`` coverage grids over each mask's box, boxes in
+  ``Batch.mask_boxes``, S = ``box_mask_size``; :mod:`msvision.data.box_masks`).
 - ``synthetic``: the built-in synthetic dataset (``enabled``, ``root``,
   ``num_train``, ``num_val``, ``image_size``, ``seed``); when enabled it is
   generated if absent and ``train``/``val`` point at it
@@ -101,6 +104,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         prefetch_buffer=8,
         num_workers=0,
         with_masks=False,
+        mask_format="image",
+        box_mask_size=128,
         # the built-in synthetic dataset (msvision.train.data_setup), generated when absent
         synthetic=dict(enabled=False, root="data/shapes", num_train=600, num_val=100, image_size=224, seed=0),
     ))
@@ -209,10 +214,11 @@ class _TrainCollator:
     """``batch_fn``: pad local samples to the bucket of their global batch."""
 
     def __init__(self, order, source, transform, seed, global_batch_size, buckets,
-                 max_instances, with_masks):
+                 max_instances, with_masks, mask_format="image", box_mask_size=128):
         self.order, self.source, self.transform = order, source, transform
         self.seed, self.global_batch_size, self.buckets = seed, global_batch_size, buckets
         self.max_instances, self.with_masks = max_instances, with_masks
+        self.mask_format, self.box_mask_size = mask_format, box_mask_size
 
     def global_sizes(self, batch_index: int) -> list[tuple[int, int]]:
         """Planned output sizes of every image of global batch ``batch_index``."""
@@ -227,7 +233,8 @@ class _TrainCollator:
     def __call__(self, records: Sequence[dict[str, Any]]):
         batch_index = records[0]["position"] // self.global_batch_size
         bucket = choose_bucket(self.global_sizes(batch_index), self.buckets)
-        return collate(records, bucket, self.max_instances, self.with_masks)
+        return collate(records, bucket, self.max_instances, self.with_masks, self.mask_format,
+                       self.box_mask_size)
 
 
 def _to_iterator(dataset: grain.MapDataset, data_cfg) -> grain.DatasetIterator:
@@ -257,7 +264,8 @@ def train_dataset(data_cfg, *, seed: int, shard_index: int = 0, shard_count: int
     local = samples[shard_index::shard_count]
     collator = _TrainCollator(order, source, transform, seed, data_cfg.batch_size,
                               buckets_for(data_cfg), data_cfg.max_instances,
-                              data_cfg.with_masks)
+                              data_cfg.with_masks, data_cfg.get("mask_format", "image"),
+                              data_cfg.get("box_mask_size", 128))
     return local.batch(local_batch_size, drop_remainder=True, batch_fn=collator)
 
 
@@ -317,10 +325,11 @@ def padding_record(position: int = -1) -> dict[str, Any]:
 
 class _EvalCollator:
     def __init__(self, source, transform, global_batch_size, buckets, max_instances,
-                 with_masks):
+                 with_masks, mask_format="image", box_mask_size=128):
         self.source, self.transform = source, transform
         self.global_batch_size, self.buckets = global_batch_size, buckets
         self.max_instances, self.with_masks = max_instances, with_masks
+        self.mask_format, self.box_mask_size = mask_format, box_mask_size
 
     def __call__(self, records):
         start = records[0]["position"] // self.global_batch_size * self.global_batch_size
@@ -329,7 +338,7 @@ class _EvalCollator:
                  if p < len(self.source) else PADDING_IMAGE_SIZE
                  for p in range(start, start + self.global_batch_size)]
         return collate(records, choose_bucket(sizes, self.buckets), self.max_instances,
-                       self.with_masks)
+                       self.with_masks, self.mask_format, self.box_mask_size)
 
 
 def eval_dataset(data_cfg, *, shard_index: int = 0, shard_count: int = 1,
@@ -345,7 +354,8 @@ def eval_dataset(data_cfg, *, shard_index: int = 0, shard_count: int = 1,
     local = samples[shard_index::shard_count]
     return local.batch(local_batch_size, drop_remainder=True, batch_fn=_EvalCollator(
         source, transform, global_batch_size, buckets_for(data_cfg),
-        data_cfg.max_instances, data_cfg.with_masks))
+        data_cfg.max_instances, data_cfg.with_masks, data_cfg.get("mask_format", "image"),
+        data_cfg.get("box_mask_size", 128)))
 
 
 def build_eval_iterator(data_cfg, *, shard_index: int = 0, shard_count: int = 1,

@@ -1,8 +1,12 @@
 """``build_model(config.model, rngs=...)``: a config section → a :class:`Detector`.
 
 ``config.model`` has the detector-level fields of :data:`MODEL_FIELDS` and one
-section per part, ``backbone``, ``neck`` and ``head``, each with a ``name`` that
-picks the module from :data:`BACKBONES`, :data:`NECKS` or :data:`HEADS`. The rest
+section per part, ``backbone``, ``neck``, ``head`` and ``seg_head``, each with a
+``name`` that picks the module from :data:`BACKBONES`, :data:`NECKS`, :data:`HEADS`
+or :data:`SEG_HEADS`. ``seg_head`` is optional: its default ``'none'`` is a detector;
+a segmentation head (``'effseg'``, thesis chapter 5) adds masks, reading the
+pyramid and the detection head's queries, boxes and matches
+(``head.losses_with_queries`` / ``head.predict_with_queries``). The rest
 of a part's section maps one to one onto that module's constructor keyword
 arguments (:mod:`msvision.config_schema`): defaults live in the signatures only,
 unknown keys fail naming the closest valid key, and
@@ -13,7 +17,8 @@ module's fields with their defaults.
 Arguments the builder supplies itself (not config fields): ``rngs`` and ``dtype``
 (from ``model.dtype``) everywhere; the neck's ``in_channels`` (from the backbone);
 the head's ``num_classes`` (from ``model.num_classes``, set from the dataset by
-the trainer), ``levels`` and ``channels`` (from the neck). Builder-level fields:
+the trainer), ``levels`` and ``channels`` (from the neck); the segmentation
+head's ``levels`` and ``channels`` (from the neck). Builder-level fields:
 ``backbone.pretrained`` (a checkpoint loaded after construction by the backbone's
 loader: a torchvision ResNet ``.pth``, or an official / mmdet / torchvision Swin
 ``.pth``, :mod:`msvision.models.backbones.pretrained`; needs torch).
@@ -35,6 +40,7 @@ from msvision.config_schema import ConfigError, check_and_complete, schema_confi
 from msvision.models.backbones.resnet import ResNet
 from msvision.models.backbones.swin import SwinTransformer
 from msvision.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector
+from msvision.models.heads.effseg import EffSegHead
 from msvision.models.heads.fqdet import FQDetHead
 from msvision.models.heads.retinanet import RetinaNetHead
 from msvision.models.necks.bfpn import BottleneckFPN
@@ -56,15 +62,18 @@ NECKS: dict[str, tuple[Callable, dict]] = {
     "defenc": (DefEncoder, {}),
 }
 HEADS: dict[str, tuple[Callable, dict]] = {"retinanet": (RetinaNetHead, {}), "fqdet": (FQDetHead, {})}
-REGISTRIES = {"backbone": BACKBONES, "neck": NECKS, "head": HEADS}
-DEFAULT_NAMES = {"backbone": "resnet", "neck": "fpn", "head": "retinanet"}
+# 'none': no segmentation head (a detector). Segmentation heads need a query-based head.
+SEG_HEADS: dict[str, tuple[Callable | None, dict]] = {"none": (None, {}), "effseg": (EffSegHead, {})}
+REGISTRIES = {"backbone": BACKBONES, "neck": NECKS, "head": HEADS, "seg_head": SEG_HEADS}
+DEFAULT_NAMES = {"backbone": "resnet", "neck": "fpn", "head": "retinanet", "seg_head": "none"}
 
 SUPPLIED = {
     "backbone": ("dtype", "rngs"),
     "neck": ("in_channels", "dtype", "rngs"),
     "head": ("num_classes", "levels", "channels", "dtype", "rngs"),
+    "seg_head": ("levels", "channels", "dtype", "rngs"),
 }
-BUILDER_FIELDS = {"backbone": {"pretrained": ""}, "neck": {}, "head": {}}
+BUILDER_FIELDS = {"backbone": {"pretrained": ""}, "neck": {}, "head": {}, "seg_head": {}}
 
 # Detector-level fields of ``config.model`` (with the part sections).
 MODEL_FIELDS = dict(
@@ -81,6 +90,8 @@ def module_schema(kind: str, name: str) -> dict:
     if name not in registry:
         raise ConfigError(f"model.{kind}.name: unknown {kind} {name!r}; choose from {sorted(registry)}")
     fn, fixed = registry[name]
+    if fn is None:
+        return {"name": name}
     return {"name": name, **BUILDER_FIELDS[kind], **signature_schema(fn, SUPPLIED[kind] + tuple(fixed))}
 
 
@@ -118,7 +129,8 @@ def default_model_config() -> ml_collections.ConfigDict:
 
 
 def build_part(kind: str, section: Any, **supplied: Any):
-    """Builds one part ('backbone' | 'neck' | 'head') from its config section.
+    """Builds one part ('backbone' | 'neck' | 'head' | 'seg_head') from its config section
+    (None for ``seg_head`` 'none').
 
     Args:
       section: the section (a ``ConfigDict`` or dict; missing fields take their
@@ -130,6 +142,8 @@ def build_part(kind: str, section: Any, **supplied: Any):
     name = section.get("name", DEFAULT_NAMES[kind])
     check_and_complete(section, module_schema(kind, name), f"model.{kind}", f"{kind} {name!r}")
     fn, fixed = REGISTRIES[kind][name]
+    if fn is None:
+        return None
     kwargs = section_kwargs(section, fn, skip=("name", *BUILDER_FIELDS[kind]))
     return fn(**kwargs, **fixed, **supplied)
 
@@ -146,7 +160,12 @@ def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Dete
     neck = build_part("neck", model_cfg.neck, in_channels=dict(backbone.out_channels), dtype=dtype, rngs=rngs)
     head = build_part("head", model_cfg.head, num_classes=model_cfg.num_classes, levels=neck.out_levels,
                        channels=neck.channels, dtype=dtype, rngs=rngs)
-    return Detector(backbone, neck, head, pixel_mean=tuple(model_cfg.pixel_mean),
+    seg_head = build_part("seg_head", model_cfg.seg_head, levels=neck.out_levels, channels=neck.channels,
+                          dtype=dtype, rngs=rngs)
+    if seg_head is not None and not hasattr(head, "losses_with_queries"):
+        raise ConfigError(f"model.seg_head {model_cfg.seg_head.name!r} needs a query-based detection head "
+                          f"(model.head.name='fqdet'), got {model_cfg.head.name!r}")
+    return Detector(backbone, neck, head, seg_head, pixel_mean=tuple(model_cfg.pixel_mean),
                     pixel_std=tuple(model_cfg.pixel_std), dtype=dtype)
 
 

@@ -19,7 +19,7 @@ IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
 class Detector(nnx.Module):
-    """``head(neck(backbone(normalise(images))))``.
+    """``head(neck(backbone(normalise(images))))`` [+ ``seg_head`` for masks].
 
     The attribute names ``backbone``, ``neck``, ``head`` matter: the optimizer
     gives every parameter under ``backbone`` the backbone learning rate.
@@ -28,6 +28,10 @@ class Detector(nnx.Module):
       backbone: ``images [B, H, W, 3] → {level: feature}``.
       neck: ``{level: feature} → {level: [B, H_l, W_l, D]}``.
       head: has ``losses(pyramid, batch)`` and ``predict(pyramid, batch)``.
+      seg_head: optional segmentation head (thesis chapter 5) with
+        ``losses(pyramid, batch, queries)`` and ``predict(pyramid, batch, dets,
+        queries)``; the head then also provides ``losses_with_queries`` and
+        ``predict_with_queries`` (:class:`~msvision.structures.QueryOutputs`).
       pixel_mean, pixel_std: RGB normalisation in 0..255 units.
       dtype: compute dtype of the network (e.g. ``jnp.bfloat16``); parameters stay
         float32 and losses are computed in float32.
@@ -38,6 +42,7 @@ class Detector(nnx.Module):
         backbone: nnx.Module,
         neck: nnx.Module,
         head: nnx.Module,
+        seg_head: nnx.Module | None = None,
         *,
         pixel_mean: Sequence[float] = IMAGENET_MEAN,
         pixel_std: Sequence[float] = IMAGENET_STD,
@@ -46,6 +51,7 @@ class Detector(nnx.Module):
         self.backbone = backbone
         self.neck = neck
         self.head = head
+        self.seg_head = seg_head
         self.pixel_mean = tuple(float(v) for v in pixel_mean)
         self.pixel_std = tuple(float(v) for v in pixel_std)
         self.dtype = dtype
@@ -70,16 +76,33 @@ class Detector(nnx.Module):
         """Total loss (float32 scalar) and a dict of scalar metrics; ``rng`` as in :meth:`pyramid`
         (the train step passes one per step)."""
         # Heads cast their outputs to float32 before the losses.
-        loss, metrics = self.head.losses(self.pyramid(batch, rng), batch)
+        pyramid = self.pyramid(batch, rng)
+        if self.seg_head is None:
+            loss, metrics = self.head.losses(pyramid, batch)
+        else:
+            loss, metrics, queries = self.head.losses_with_queries(pyramid, batch)
+            seg_loss, seg_metrics = self.seg_head.losses(pyramid, batch, queries)
+            loss = loss + seg_loss
+            metrics = dict(metrics, **seg_metrics)
         return loss.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
     def predict(self, batch: Batch) -> Detections:
-        """Detections with boxes in ORIGINAL image pixels, clipped to the original size."""
-        dets = self.head.predict(self.pyramid(batch), batch)
+        """Detections with boxes in ORIGINAL image pixels, clipped to the original size
+        (with a segmentation head also ``masks`` on ``mask_boxes``, in original pixels, unclipped)."""
+        pyramid = self.pyramid(batch)
+        if self.seg_head is None:
+            dets = self.head.predict(pyramid, batch)
+        else:
+            dets, queries = self.head.predict_with_queries(pyramid, batch)
+            dets = self.seg_head.predict(pyramid, batch, dets, queries)
         # max(·, 1): padding samples of an incomplete eval batch have size 0.
         image_sizes = jnp.maximum(jnp.asarray(batch.image_sizes, jnp.float32), 1.0)  # resized (h, w)
         orig_sizes = jnp.asarray(batch.orig_sizes, jnp.float32)
         inv_scale_hw = orig_sizes / image_sizes  # evaluation resizes without cropping
         boxes = scale_boxes(dets.boxes.astype(jnp.float32), inv_scale_hw[:, None, ::-1])
         boxes = clip_boxes(boxes, orig_sizes[:, None, :])
-        return dets.replace(boxes=jnp.where(dets.valid[..., None], boxes, 0.0))
+        dets = dets.replace(boxes=jnp.where(dets.valid[..., None], boxes, 0.0))
+        if dets.mask_boxes is not None:
+            mask_boxes = scale_boxes(dets.mask_boxes.astype(jnp.float32), inv_scale_hw[:, None, ::-1])
+            dets = dets.replace(mask_boxes=jnp.where(dets.valid[..., None], mask_boxes, 0.0))
+        return dets

@@ -13,6 +13,8 @@ All functions are pure, jit-friendly and channels-last (NHWC).
   zeros, align_corners=False)`` at points, for the neck fusion at cell centres (T1356).
 - :func:`roi_mask_targets`: the EffSeg per-cell ground-truth values v (N§6.3, spec §6
   "Targets") from boolean masks without converting them to float.
+- :func:`roi_mask_centre_values`: the ground truth sampled at the cell centres (the
+  thesis's segmentation targets, T1364).
 
 Deviation (spec §6 "Stays in XLA"): the released code uses mmcv RoIAlign with adaptive
 sampling (``sampling_ratio=0``: ceil(roi_size / output_size) samples per bin, a
@@ -35,6 +37,7 @@ __all__ = [
     "sample_bilinear",
     "multilevel_sample_bilinear",
     "roi_mask_targets",
+    "roi_mask_centre_values",
     "roi_align_macs",
 ]
 
@@ -67,12 +70,14 @@ class _AxisSamples:
 
 
 def _roi_align_rows(table, row_offset, height, width, boxes, spatial_scale, output_size: int,
-                    sampling_ratio: int, aligned: bool):
+                    sampling_ratio: int, aligned: bool, pitch=None):
     """Shared RoIAlign core on a row table.
 
     Args:
-        table: [N, C] any dtype; the map of RoI i is rows ``row_offset[i] + y * width[i] + x``.
-        row_offset, height, width: int32 [...R] per RoI.
+        table: [N, C] any dtype; the map of RoI i is rows ``row_offset[i] + y * pitch[i] + x``.
+        row_offset, height, width: int32 [...R] per RoI; (height, width) is the map size the
+            border rules use (an image's valid map inside a padded one).
+        pitch: int32 [...R] row length of the stored map (default ``width``).
         boxes: [...R, 4] float, (x0, y0, x1, y1) in input pixels.
         spatial_scale: float or [...R] float, map pixels per input pixel.
 
@@ -95,7 +100,7 @@ def _roi_align_rows(table, row_offset, height, width, boxes, spatial_scale, outp
     xs = _AxisSamples(x0, roi_w / output_size, width, output_size, sampling_ratio)
 
     row0 = row_offset[..., None, None]
-    w = width[..., None, None]
+    w = (width if pitch is None else pitch)[..., None, None]
     total = None
     # One gather per bilinear corner, summed elementwise so XLA fuses the four gathers
     # and never materialises the [..., 4, C] corner samples.
@@ -198,7 +203,8 @@ def _pyramid_table(pyramid: Mapping[int, jax.Array], levels: jax.Array):
 
 
 def multilevel_roi_align(pyramid: Mapping[int, jax.Array], boxes: jax.Array, levels: jax.Array,
-                         output_size: int, sampling_ratio: int = 2, aligned: bool = True) -> jax.Array:
+                         output_size: int, sampling_ratio: int = 2, aligned: bool = True,
+                         image_sizes: jax.Array | None = None) -> jax.Array:
     """RoIAlign of every RoI on its own pyramid level, as one flattened gather.
 
     Args:
@@ -208,10 +214,14 @@ def multilevel_roi_align(pyramid: Mapping[int, jax.Array], boxes: jax.Array, lev
         levels: [B, R] int32 pyramid level of every RoI (e.g. :func:`roi_levels`);
             values outside the pyramid's keys are clamped to the nearest key.
         output_size, sampling_ratio, aligned: as :func:`roi_align`.
+        image_sizes: optional [B, 2] int (h, w) of each image inside the padding (input
+            pixels). The border rules then apply at the image's valid map,
+            ceil(h / 2^k) x ceil(w / 2^k) cells, so an image's RoI features do not depend
+            on its batch's padding (``msvision/ops/padding.py``).
 
     Returns:
         [B, R, output_size, output_size, C] float32; equal to ``roi_align(pyramid[k], ...,
-        spatial_scale=2^-k)`` for each RoI's level k.
+        spatial_scale=2^-k)`` for each RoI's level k (on the valid map with ``image_sizes``).
 
     Cost: one concatenated copy of the pyramid (sum_l B H_l W_l C elements) plus
     4 * sampling_ratio^2 * B R out^2 C gathered elements; no RoI touches another level.
@@ -219,7 +229,21 @@ def multilevel_roi_align(pyramid: Mapping[int, jax.Array], boxes: jax.Array, lev
     if sampling_ratio < 1:
         raise ValueError("adaptive sampling (sampling_ratio <= 0) has a data-dependent shape")
     table, offset, height, width, scale = _pyramid_table(pyramid, levels)
-    return _roi_align_rows(table, offset, height, width, boxes, scale, output_size, sampling_ratio, aligned)
+    pitch = width
+    if image_sizes is not None:
+        height, width = _valid_map_size(image_sizes, levels, height, width, min(int(k) for k in pyramid),
+                                        max(int(k) for k in pyramid))
+    return _roi_align_rows(table, offset, height, width, boxes, scale, output_size, sampling_ratio, aligned,
+                           pitch=pitch)
+
+
+def _valid_map_size(image_sizes, levels, height, width, min_level: int, max_level: int):
+    """Per-RoI valid map size ceil(size / 2^k), at most the stored size. [B, R] int32 each."""
+    stride = jnp.left_shift(1, jnp.clip(levels.astype(jnp.int32), min_level, max_level))
+    sizes = jnp.asarray(image_sizes, jnp.int32).reshape((image_sizes.shape[0],) + (1,) * (levels.ndim - 1) + (2,))
+    valid_h = (sizes[..., 0] + stride - 1) // stride
+    valid_w = (sizes[..., 1] + stride - 1) // stride
+    return jnp.minimum(valid_h, height), jnp.minimum(valid_w, width)
 
 
 def sample_bilinear(features: jax.Array, points: jax.Array) -> jax.Array:
@@ -265,7 +289,8 @@ def multilevel_sample_bilinear(pyramid: Mapping[int, jax.Array], points: jax.Arr
 
 
 def roi_mask_targets(masks: jax.Array, boxes: jax.Array, mask_index: jax.Array, mask_stride: float = 1.0,
-                     output_size: int = 112, num_scales: int = 4) -> tuple[jax.Array, ...]:
+                     output_size: int = 112, num_scales: int = 4,
+                     image_sizes: jax.Array | None = None) -> tuple[jax.Array, ...]:
     """EffSeg per-cell ground-truth values v at 112^2, 56^2, 28^2, 14^2 (spec §6 "Targets").
 
     v at 112^2 is a RoIAlign (aligned, 2 x 2 samples per cell) of the ground-truth mask
@@ -285,6 +310,9 @@ def roi_mask_targets(masks: jax.Array, boxes: jax.Array, mask_index: jax.Array, 
         mask_stride: image pixels per mask pixel.
         output_size: finest grid (112 for EffSeg).
         num_scales: number of grids returned, each half the previous.
+        image_sizes: optional [B, 2] int (h, w) of each image inside the padding (input
+            pixels); the border rules then apply at the image's own mask size
+            ceil(size / mask_stride), not at the padded ``(Hm, Wm)``.
 
     Returns:
         ``num_scales`` arrays [B, R, S, S] float32 with S = output_size / 2^i.
@@ -303,13 +331,62 @@ def roi_mask_targets(masks: jax.Array, boxes: jax.Array, mask_index: jax.Array, 
     row_offset = (b * num_masks + mask_index.astype(jnp.int32)) * (mask_h * mask_w)
     h = jnp.full(mask_index.shape, mask_h, jnp.int32)
     w = jnp.full(mask_index.shape, mask_w, jnp.int32)
-    finest = _roi_align_rows(table, row_offset, h, w, boxes, 1.0 / mask_stride, output_size, 2, True)[..., 0]
+    pitch = w
+    if image_sizes is not None:
+        sizes = jnp.ceil(jnp.asarray(image_sizes, jnp.float32) / mask_stride).astype(jnp.int32)
+        h = jnp.minimum(h, sizes[:, None, 0])
+        w = jnp.minimum(w, sizes[:, None, 1])
+    finest = _roi_align_rows(table, row_offset, h, w, boxes, 1.0 / mask_stride, output_size, 2, True,
+                             pitch=pitch)[..., 0]
     values = [finest]
     for _ in range(num_scales - 1):
         v = values[-1]
         s = v.shape[-1] // 2
         values.append(v.reshape(*v.shape[:-2], s, 2, s, 2).mean(axis=(-3, -1)))
     return tuple(values)
+
+
+def roi_mask_centre_values(masks: jax.Array, boxes: jax.Array, mask_index: jax.Array, output_size: int,
+                           mask_stride: float = 1.0, image_sizes: jax.Array | None = None) -> jax.Array:
+    """The ground-truth mask sampled at the centre of every cell of an S x S RoI grid (thesis T1364).
+
+    Cell (i, j) of a RoI (x0, y0, x1, y1) is centred at
+    ``(x0 + (j + 0.5) w / S, y0 + (i + 0.5) h / S)``; its value is the mask pixel that
+    contains that point (pixel (a, b) of a stride-s mask covers image pixels
+    [b s, (b+1) s) x [a s, (a+1) s)), zero outside the mask (or, with ``image_sizes``,
+    outside the image's own ceil(size / s) region).
+
+    Args:
+        masks: [B, M, Hm, Wm] bool / uint8 / float ground-truth masks.
+        boxes: [B, R, 4] float, (x0, y0, x1, y1) in input-image pixels.
+        mask_index: [B, R] int32 mask of each RoI in [0, M).
+        output_size: static S.
+        mask_stride: image pixels per mask pixel.
+        image_sizes: optional [B, 2] int (h, w) of the images inside the padding.
+
+    Returns:
+        [B, R, S, S] float32 mask values (0/1 for boolean masks); row i is y.
+    """
+    batch, num_masks, mask_h, mask_w = masks.shape
+    boxes = boxes.astype(jnp.float32)
+    centre = (jnp.arange(output_size, dtype=jnp.float32) + 0.5) / output_size
+    xs = (boxes[..., 0:1] + centre * (boxes[..., 2:3] - boxes[..., 0:1])) / mask_stride  # [B, R, S]
+    ys = (boxes[..., 1:2] + centre * (boxes[..., 3:4] - boxes[..., 1:2])) / mask_stride
+    col = jnp.floor(xs).astype(jnp.int32)
+    row = jnp.floor(ys).astype(jnp.int32)
+    limit_h = jnp.full((batch, 1, 1), mask_h, jnp.int32)
+    limit_w = jnp.full((batch, 1, 1), mask_w, jnp.int32)
+    if image_sizes is not None:
+        sizes = jnp.ceil(jnp.asarray(image_sizes, jnp.float32) / mask_stride).astype(jnp.int32)
+        limit_h = jnp.minimum(limit_h, sizes[:, 0].reshape(batch, 1, 1))
+        limit_w = jnp.minimum(limit_w, sizes[:, 1].reshape(batch, 1, 1))
+    col_ok = (col >= 0) & (col < limit_w)
+    row_ok = (row >= 0) & (row < limit_h)
+    b = jnp.arange(batch, dtype=jnp.int32)[:, None, None, None]
+    m = mask_index.astype(jnp.int32)[..., None, None]
+    values = masks[b, m, jnp.clip(row, 0, mask_h - 1)[..., :, None], jnp.clip(col, 0, mask_w - 1)[..., None, :]]
+    inside = row_ok[..., :, None] & col_ok[..., None, :]
+    return jnp.where(inside, values.astype(jnp.float32), 0.0)
 
 
 def roi_align_macs(num_rois: int, output_size: int, channels: int, sampling_ratio: int = 2) -> int:

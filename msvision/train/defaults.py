@@ -18,4 +18,6 @@ def default_train_config() -> ml_collections.ConfigDict:
 
 
 def default_eval_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(visualize=8))
+    # box_mask_baseline: with a segmentation head, also score the predicted boxes filled as
+    # masks (``box_as_mask/...`` metrics), the reference a mask head has to beat.
+    return ml_collections.ConfigDict(dict(visualize=8, box_mask_baseline=False))

@@ -2,8 +2,12 @@
 
 Writes, under ``WORKDIR/eval/``: ``results_<step>.json`` (COCO results format,
 the dataset's own category ids), ``metrics_<step>.json`` (``bbox/AP``,
-``bbox/AP50``, …, ``num_images``: images evaluated) and, when asked,
-``vis_<step>/*.png`` with predicted boxes (solid) and ground truth (dashed).
+``bbox/AP50``, …, ``num_images``: images evaluated; with a segmentation head also
+``segm/AP``, … from masks pasted at the original image size,
+:mod:`msvision.evaluation.masks`, and with ``eval.box_mask_baseline``
+``box_as_mask/AP``, …: the mask metrics of the predicted boxes filled as masks, the
+trivial baseline of a mask head) and, when asked, ``vis_<step>/*.png`` with
+predicted boxes (solid, masks blended) and ground truth (dashed).
 
 Several processes: each reads its share of every global batch (process ``i`` of
 ``n``: images ``≡ i (mod n)``, ``msvision.data.pipeline``), the predictions are
@@ -26,6 +30,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from msvision.evaluation import coco_eval, visualize
+from msvision.evaluation.masks import detection_box_masks, detection_image_masks
 from msvision.structures import Batch, Detections
 from msvision.train import data_setup
 from msvision.train import sharding as sharding_lib
@@ -52,21 +57,35 @@ def evaluate_detector(
     )
     results: list[dict] = []
     seen: set[int] = set()
+    box_mask_results: list[dict] = []  # eval.box_mask_baseline: the boxes filled as masks
+    box_mask_baseline = bool(config.get("eval", {}).get("box_mask_baseline", False))
     vis_dir = os.path.join(workdir, "eval", f"vis_{step}")
     drawn = 0
     is_main = jax.process_index() == 0
+    has_masks = False
     for local_batch in tqdm(eval_iter, desc="eval", disable=not is_main, dynamic_ncols=True):
         batch = sharding_lib.shard_batch(local_batch, mesh)
         # Every process gets the whole global batch: its own images and the others'.
         detections = sharding_lib.gather_to_host(predict(batch))
         image_ids = _first_occurrences(sharding_lib.gather_to_host(batch.image_ids), seen)
+        orig_sizes = sharding_lib.gather_to_host(batch.orig_sizes) if detections.masks is not None else None
         if not is_main:
             continue
+        image_masks = None
+        if detections.masks is not None:  # segmentation head: masks at the original size
+            has_masks = True
+            image_masks = detection_image_masks(detections, orig_sizes)
+            if box_mask_baseline:
+                box_mask_results.extend(coco_eval.detections_to_coco_results(
+                    detections, image_ids, dataset_info.label_to_category,
+                    image_masks=detection_box_masks(detections, orig_sizes)))
         results.extend(
-            coco_eval.detections_to_coco_results(detections, image_ids, dataset_info.label_to_category)
+            coco_eval.detections_to_coco_results(detections, image_ids, dataset_info.label_to_category,
+                                                 image_masks=image_masks)
         )
         if drawn < visualize_count:
-            drawn += _draw(image_ids, detections, dataset_info, vis_dir, visualize_count - drawn)
+            drawn += _draw(image_ids, detections, dataset_info, vis_dir, visualize_count - drawn,
+                           image_masks=image_masks)
     if len(seen) != len(dataset_info.val_source):
         log.warning("evaluated %d of the %d validation images (unreadable ones are skipped)",
                     len(seen), len(dataset_info.val_source))
@@ -75,9 +94,14 @@ def evaluate_detector(
         out_dir = os.path.join(workdir, "eval")
         os.makedirs(out_dir, exist_ok=True)
         coco_eval.write_results_json(os.path.join(out_dir, f"results_{step}.json"), results)
-        evaluator = coco_eval.CocoEvaluator(dataset_info.val_annotations, iou_types=("bbox",))
+        evaluator = coco_eval.CocoEvaluator(dataset_info.val_annotations,
+                                            iou_types=("bbox", "segm") if has_masks else ("bbox",))
         evaluator.add(results)
         metrics = evaluator.evaluate()
+        if box_mask_results:
+            baseline = coco_eval.CocoEvaluator(dataset_info.val_annotations, iou_types=("segm",))
+            baseline.add(box_mask_results)
+            metrics.update({f"box_as_mask/{k.split('/', 1)[1]}": v for k, v in baseline.evaluate().items()})
         print(f"COCO evaluation at step {step} ({len(seen)} images, {len(results)} detections):")
         print(coco_eval.format_table(metrics))
         metrics["num_images"] = float(len(seen))
@@ -107,9 +131,11 @@ def _first_occurrences(image_ids: np.ndarray, seen: set[int]) -> np.ndarray:
     return ids
 
 
-def _draw(image_ids: np.ndarray, detections: Detections, dataset_info, out_dir: str, limit: int) -> int:
+def _draw(image_ids: np.ndarray, detections: Detections, dataset_info, out_dir: str, limit: int,
+          image_masks=None) -> int:
     """Writes up to ``limit`` PNGs (original resolution) of a gathered global batch:
-    ``image_ids [B] int`` (``-1`` = padding) and its ``detections``; returns how many."""
+    ``image_ids [B] int`` (``-1`` = padding) and its ``detections``; returns how many.
+    ``image_masks``: optional per image ``[K, h, w] bool`` masks of the detections (drawn)."""
     os.makedirs(out_dir, exist_ok=True)
     count = 0
     for i, image_id in enumerate(np.asarray(image_ids).reshape(-1)):
@@ -126,6 +152,7 @@ def _draw(image_ids: np.ndarray, detections: Detections, dataset_info, out_dir: 
             dataset_info.class_names,
             gt_boxes=gt_boxes,
             gt_labels=gt_labels,
+            masks=None if image_masks is None else image_masks[i][detections.valid[i]],
         )
         picture.save(os.path.join(out_dir, f"{image_id}.png"))
         count += 1

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from msvision.ops.roi_align import (multilevel_roi_align, multilevel_sample_bilinear, roi_align, roi_levels,
-                                    roi_mask_targets, sample_bilinear)
+                                    roi_mask_centre_values, roi_mask_targets, sample_bilinear)
 
 
 def random_boxes(rng, batch, rois, image_h, image_w, spill=0.3):
@@ -209,3 +209,70 @@ def test_mask_targets_are_roi_align_with_growing_sampling(mask_stride):
                                        2 << level, True)
             np.testing.assert_allclose(v[:, r], expected[:, 0, ..., 0], rtol=1e-5, atol=1e-6)
     assert float(jnp.min(values[0])) >= 0.0 and float(jnp.max(values[0])) <= 1.0
+
+
+# --- padding-aware variants (an image's RoI features / targets do not depend on its batch) ---
+
+
+def test_multilevel_roi_align_with_image_sizes_equals_the_image_alone():
+    """A RoI of an image padded into a larger canvas reads what the image alone reads: the
+    border rules (clamp in [size-1, size], zero beyond) apply at ceil(h / 2^k), not at the
+    canvas. Without image_sizes the padded result differs near the border."""
+    rng = np.random.default_rng(21)
+    h, w = 37, 45  # not multiples of the strides
+    canvas_h, canvas_w = 64, 64
+    keys = (2, 3, 4)
+    alone = {k: rng.standard_normal((1, -(-h // 2 ** k), -(-w // 2 ** k), 3)).astype(np.float32) for k in keys}
+    padded = {k: np.pad(v, ((0, 0), (0, canvas_h // 2 ** k - v.shape[1]), (0, canvas_w // 2 ** k - v.shape[2]),
+                            (0, 0)), constant_values=7.0) for k, v in alone.items()}  # garbage in the padding
+    boxes = random_boxes(rng, 1, 12, h, w, spill=0.4)
+    levels = rng.integers(2, 5, (1, 12)).astype(np.int32)
+    fn = jax.jit(multilevel_roi_align, static_argnums=3)
+    expected = np.asarray(fn({k: jnp.asarray(v) for k, v in alone.items()}, jnp.asarray(boxes), jnp.asarray(levels),
+                             5))
+    actual = np.asarray(jax.jit(lambda p, b, l, s: multilevel_roi_align(p, b, l, 5, image_sizes=s))(
+        {k: jnp.asarray(v) for k, v in padded.items()}, jnp.asarray(boxes), jnp.asarray(levels),
+        jnp.asarray([[h, w]], jnp.int32)))
+    np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
+    plain = np.asarray(fn({k: jnp.asarray(v) for k, v in padded.items()}, jnp.asarray(boxes), jnp.asarray(levels), 5))
+    assert np.abs(plain - expected).max() > 1e-2  # the test would catch a padding leak
+
+
+def test_mask_targets_with_image_sizes_equal_the_image_alone():
+    rng = np.random.default_rng(22)
+    h, w = 21, 27
+    masks = rng.random((1, 2, h, w)) > 0.5
+    padded = np.zeros((1, 2, 32, 40), bool)
+    padded[:, :, :h, :w] = masks
+    boxes = random_boxes(rng, 1, 5, h, w, spill=0.3)
+    index = rng.integers(0, 2, (1, 5)).astype(np.int32)
+    expected = roi_mask_targets(jnp.asarray(masks), jnp.asarray(boxes), jnp.asarray(index), 1.0, 8, 2)
+    actual = roi_mask_targets(jnp.asarray(padded), jnp.asarray(boxes), jnp.asarray(index), 1.0, 8, 2,
+                              image_sizes=jnp.asarray([[h, w]]))
+    for e, a in zip(expected, actual):
+        np.testing.assert_allclose(a, e, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask_stride", [1, 2])
+def test_mask_centre_values_match_numpy_loop(mask_stride):
+    """The ground truth at every cell centre (thesis T1364): the mask pixel containing it."""
+    rng = np.random.default_rng(23 + mask_stride)
+    masks = rng.random((2, 3, 12, 15)) > 0.5
+    image_sizes = np.array([[12 * mask_stride, 15 * mask_stride], [9 * mask_stride, 11 * mask_stride]], np.int32)
+    boxes = random_boxes(rng, 2, 4, 12 * mask_stride, 15 * mask_stride, spill=0.2)
+    index = rng.integers(0, 3, (2, 4)).astype(np.int32)
+    size = 6
+    actual = np.asarray(roi_mask_centre_values(jnp.asarray(masks), jnp.asarray(boxes), jnp.asarray(index), size,
+                                               mask_stride, jnp.asarray(image_sizes)))
+    for b in range(2):
+        lim_h, lim_w = -(-image_sizes[b, 0] // mask_stride), -(-image_sizes[b, 1] // mask_stride)
+        for r in range(4):
+            x0, y0, x1, y1 = boxes[b, r].astype(np.float64)
+            for i in range(size):
+                for j in range(size):
+                    x = (x0 + (j + 0.5) * (x1 - x0) / size) / mask_stride
+                    y = (y0 + (i + 0.5) * (y1 - y0) / size) / mask_stride
+                    row, col = math.floor(y), math.floor(x)
+                    inside = 0 <= row < lim_h and 0 <= col < lim_w
+                    expected = float(masks[b, index[b, r], row, col]) if inside else 0.0
+                    assert actual[b, r, i, j] == expected, (b, r, i, j)

@@ -96,3 +96,77 @@ def test_forward_and_backward_lower_for_cuda_on_cpu():
         assert f'name = "{name}"' in backward_text, name
     bf16 = [x.astype(jnp.bfloat16) for x in (table, weights, biases)]
     assert 'name = "sfm_backward_passives"' in _lowered_for_cuda(grad, *bf16)
+
+
+# --- impl="auto": platform-dependent dispatch and the kernel self-check (issue 11) ---------
+
+
+def _auto_case():
+    sps, rng = partial_sps(3, 2, 3, 8, (5,))
+    weights, biases = weights_for(rng, 8, 8)
+    return sps.feature_table(), (sps.id_map, sps.act_xy, sps.act_roi), weights, biases, rng
+
+
+def test_auto_on_cpu_equals_xla_values_and_gradients():
+    """The platform-dependent custom VJP (XLA branch here) against the plain XLA op."""
+    table, args, weights, biases, rng = _auto_case()
+    cot = jnp.asarray(rng.standard_normal((args[1].shape[0], 8)), jnp.float32)
+
+    def run(impl):
+        out, vjp = jax.vjp(lambda t, w, b: sfm(t, *args, w, b, impl=impl), table, weights, biases)
+        return out, vjp(cot)
+
+    expected = jax.jit(lambda: run("xla"))()
+    actual = jax.jit(lambda: run("auto"))()
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected)):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_lowers_to_triton_for_cuda_and_to_xla_for_cpu():
+    table, args, weights, biases, _ = _auto_case()
+    grad = jax.grad(lambda t, w, b: jnp.sum(sfm(t, *args, w, b, impl="auto") ** 2), argnums=(0, 1, 2))
+    cuda = _lowered_for_cuda(grad, table, weights, biases)
+    assert 'name = "sfm_forward"' in cuda and 'name = "sfm_backward_passives"' in cuda
+    cpu = jax.jit(grad).trace(table, weights, biases).lower(lowering_platforms=("cpu",)).as_text()
+    assert "triton" not in cpu
+
+
+@pytest.fixture
+def simulated_gpu(monkeypatch):
+    from msvision.ops import kernel_selfcheck
+
+    kernel_selfcheck.reset_verdicts()
+    kernel_selfcheck.set_mode(None)
+    monkeypatch.delenv(kernel_selfcheck.ENV_VAR, raising=False)
+    monkeypatch.setattr(kernel_selfcheck, "_default_backend", lambda: "gpu")
+    yield kernel_selfcheck
+    kernel_selfcheck.reset_verdicts()
+
+
+@pytest.mark.parametrize("passes", [True, False])
+def test_auto_is_self_checked_on_first_gpu_use(simulated_gpu, monkeypatch, passes):
+    """On a (simulated) GPU host the registered check runs once; a kernel that agrees with XLA
+    is lowered, one that disagrees falls back to XLA with a warning."""
+    import dataclasses
+    import functools
+
+    from msvision.ops.sps import auto
+    from msvision.ops.sps.triton_kernel import sfm_triton
+
+    check = simulated_gpu
+    kernel = functools.partial(sfm_triton, dilations=(1, 3, 5), interpret=True)
+    if not passes:
+        kernel = lambda *a, **k: 2.0 * functools.partial(sfm_triton, dilations=(1, 3, 5), interpret=True)(*a)  # noqa
+    spec = check._REGISTRY[auto.SFM_TRITON]
+    monkeypatch.setitem(check._REGISTRY, auto.SFM_TRITON,
+                        dataclasses.replace(spec, kernel=auto.outputs_and_gradients(kernel)))
+    table, args, weights, biases, _ = _auto_case()
+    forward = lambda t, w, b: sfm(t, *args, w, b, impl="auto")  # noqa: E731
+    if passes:
+        text = _lowered_for_cuda(forward, table, weights, biases)
+    else:
+        with pytest.warns(check.KernelFallbackWarning):
+            text = _lowered_for_cuda(forward, table, weights, biases)
+    assert ('name = "sfm_forward"' in text) == passes
+    verdict = check.verdicts()[(auto.SFM_TRITON, "gpu")]
+    assert verdict.ok == passes

@@ -12,9 +12,12 @@
 - ``"triton"``: the Pallas Triton kernels (NVIDIA/AMD GPUs); isolated in one module
   because the Pallas Triton backend is deprecated from jax 0.11;
 - ``"triton_interpret"``: the same kernels in Pallas's interpreter (CPU tests);
-- ``"auto"``: ``"triton"`` on a GPU backend, else ``"xla"``. A first-call self-check
-  (``msvision/ops/kernel_selfcheck.py``) can wrap this function: both implementations
-  share the signature and are selected only here.
+- ``"auto"``: the Triton kernels when the computation is lowered for CUDA/ROCm, the
+  XLA IdConvs otherwise, chosen per lowering platform (``lax.platform_dependent``,
+  :mod:`.auto`); on a GPU host the kernel is self-checked against XLA on first use
+  (``msvision/ops/kernel_selfcheck.py``, name ``"sfm_triton"``) and falls back to XLA
+  with a warning if it fails. :func:`resolve_impl` reports what ``"auto"`` runs on
+  the default backend.
 """
 
 from __future__ import annotations
@@ -65,6 +68,10 @@ def sfm(features_table: jax.Array, id_map: jax.Array, act_xy: jax.Array, act_roi
     dilations = tuple(int(d) for d in dilations)
     if weights.shape[0] != len(dilations) or biases.shape[0] != len(dilations):
         raise ValueError(f"{len(dilations)} dilations but weights {weights.shape}, biases {biases.shape}")
+    if impl == "auto":
+        from msvision.ops.sps.auto import sfm_auto
+
+        return sfm_auto(features_table, id_map, act_xy, act_roi, weights, biases, dilations)
     impl = resolve_impl(impl)
     if impl == "xla":
         return sfm_xla(features_table, id_map, act_xy, act_roi, weights, biases, dilations)

@@ -56,10 +56,10 @@ from msvision.models.heads.fqdet.modules import (
 )
 from msvision.models.heads.fqdet.postprocess import FQDetPostProcess
 from msvision.ops.anchors import AnchorSpec, anchor_cells, anchors_in_valid_map
-from msvision.ops.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, decode_box_deltas
+from msvision.ops.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, decode_box_deltas, elementwise_box_iou
 from msvision.ops.padding import mask_padding
 from msvision.ops.queries import select_topk_queries
-from msvision.structures import Batch, Detections
+from msvision.structures import Batch, Detections, QueryOutputs
 
 Array = jax.Array
 
@@ -288,6 +288,14 @@ class FQDetHead(nnx.Module):
 
     def losses(self, pyramid: dict[int, Array], batch: Batch) -> tuple[Array, dict[str, Array]]:
         """Selection + stage-2 losses (summed over supervised layers), float32."""
+        total, metrics, _ = self.losses_with_queries(pyramid, batch)
+        return total, metrics
+
+    def losses_with_queries(self, pyramid: dict[int, Array],
+                            batch: Batch) -> tuple[Array, dict[str, Array], QueryOutputs]:
+        """:meth:`losses` plus what a segmentation head needs (thesis 5.3.3, spec §0):
+        the last layer's queries and predicted boxes (unclipped, pixels) and the stage-2
+        matches of the last supervised output (a query has at most one gt, N§5.7)."""
         res = self(pyramid, batch)
         num_gt = jnp.sum(jnp.asarray(batch.valid) & ~jnp.asarray(batch.is_crowd)).astype(jnp.float32)
         sel_pos, sel_ignore, cands, cand_valid = self.matcher.selection_targets(
@@ -308,12 +316,24 @@ class FQDetHead(nnx.Module):
         total = sum(v for k, v in metrics.items() if k.startswith("loss_"))
         metrics["num_pos_queries"] = jnp.sum(positive) / positive.shape[0]
         metrics["num_pos_anchors"] = jnp.sum(sel_pos) / sel_pos.shape[0]
-        return total, metrics
+        last = res["outputs"][-1]
+        gt_boxes = jnp.take_along_axis(jnp.asarray(batch.boxes, jnp.float32), matched[..., None], axis=1)
+        quality = jnp.where(positive, elementwise_box_iou(last["priors"], gt_boxes), 0.0)
+        queries = QueryOutputs(queries=res["queries"], boxes=last["boxes"], matched=matched, positive=positive,
+                               match_quality=quality)
+        return total, metrics, queries
 
     def predict(self, pyramid: dict[int, Array], batch: Batch) -> Detections:
         """Detections in padded-input pixels, ``inference.max_detections`` per image."""
+        return self.predict_with_queries(pyramid, batch)[0]
+
+    def predict_with_queries(self, pyramid: dict[int, Array], batch: Batch) -> tuple[Detections, QueryOutputs]:
+        """:meth:`predict` plus the queries, their unclipped boxes and the query of every
+        detection (a segmentation head computes one mask per query, N§6.4)."""
         res = self(pyramid, batch)
         dup = None
         if self.duplicate_net is not None and self.postprocess.duplicate_removal != "learn_nms":
             dup = self.duplicate_net(res["queries"])
-        return self.postprocess(res["outputs"][-1], batch.image_sizes, self.num_classes, dup)
+        dets, det_queries = self.postprocess.select(res["outputs"][-1], batch.image_sizes, self.num_classes, dup)
+        return dets, QueryOutputs(queries=res["queries"], boxes=res["outputs"][-1]["boxes"],
+                                  detection_queries=det_queries)

@@ -71,6 +71,12 @@ class FQDetPostProcess:
           image_sizes: ``[B, 2]`` int ``(h, w)`` of the images inside the padding.
           duplicate_logits: ``[B, Q, Q]`` (learned duplicate removal only).
         """
+        return self.select(out, image_sizes, num_classes, duplicate_logits)[0]
+
+    def select(self, out: dict, image_sizes: Array, num_classes: int,
+               duplicate_logits: Optional[Array] = None) -> tuple[Detections, Array]:
+        """:meth:`__call__` plus ``[B, max_detections] int32``: the query of every detection
+        (0 where invalid)."""
         scores = jax.nn.sigmoid(out["cls"][..., :num_classes])  # [B, Q, K]
         if out["box_score"] is not None:
             scores = scores * jax.nn.sigmoid(out["box_score"])[..., None]
@@ -106,12 +112,13 @@ class FQDetPostProcess:
 
         keep, keep_valid = jax.vmap(select_one)(cand_boxes, cand_scores, labels, cand_valid)
         take = lambda x: jnp.take_along_axis(x, keep if x.ndim == 2 else keep[..., None], axis=1)  # noqa: E731
-        return Detections(
+        dets = Detections(
             boxes=jnp.where(keep_valid[..., None], take(cand_boxes), 0.0),
             scores=jnp.where(keep_valid, take(cand_scores), 0.0),
             labels=jnp.where(keep_valid, take(labels), 0),
             valid=keep_valid,
         )
+        return dets, jnp.where(keep_valid, take(query_ids.astype(jnp.int32)), 0)
 
     def learned_duplicate_removal(self, logits: Array, query_ids: Array, labels: Array, scores: Array,
                                   valid: Array) -> tuple[Array, Array]:

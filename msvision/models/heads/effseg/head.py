@@ -1,0 +1,288 @@
+"""The EffSeg segmentation head with Structure-Preserving Sparsity (thesis 5.3, figure 5.3).
+
+Inputs (T1338): the neck pyramid (P2–P5 used), one box per RoI (the detector's predicted
+box, no gradient, unclipped; N§6.1) and one query feature per RoI.
+
+Stage 0, dense 14×14, F0 = pyramid width (T1342–1348):
+  RoIAlign 14×14 from P_k0, k0 = 2 + min(⌊log2(√(wh)/56)⌋, 3) (eq. 5.1) → + sine
+  position encoding of the cells (released code, N§6.1; ``position_encoding``) → query
+  fusion → FCN of ``fcn_convs`` 3×3 convolutions with ReLUs → segmentation and
+  refinement logits by two 2-layer MLPs.
+Stages s = 1..num_stages, sparse (SPS, T1350–1362), F_s = F0 / 2^s:
+  the K cells of highest refinement logit of the image become active and split into
+  2×2 children (4 child MLPs), the others join the passives (:func:`select_and_split`);
+  neck fusion with P_ks sampled at the child's cell centre, ks = max(k0 − s, 2)
+  (eq. 5.2); a shared ``Linear(F, F/2)+ReLU`` transition of actives and passives; the
+  processing module (table 5.7; default SFM) on the actives; segmentation and
+  refinement logits of the actives.
+
+Fixed capacities (per image, spec §6): R RoIs (training: ``max_train_rois``, see
+:mod:`.targets`; inference: one per detection slot), C0 = 196·R stage-0 cells,
+K = min(``max_selected``, C0) selected per stage (10,000 in the thesis, T1352; all
+cells with ``processing='dense_sfm'``), 4K actives, passives P1 = C0 − K,
+P_{s+1} = P_s + 3K (:func:`~msvision.ops.sps.sps_capacities`). Nothing overflows at
+the cell level: the selection picks the best K valid cells, and when an image has
+fewer valid cells the leftover picks are invalid slots (the released code's "refine
+everything"), masked out of losses and inference.
+
+Padding-aware (``msvision/ops/padding.py``): RoIAlign applies its border rules at the
+image's valid map and the neck is sampled on maps zeroed outside the image, so an
+image's masks do not depend on its batch's padding.
+
+Config (``model.seg_head``, name 'effseg'): the constructor keywords below;
+``python -m msvision.models.build --kind seg_head --name effseg`` prints them.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from msvision.models.heads.effseg.criterion import EffSegCriterion
+from msvision.models.heads.effseg.modules import (ChildNetwork, NeckFusion, ProcessingModule, QueryFusion,
+                                                  TwoLayerMLP, sine_position_encoding, torch_linear)
+from msvision.models.heads.effseg.postprocess import (EffSegPostProcess, assemble_mask_logits, mask_scores,
+                                                      unique_queries)
+from msvision.models.heads.effseg.targets import mask_targets, select_train_rois
+from msvision.models.layers import Conv2d, kaiming_normal_fan_out
+from msvision.ops.padding import mask_padding
+from msvision.ops.roi_align import multilevel_roi_align, multilevel_sample_bilinear, roi_levels
+from msvision.ops.sps import SPS, select_and_split, sps_capacities, sps_from_dense
+from msvision.structures import Batch, Detections, QueryOutputs
+
+Array = jax.Array
+
+
+class EffSegHead(nnx.Module):
+    """EffSeg (see the module docstring).
+
+    Args:
+      levels: pyramid levels of the neck (``neck.out_levels``); ``roi_levels`` must be among them.
+      channels: pyramid width = query width = F0.
+      num_stages: sparse refinement stages (3: 14 → 112, T1350).
+      base_resolution: stage-0 grid (14, T1342).
+      fcn_convs: 3×3 convolutions of the stage-0 FCN (4, T1346).
+      processing: table 5.7's processing module, 'sfm' | 'conv' | 'deform_conv' | 'mlp' |
+        'dense_sfm' (:class:`~.modules.ProcessingModule`).
+      dilations: SFM dilations (1, 3, 5, T1360).
+      position_encoding: add the sine encoding of the cells to the RoI features (released
+        code only, N§6.1).
+      roi_levels: (first, last) pyramid level of the RoIAlign, eq. 5.1 (P2–P5).
+      canonical_size: eq. 5.1's 56.
+      roi_sampling_ratio: RoIAlign samples per bin and axis (fixed: mmcv's adaptive
+        count is data-dependent, spec §6).
+      max_selected: K, cells refined per image and stage (10,000, T1352).
+      max_train_rois: training RoIs per image (capacity; :mod:`.targets`).
+      sfm_impl: the SFM implementation (``msvision.ops.sps.sfm``).
+      loss, inference: :class:`.EffSegCriterion`, :class:`.EffSegPostProcess`.
+    """
+
+    def __init__(
+        self,
+        levels: Sequence[int] = (2, 3, 4, 5, 6, 7),
+        channels: int = 256,
+        *,
+        num_stages: int = 3,
+        base_resolution: int = 14,
+        fcn_convs: int = 4,
+        processing: str = "sfm",
+        dilations: tuple[int, ...] = (1, 3, 5),
+        position_encoding: bool = True,
+        roi_levels: tuple[int, int] = (2, 5),
+        canonical_size: float = 56.0,
+        roi_sampling_ratio: int = 2,
+        max_selected: int = 10_000,
+        max_train_rois: int = 128,
+        sfm_impl: str = "auto",
+        loss: EffSegCriterion = EffSegCriterion(),
+        inference: EffSegPostProcess = EffSegPostProcess(),
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        first, last = (int(v) for v in roi_levels)
+        missing = [l for l in range(first, last + 1) if l not in tuple(levels)]
+        if missing:
+            raise ValueError(f"EffSeg reads pyramid levels {first}..{last}; the neck has {tuple(levels)}")
+        if channels % (2 ** num_stages) or (channels // 2 ** num_stages) < 1:
+            raise ValueError(f"{channels} channels cannot be halved {num_stages} times")
+        if len(loss.seg_weights) < num_stages + 1:
+            raise ValueError(f"{num_stages + 1} stages need as many loss weights, got {loss.seg_weights}")
+        self.levels = tuple(sorted(levels))
+        self.channels = channels
+        self.num_stages = num_stages
+        self.base_resolution = base_resolution
+        self.processing = processing
+        self.position_encoding = position_encoding
+        self.roi_levels = (first, last)
+        self.canonical_size = float(canonical_size)
+        self.roi_sampling_ratio = int(roi_sampling_ratio)
+        self.max_selected = int(max_selected)
+        self.max_train_rois = int(max_train_rois)
+        self.criterion = loss
+        self.postprocess = inference
+        self.dtype = dtype
+
+        kw = dict(dtype=dtype, rngs=rngs)
+        f = channels
+        self.query_fusion = QueryFusion(f, channels, **kw)
+        self.fcn = nnx.List([
+            Conv2d(f, f, 3, kernel_init=kaiming_normal_fan_out(), **kw) for _ in range(fcn_convs)
+        ])
+        self.seg_mlps = nnx.List([TwoLayerMLP(f, f, 1, **kw)])
+        self.ref_mlps = nnx.List([TwoLayerMLP(f, f, 1, **kw)])
+        self.children_nets = nnx.List()
+        self.neck_fusions = nnx.List()
+        self.transitions = nnx.List()
+        self.processors = nnx.List()
+        for _ in range(num_stages):
+            self.children_nets.append(ChildNetwork(f, **kw))
+            self.neck_fusions.append(NeckFusion(f, channels, **kw))
+            self.transitions.append(torch_linear(f, f // 2, **kw))
+            f //= 2
+            self.processors.append(ProcessingModule(f, processing, dilations, sfm_impl, **kw))
+            self.seg_mlps.append(TwoLayerMLP(f, f, 1, **kw))
+            self.ref_mlps.append(TwoLayerMLP(f, f, 1, **kw))
+
+    # --- capacities ------------------------------------------------------------------
+
+    def selected_per_stage(self, num_rois: int) -> tuple[int, ...]:
+        """Static K of each stage update for ``num_rois`` RoIs per image."""
+        if self.processing == "dense_sfm":  # every cell active (table 5.7's DenseSFM)
+            c0 = num_rois * self.base_resolution ** 2
+            return tuple(c0 * 4 ** s for s in range(self.num_stages))
+        return sps_capacities(num_rois, self.max_selected, self.num_stages, self.base_resolution).selected
+
+    # --- network ---------------------------------------------------------------------
+
+    def __call__(self, pyramid: dict[int, Array], image_sizes: Array, queries: Array, boxes: Array,
+                 roi_valid: Array) -> list[dict]:
+        """Every stage's predictions.
+
+        Args:
+          pyramid: ``{level: [B, H_l, W_l, C]}`` neck maps.
+          image_sizes: ``[B, 2]`` int (h, w) of the images inside the padding.
+          queries: ``[B, R, C]`` query feature of each RoI; boxes: ``[B, R, 4]`` float
+            ``(x0, y0, x1, y1)`` padded-input pixels (no gradient flows into them).
+          roi_valid: ``[B, R]`` bool.
+
+        Returns:
+          per stage s = 0..num_stages the supervised / predicted cells: ``seg``, ``ref``
+          ``[B, A_s]`` float32 logits, ``valid [B, A_s]`` bool, ``roi [B, A_s]`` int32,
+          ``xy [B, A_s, 2]`` int32 (x, y) at resolution 14·2^s; stage 0 lists every
+          cell (roi-major, row-major).
+        """
+        dtype = self.dtype or pyramid[self.roi_levels[0]].dtype
+        boxes = jax.lax.stop_gradient(boxes.astype(jnp.float32))
+        image_sizes = jnp.asarray(image_sizes, jnp.int32)
+        batch, num_rois = roi_valid.shape
+        size = self.base_resolution
+        first, last = self.roi_levels
+        roi_pyramid = {l: pyramid[l] for l in range(first, last + 1)}
+        k0 = roi_levels(boxes, first, last, self.canonical_size)  # [B, R], eq. 5.1
+
+        # Stage 0 (dense).
+        x = multilevel_roi_align(roi_pyramid, boxes, k0, size, self.roi_sampling_ratio, True,
+                                 image_sizes=image_sizes).astype(dtype)  # [B, R, 14, 14, F]
+        if self.position_encoding:
+            x = x + sine_position_encoding(size, self.channels).astype(dtype)
+        x = x.reshape(batch * num_rois, size, size, self.channels)
+        x = self.query_fusion(x, queries.reshape(batch * num_rois, -1).astype(dtype))
+        for conv in self.fcn:
+            x = jax.nn.relu(conv(x))
+        x = x.reshape(batch, num_rois, size, size, self.channels)
+        sps = jax.vmap(sps_from_dense)(x, roi_valid)
+        stages = [self._cells(sps, 0)]
+
+        # Stages 1..num_stages (sparse). The neck is read with zeros outside each image.
+        neck = {l: mask_padding(pyramid[l], image_sizes, 2 ** l) for l in range(first, last + 1)}
+        for s, k in enumerate(self.selected_per_stage(num_rois), start=1):
+            parents_all = sps.act
+            sps, selected = jax.vmap(functools.partial(select_and_split, num_selected=k))(
+                sps, stages[-1]["ref"])
+            parents = jnp.take_along_axis(parents_all, selected[..., None], axis=1)  # [B, K, F]
+            act = self.children_nets[s - 1](parents)  # [B, 4K, F]
+            key = self._neck_features(neck, boxes, k0, sps, s)
+            act = self.neck_fusions[s - 1](act, key)
+            act = jax.nn.relu(self.transitions[s - 1](act))
+            pas = jax.nn.relu(self.transitions[s - 1](sps.pas))
+            act = self.processors[s - 1](act, pas, sps.id_map, sps.act_xy, sps.act_roi)
+            sps = sps.replace(act=act, pas=pas)
+            stages.append(self._cells(sps, s))
+        return stages
+
+    def _cells(self, sps: SPS, stage: int) -> dict:
+        return dict(seg=self.seg_mlps[stage](sps.act)[..., 0].astype(jnp.float32),
+                    ref=self.ref_mlps[stage](sps.act)[..., 0].astype(jnp.float32),
+                    valid=sps.act_valid, roi=sps.act_roi, xy=sps.act_xy)
+
+    def _neck_features(self, neck: dict[int, Array], boxes: Array, k0: Array, sps: SPS, stage: int) -> Array:
+        """``[B, A, C]`` neck features at the active cells' centres from P_ks, ks = max(k0 − s, 2) (eq. 5.2)."""
+        first, last = self.roi_levels
+        size = self.base_resolution * 2 ** stage
+        box = jnp.take_along_axis(boxes, sps.act_roi[..., None], axis=1)  # [B, A, 4]
+        centre = box[..., :2] + (sps.act_xy.astype(jnp.float32) + 0.5) / size * (box[..., 2:] - box[..., :2])
+        level = jnp.maximum(jnp.take_along_axis(k0, sps.act_roi, axis=1) - stage, first)
+        # Normalised to each level's stored map: x / (2^k W_k) is the grid_sample
+        # coordinate of the pixel position x on a stride-2^k map (N§6.2; exact for
+        # inputs that are not multiples of 2^k, see ops.roi_align).
+        extent = jnp.asarray([[2 ** l * neck[l].shape[2], 2 ** l * neck[l].shape[1]] for l in range(first, last + 1)],
+                             jnp.float32)  # [L, 2] (x, y)
+        points = centre / extent[level - first]
+        return multilevel_sample_bilinear(neck, points, level).astype(self.dtype or neck[first].dtype)
+
+    # --- training and inference ------------------------------------------------------------
+
+    def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs) -> tuple[Array, dict]:
+        """Mask losses of the matched queries (spec §0), ``(total, metrics)`` float32."""
+        if batch.masks is None:
+            raise ValueError("the EffSeg head needs ground-truth masks: set data.with_masks=True")
+        rois = select_train_rois(queries, self.max_train_rois)
+        take = lambda x: jnp.take_along_axis(x, rois.query_index[..., None], axis=1)  # noqa: E731
+        boxes = jax.lax.stop_gradient(take(queries.boxes).astype(jnp.float32))
+        stages = self(pyramid, batch.image_sizes, take(queries.queries), boxes, rois.valid)
+        targets = mask_targets(jnp.asarray(batch.masks), boxes, rois.gt_index, self.num_stages, self.base_resolution,
+                               self.criterion.seg_target, image_sizes=jnp.asarray(batch.image_sizes, jnp.int32),
+                               mask_boxes=None if batch.mask_boxes is None else jnp.asarray(batch.mask_boxes))
+        num_kept = jnp.sum(rois.valid, axis=1)
+        metrics = self.criterion(stages, targets, num_kept)
+        total = metrics["loss_mask_seg"] + metrics["loss_mask_ref"]
+        metrics["seg/rois_per_image"] = jnp.mean(num_kept.astype(jnp.float32))
+        metrics["seg/dropped_rois"] = jnp.sum(rois.num_dropped).astype(jnp.float32)
+        metrics["seg/positive_queries"] = jnp.sum(rois.num_positive).astype(jnp.float32)
+        return total, metrics
+
+    def predict(self, pyramid: dict[int, Array], batch: Batch, dets: Detections,
+                queries: QueryOutputs) -> Detections:
+        """``dets`` with ``masks [B, K, S, S]`` probabilities on ``mask_boxes`` and, with
+        ``inference.score_weighting``, scores ``s_cls · mean(p | p > 0.5)`` (eq. 5.3),
+        re-sorted. One mask per distinct detected query (N§6.4); boxes in padded-input pixels."""
+        num_dets = dets.valid.shape[1]
+        num_queries = queries.queries.shape[1]
+        rois, roi_valid, inverse = jax.vmap(
+            lambda q, v: unique_queries(q, v, num_queries, num_dets))(queries.detection_queries, dets.valid)
+        safe = jnp.minimum(rois, num_queries - 1)
+        take = lambda x: jnp.take_along_axis(x, safe[..., None], axis=1)  # noqa: E731
+        boxes = take(queries.boxes).astype(jnp.float32)
+        stages = self(pyramid, batch.image_sizes, take(queries.queries), boxes, roi_valid)
+        probs = jax.nn.sigmoid(assemble_mask_logits(stages, num_dets, self.base_resolution))  # [B, R, S, S]
+        per_det = lambda x: jnp.take_along_axis(x, inverse.reshape(inverse.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
+        masks, mask_boxes = per_det(probs), per_det(boxes)
+        scores = dets.scores
+        if self.postprocess.score_weighting:
+            canvas = tuple(int(v) for v in batch.images.shape[1:3])
+            score_fn = functools.partial(mask_scores, canvas_hw=canvas, threshold=self.postprocess.mask_threshold,
+                                         chunk=self.postprocess.paste_chunk)
+            roi_scores = jax.vmap(score_fn)(probs, boxes, jnp.asarray(batch.image_sizes, jnp.int32))  # [B, R]
+            scores = jnp.where(dets.valid, dets.scores * jnp.take_along_axis(roi_scores, inverse, axis=1), 0.0)
+        order = jnp.argsort(jnp.where(dets.valid, -scores, jnp.inf), axis=1, stable=True)
+        reorder = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
+        masks = jnp.where(dets.valid[..., None, None], masks, 0.0)
+        return Detections(boxes=reorder(dets.boxes), scores=reorder(scores), labels=reorder(dets.labels),
+                          valid=reorder(dets.valid), masks=reorder(masks), mask_boxes=reorder(mask_boxes))
+
+
+__all__ = ["EffSegHead"]
