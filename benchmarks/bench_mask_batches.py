@@ -72,7 +72,7 @@ def agreement(image_batch, box_batch, rng):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--coco", default="/work/shared/data/coco_mini")
+    parser.add_argument("--coco", default=os.path.join(ROOT, "..", "shared", "data", "coco_mini"))
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--box-size", type=int, default=128)
     parser.add_argument("--append", default="")
