@@ -91,7 +91,10 @@ def match_detections(a, b):
     assert checked > 10
 
 
-@pytest.mark.parametrize("neck", ["tpn", pytest.param("bifpn", marks=pytest.mark.slow), "defenc"])
+# BiFPN and DefEncoder under -m slow (~1 min each on 2 cores); the DefEncoder's
+# padding rule is also checked in the default run by tests/models/test_defenc.py.
+@pytest.mark.parametrize("neck", ["tpn", pytest.param("bifpn", marks=pytest.mark.slow),
+                                  pytest.param("defenc", marks=pytest.mark.slow)])
 def test_image_alone_and_in_a_padded_batch_agree(neck):
     model = build_model(model_config(neck), rngs=nnx.Rngs(0))
     if neck != "defenc":  # spread the scores of the random RetinaNet (init: N(0, 0.01), prior 0.01)
