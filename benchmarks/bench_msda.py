@@ -17,7 +17,6 @@ import argparse
 import os
 import platform
 import resource
-import statistics
 import sys
 import time
 
@@ -28,6 +27,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from msvision.ops.msda import multiscale_deformable_attention  # noqa: E402
+from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 
 # 800x800 image, P3..P7 (stride 8..128; P6, P7 by stride-2 3x3 convs: ceil halving).
 PYRAMID_800 = ((100, 100), (50, 50), (25, 25), (13, 13), (7, 7))
@@ -73,14 +73,6 @@ def make_inputs(batch, queries, heads, channels, points, seed=0):
     return value, locations, weights
 
 
-def median_seconds(fn, repeats):
-    fn()  # warm-up (compilation for JAX)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def peak_rss_growth_mb(fn):

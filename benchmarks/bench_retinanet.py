@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -38,18 +36,11 @@ from msvision.config import load_config
 from msvision.models.build import build_model
 from msvision.train.loop import make_predict_step, make_train_step
 from msvision.train.optimizer import build_optimizer
+from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (and compilation)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 LIKE_TORCHVISION = [  # torchvision retinanet_resnet50_fpn(num_classes=91), random weights
@@ -76,14 +67,14 @@ def ours(repeats: int, overrides=()) -> dict:
     pcost = predict.lower(params, rest, infer_batch).compile().cost_analysis()
     pcost = pcost[0] if isinstance(pcost, (list, tuple)) else pcost
 
-    infer_s = _median_time(lambda: jax.block_until_ready(predict(params, rest, infer_batch)), repeats)
+    infer_s = median_seconds(lambda: jax.block_until_ready(predict(params, rest, infer_batch)), repeats)
     holder = [state]
 
     def step():
         holder[0], metrics = train_compiled(holder[0], train_batch)
         jax.block_until_ready(metrics)
 
-    train_s = _median_time(step, repeats)
+    train_s = median_seconds(step, repeats)
     from msvision.models.layers import count_variables
 
     return dict(infer_s=infer_s, train_s=train_s, train_flops=train_flops, infer_flops=float(pcost["flops"]),
@@ -124,7 +115,7 @@ def torchvision_reference(repeats: int, threads: int) -> dict:
         with torch.no_grad():
             model(image)
 
-    infer_s = _median_time(infer, repeats)
+    infer_s = median_seconds(infer, repeats)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     images = [torch.rand(3, 800, 800) for _ in range(2)]
@@ -137,7 +128,7 @@ def torchvision_reference(repeats: int, threads: int) -> dict:
         loss.backward()
         optimizer.step()
 
-    train_s = _median_time(step, repeats)
+    train_s = median_seconds(step, repeats)
     return dict(infer_s=infer_s, train_s=train_s, params=sum(p.numel() for p in model.parameters() if p.requires_grad),
                 version=torch.__version__)
 
@@ -146,7 +137,7 @@ def matmul_flops_per_s(n: int = 4096, repeats: int = 5) -> float:
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
     mm = jax.jit(jnp.dot)
-    seconds = _median_time(lambda: jax.block_until_ready(mm(a, b)), repeats)
+    seconds = median_seconds(lambda: jax.block_until_ready(mm(a, b)), repeats)
     return 2 * n**3 / seconds
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -40,19 +39,12 @@ from msvision.ops.sps import select_and_split, sfm, sps_capacities, sps_from_den
 from msvision.ops.conv import conv2d  # noqa: E402
 from msvision.ops.sps.id_conv import id_conv, neighbour_ids, passive_gradient  # noqa: E402
 from msvision.ops.sps.reference import dense_conv3x3  # noqa: E402
+from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 
 DILATIONS = (1, 3, 5)
 STAGE_CHANNELS = {1: 128, 2: 64, 3: 32}
 
 
-def median_seconds(fn, repeats):
-    fn()  # warm-up (compile)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def build_sps(rois, stage, max_selected, channels, seed=0):

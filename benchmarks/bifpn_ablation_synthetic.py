@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from replicate_necks_synthetic import NECKS, neck_config  # noqa: E402
+from replicate_necks_synthetic import NECKS, neck_config, train_or_read  # noqa: E402
 
 from msvision.config import load_config  # noqa: E402
 
@@ -105,18 +105,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="*", default=["fpn", "tpn_L2B2", "bifpn_L4_old", "bifpn_L4"],
                         choices=list(VARIANTS))
     args = parser.parse_args()
-    from msvision.train import loop
-
     rows = []
     for name in args.variants:
         config = variant_config(name, args.steps)
         workdir = os.path.join(args.out, f"{name}_{args.steps}")
         metrics_file = os.path.join(workdir, "eval", f"metrics_{args.steps}.json")
-        if os.path.exists(metrics_file):
-            with open(metrics_file) as f:
-                metrics = {f"eval/{k}": v for k, v in json.load(f).items()}
-        else:
-            metrics = loop.train(config, workdir)
+        metrics = train_or_read(config, workdir, metrics_file)
         fusion = fusion_weights(workdir, args.steps) if name.startswith("bifpn") else ""
         rows.append((name, metrics["eval/bbox/AP"], metrics["eval/bbox/AP50"], last_loss(workdir), fusion))
         print(f"{name}: AP {metrics['eval/bbox/AP']:.3f} loss {rows[-1][3]:.3f} {fusion}", flush=True)

@@ -60,14 +60,23 @@ def inference_macs(model_cfg: ml_collections.ConfigDict) -> tuple[float, int]:
     return cost["macs"], count_parameters(model)["trainable"]
 
 
+def train_or_read(config, workdir: str, metrics_file: str) -> dict:
+    """The final ``eval/...`` metrics of a run: read back when ``metrics_file`` exists
+    (a finished run is not retrained), else from training it now."""
+    if os.path.exists(metrics_file):
+        with open(metrics_file) as f:
+            return {f"eval/{k}": v for k, v in json.load(f).items()}
+    from msvision.train import loop  # imported on use: reading results back needs no JAX set-up
+
+    return loop.train(config, workdir)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--out", default="runs/necks_synthetic")
     parser.add_argument("--necks", nargs="*", default=list(NECKS))
     args = parser.parse_args()
-    from msvision.train import loop
-
     rows = []
     for name in args.necks:
         config = load_config(os.path.join(ROOT, "configs/quickstart.py"))
@@ -78,11 +87,7 @@ def main() -> None:
         config.eval.visualize = 0
         workdir = os.path.join(args.out, name)
         metrics_file = os.path.join(workdir, "eval", f"metrics_{args.steps}.json")
-        if os.path.exists(metrics_file):
-            with open(metrics_file) as f:
-                metrics = {f"eval/{k}": v for k, v in json.load(f).items()}
-        else:
-            metrics = loop.train(config, workdir)
+        metrics = train_or_read(config, workdir, metrics_file)
         macs, params = inference_macs(config.model)
         rows.append((name, params, macs, metrics["eval/bbox/AP"], metrics["eval/bbox/AP50"]))
         print(f"{name}: params {params}, GMACs {macs / 1e9:.2f}, AP {metrics['eval/bbox/AP']:.3f}", flush=True)
