@@ -81,7 +81,11 @@ class Detector(nnx.Module):
             loss, metrics = self.head.losses(pyramid, batch)
         else:
             loss, metrics, queries = self.head.losses_with_queries(pyramid, batch)
-            seg_loss, seg_metrics = self.seg_head.losses(pyramid, batch, queries)
+            # Heads with training-time randomness (PointRend++'s point sampling) declare it.
+            kw = {}
+            if getattr(self.seg_head, "uses_rng", False):
+                kw["rng"] = None if rng is None else jax.random.fold_in(rng, 1)
+            seg_loss, seg_metrics = self.seg_head.losses(pyramid, batch, queries, **kw)
             loss = loss + seg_loss
             metrics = dict(metrics, **seg_metrics)
         return loss.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}

@@ -1,0 +1,45 @@
+"""Parameter counts of the ++ baseline configs from abstract shapes (nnx.eval_shape): the heads
+alone are Mask R-CNN++ 2,906,192 and PointRend++ 3,191,968 (spec §2; 2.9 / 3.2 M, T1451),
+the models within 0.5 % of table 5.3 (37.5 / 37.8 M with FQDet, 40.5 / 40.8 M with FQDetV2)."""
+
+import json
+import pathlib
+
+import pytest
+from flax import nnx
+
+from msvision.analysis.cost import abstract_model
+from msvision.config import load_config
+from msvision.models.layers import count_variables
+
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs" / "effseg"
+HEADS = {"maskrcnn": 2_906_192, "pointrend": 3_191_968}
+
+
+def trainable(name):
+    model = abstract_model(load_config(str(CONFIGS / name)).model)
+    return count_variables(model, nnx.Param), count_variables(model.seg_head, nnx.Param)
+
+
+@pytest.mark.parametrize("name,head,thesis", [
+    ("r50_fpn_fqdet_maskrcnn.py", "maskrcnn", 37.5e6),
+    ("r50_fpn_fqdet_pointrend.py", "pointrend", 37.8e6),
+    ("r50_fpn_fqdetv2_maskrcnn.py", "maskrcnn", 40.5e6),
+    ("r50_fpn_fqdetv2_pointrend_2x.py", "pointrend", 40.8e6),
+    ("r50_fpn_fqdetv2_600q_maskrcnn.py", "maskrcnn", 40.5e6),
+])
+def test_table_5_3_models_and_the_heads(name, head, thesis):
+    total, head_count = trainable(name)
+    assert head_count == HEADS[head]
+    assert abs(total - thesis) <= 0.005 * thesis, total
+
+
+def test_analysis_cli_prints_the_counts_by_part(capsys):
+    from msvision.analysis.__main__ import main
+
+    assert main([f"--config={CONFIGS / 'r50_fpn_fqdetv2_pointrend.py'}", "--params-only", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    parts = report["params"]["trainable_by_part"]
+    assert report["params"]["trainable"] == sum(parts.values())
+    assert parts["seg_head"] == HEADS["pointrend"]
+    assert abs(report["params"]["trainable"] - 40.8e6) <= 0.005 * 40.8e6
