@@ -29,9 +29,10 @@ class Detector(nnx.Module):
       neck: ``{level: feature} → {level: [B, H_l, W_l, D]}``.
       head: has ``losses(pyramid, batch)`` and ``predict(pyramid, batch)``.
       seg_head: optional segmentation head (thesis chapter 5) with
-        ``losses(pyramid, batch, queries)`` and ``predict(pyramid, batch, dets,
-        queries)``; the head then also provides ``losses_with_queries`` and
-        ``predict_with_queries`` (:class:`~msvision.structures.QueryOutputs`).
+        ``losses(pyramid, batch, queries)`` (``losses(..., rng=key)`` when it sets
+        ``uses_rng``) and ``predict(pyramid, batch, dets, queries)``; the head then
+        also provides ``losses_with_queries`` and ``predict_with_queries``
+        (:class:`~msvision.structures.QueryOutputs`).
       pixel_mean, pixel_std: RGB normalisation in 0..255 units.
       dtype: compute dtype of the network (e.g. ``jnp.bfloat16``); parameters stay
         float32 and losses are computed in float32.
