@@ -64,7 +64,7 @@ def np_bilinear_tv(m, y, x):
 
 def np_crop_resize(mask, box, size=28, samples=8):
     """Crop-and-resize of a binary mask to the box's size² grid: the mean of samples² aligned
-    RoIAlign samples per cell (pixel centres at +0.5); binarise with > 0.5."""
+    RoIAlign samples per cell (pixel centres at +0.5); binarise with >= 0.5 (mmdet)."""
     x0, y0, x1, y1 = np.asarray(box, np.float64) - 0.5
     steps = (np.arange(size)[:, None] + (np.arange(samples)[None, :] + 0.5) / samples).reshape(-1)
     y = y0 + steps * (y1 - y0) / size

@@ -81,7 +81,7 @@ def test_losses_are_the_per_roi_mean_bce_of_the_object_class(cls):
     for b in range(2):
         for r in range(2):
             label = batch.labels[b, gt[b, r]]
-            target = np_crop_resize(batch.masks[b, gt[b, r]].astype(np.float64), boxes[b, idx[b, r]]) > 0.5
+            target = np_crop_resize(batch.masks[b, gt[b, r]].astype(np.float64), boxes[b, idx[b, r]]) >= 0.5
             x = logits[b, r, ..., label]
             expected += np.mean(np.maximum(x, 0) - x * target + np.log1p(np.exp(-np.abs(x)))) / 2
     np.testing.assert_allclose(metrics["loss_mask"], expected, rtol=1e-4)

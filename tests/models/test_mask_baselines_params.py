@@ -55,3 +55,20 @@ def test_analytic_macs_match_table_5_4():
     assert abs(maskrcnn_macs(num_rois=100)["total"] / 57.0e9 - 1) < 0.005
     assert abs(pointrend_macs(num_rois=100, subdivision_steps=3)["total"] / 126.7e9 - 1) < 0.03
     assert pointrend_macs(num_rois=100, subdivision_steps=2)["total"] < 0.85 * 126.7e9
+
+
+@pytest.mark.parametrize("name", ["maskrcnn", "pointrend"])
+def test_quickstart_configs_swap_only_the_head(name):
+    """``quickstart_{maskrcnn,pointrend}.py``: the EffSeg quickstart's detector, data and budget,
+    the head reading P3 (the finest level of the P3–P7 quickstart pyramid) at the pyramid's width."""
+    base = load_config(str(CONFIGS / "quickstart_effseg.py"))
+    config = load_config(str(CONFIGS / f"quickstart_{name}.py"))
+    for section in ("backbone", "neck", "head"):
+        assert config.model[section].to_dict() == base.model[section].to_dict()
+    assert config.data.to_dict() == base.data.to_dict() and config.optim.to_dict() == base.optim.to_dict()
+    assert config.train.to_dict() == base.train.to_dict()
+    seg = config.model.seg_head
+    assert seg.name == name and seg.num_convs == 2 and seg.max_train_rois == 8
+    assert (seg.roi_levels[0] if name == "maskrcnn" else seg.point_level) == 3 == min(config.model.neck.out_levels)
+    model = abstract_model(config.model)
+    assert model.seg_head.channels == config.model.neck.channels

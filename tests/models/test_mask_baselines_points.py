@@ -115,8 +115,24 @@ def test_crop_resize_targets_match_numpy():
         for r in range(3):
             v = np_crop_resize(batch.masks[b, gt[b, r]].astype(np.float64), boxes[b, r])
             decided = np.abs(v - 0.5) > 1e-5  # float32 rounding at exactly 0.5
-            np.testing.assert_array_equal(targets[b, r][decided], (v > 0.5)[decided])
+            np.testing.assert_array_equal(targets[b, r][decided], (v >= 0.5)[decided])
             assert targets[b, r].any() and decided.mean() > 0.99
+
+
+def test_crop_resize_target_is_foreground_at_exactly_half():
+    """mmdet binarises the RoIAlign average with >= 0.5: a cell whose 8 × 8 samples straddle the
+    mask's edge symmetrically (v = 0.5 exactly, 2-pixel cells centred on the edge) is foreground."""
+    masks = np.zeros((1, 1, 80, 80), bool)
+    masks[0, 0, :, :20] = True  # columns 0..19: the edge at x = 20 (pixel centres at +0.5)
+    batch = Batch(images=np.zeros((1, 80, 80, 3), np.uint8), image_sizes=np.array([[80, 80]], np.int32),
+                  orig_sizes=np.array([[80, 80]], np.int32), image_ids=np.zeros(1, np.int32),
+                  boxes=np.zeros((1, 1, 4), np.float32), labels=np.zeros((1, 1), np.int32),
+                  valid=np.ones((1, 1), bool), is_crowd=np.zeros((1, 1), bool), masks=masks)
+    box = np.array([[[13.0, 10.0, 69.0, 66.0]]], np.float32)  # 2-pixel cells; cell 3 spans x in [19, 21]
+    targets = np.asarray(crop_resize_targets(batch, jnp.asarray(box), jnp.zeros((1, 1), jnp.int32), 28))[0, 0]
+    v = np_crop_resize(masks[0, 0].astype(np.float64), box[0, 0])
+    np.testing.assert_allclose(v[:, 3], 0.5)
+    assert targets[:, :4].all() and not targets[:, 4:].any()
 
 
 def test_point_targets_match_numpy_and_box_frame_masks():

@@ -5,7 +5,7 @@ the positive queries with their predicted boxes (no gradient) and matched object
 
 - :func:`crop_resize_targets`: Mask R-CNN's target (mmdet ``mask_target_single``, a
   crop-and-resize of the object's binary mask to the RoI's S × S grid by an aligned
-  RoIAlign, binarised at 0.5). mmcv samples adaptively (⌈roi size / S⌉ samples per
+  RoIAlign, foreground where the average is >= 0.5). mmcv samples adaptively (⌈roi size / S⌉ samples per
   cell and axis, a data-dependent count); here every cell averages a fixed 8 × 8
   samples (EffSeg's 112² RoIAlign with 2 × 2 samples, average-pooled to 28², spec §6
   "Targets"), i.e. the exact count for RoIs up to 224 px.
@@ -24,24 +24,30 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from msvision.models.heads.effseg.targets import COVERAGE_SCALE, mask_targets
+from msvision.models.heads.effseg.targets import COVERAGE_SCALE, _into_box_frames
+from msvision.ops.roi_align import roi_mask_targets
 from msvision.structures import Batch
 
 Array = jax.Array
 
 
 def crop_resize_targets(batch: Batch, boxes: Array, gt_index: Array, size: int = 28) -> Array:
-    """``[B, R, size, size] bool``: ``v > 0.5`` with v the RoIAlign average of the mask over each cell.
+    """``[B, R, size, size] bool``: ``v >= 0.5`` (mmdet's binarisation) with v the RoIAlign
+    average of the object's mask over each cell.
 
     Args:
       boxes: ``[B, R, 4]`` float RoI boxes ``(x0, y0, x1, y1)`` in padded-input pixels.
       gt_index: ``[B, R]`` int32 object slot of each RoI.
     """
-    # Two extra halvings: the cell average is pooled from a (4·size)² grid of 2 × 2 samples.
-    stages = mask_targets(jnp.asarray(batch.masks), boxes, gt_index, num_stages=2, base_resolution=size,
-                          seg_target="average", image_sizes=jnp.asarray(batch.image_sizes, jnp.int32),
-                          mask_boxes=None if batch.mask_boxes is None else jnp.asarray(batch.mask_boxes))
-    return stages[0][0]
+    masks = jnp.asarray(batch.masks)
+    boxes = jax.lax.stop_gradient(boxes.astype(jnp.float32))
+    image_sizes, scale = jnp.asarray(batch.image_sizes, jnp.int32), 1.0
+    if batch.mask_boxes is not None:  # box-frame coverage grids (EffSeg's targets do the same)
+        masks, boxes = _into_box_frames(masks, jnp.asarray(batch.mask_boxes), boxes, gt_index)
+        image_sizes, scale = None, 1.0 / COVERAGE_SCALE
+    # The cell average is pooled from a (4·size)² grid of 2 × 2 samples: 8 × 8 samples per cell.
+    v = roi_mask_targets(masks, boxes, gt_index, 1.0, 4 * size, 3, image_sizes=image_sizes)[-1] * scale
+    return v >= 0.5
 
 
 def point_targets(batch: Batch, boxes: Array, gt_index: Array, points: Array) -> Array:
