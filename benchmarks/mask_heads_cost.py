@@ -141,7 +141,8 @@ def main() -> None:
               f"{r['analytic'] / thesis[1] - 1:+.1%} | {rel} | {xla} | {comp} |", flush=True)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if models:
-        print(f"\n## full FQDetV2 models (300 queries){f'; XLA MACs of predict on one {args.image_size}² image' if args.compile_models else ''}")
+        suffix = f"; XLA MACs of predict on one {args.image_size}² image" if args.compile_models else ""
+        print(f"\n## full FQDetV2 models (300 queries){suffix}")
         print("| model | params | vs thesis | seg head | XLA GMACs | compile s |")
         print("|---|---|---|---|---|---|")
         for name in models:

@@ -20,7 +20,8 @@ from msvision.models.heads.mask_baselines.targets import crop_resize_targets, po
 from msvision.structures import Batch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from mask_baselines_oracles import CANVAS, IMAGE_SIZES, np_crop_resize, np_grid_sample, np_upsample2x, target_case  # noqa: E402,E501
+from mask_baselines_oracles import (CANVAS, IMAGE_SIZES, np_crop_resize, np_grid_sample, np_upsample2x,  # noqa: E402
+                                    target_case)
 
 
 # --- points ------------------------------------------------------------------------------------

@@ -127,5 +127,5 @@ def score_and_sort(batch: Batch, dets: Detections, probs: Array, mask_boxes: Arr
                       valid=_take(dets.valid, order), masks=_take(masks, order), mask_boxes=_take(mask_boxes, order))
 
 
-__all__ = ["RoIInputs", "gather_train_rois", "gather_inference_rois", "per_detection", "pick_class", "detection_masks", "per_roi_bce",
-           "accuracy", "roi_metrics", "score_and_sort"]
+__all__ = ["RoIInputs", "gather_train_rois", "gather_inference_rois", "per_detection", "pick_class", "detection_masks",
+           "per_roi_bce", "accuracy", "roi_metrics", "score_and_sort"]
