@@ -29,9 +29,10 @@ class Detector(nnx.Module):
       neck: ``{level: feature} → {level: [B, H_l, W_l, D]}``.
       head: has ``losses(pyramid, batch)`` and ``predict(pyramid, batch)``.
       seg_head: optional segmentation head (thesis chapter 5) with
-        ``losses(pyramid, batch, queries)`` and ``predict(pyramid, batch, dets,
-        queries)``; the head then also provides ``losses_with_queries`` and
-        ``predict_with_queries`` (:class:`~msvision.structures.QueryOutputs`).
+        ``losses(pyramid, batch, queries)`` (``losses(..., rng=key)`` when it sets
+        ``uses_rng``) and ``predict(pyramid, batch, dets, queries)``; the head then
+        also provides ``losses_with_queries`` and ``predict_with_queries``
+        (:class:`~msvision.structures.QueryOutputs`).
       pixel_mean, pixel_std: RGB normalisation in 0..255 units.
       dtype: compute dtype of the network (e.g. ``jnp.bfloat16``); parameters stay
         float32 and losses are computed in float32.
@@ -81,7 +82,11 @@ class Detector(nnx.Module):
             loss, metrics = self.head.losses(pyramid, batch)
         else:
             loss, metrics, queries = self.head.losses_with_queries(pyramid, batch)
-            seg_loss, seg_metrics = self.seg_head.losses(pyramid, batch, queries)
+            # Heads with training-time randomness (PointRend++'s point sampling) declare it.
+            kw = {}
+            if getattr(self.seg_head, "uses_rng", False):
+                kw["rng"] = None if rng is None else jax.random.fold_in(rng, 1)
+            seg_loss, seg_metrics = self.seg_head.losses(pyramid, batch, queries, **kw)
             loss = loss + seg_loss
             metrics = dict(metrics, **seg_metrics)
         return loss.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}

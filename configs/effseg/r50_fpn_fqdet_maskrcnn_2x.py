@@ -1,0 +1,11 @@
+"""Table 5.3, FQDet + Mask R-CNN++, 300 queries, 24 epochs: ``r50_fpn_fqdet_maskrcnn.py`` on the
+2x schedule (drops after epochs 18 and 22, T1382)."""
+
+from msvision.config import sibling_config
+from msvision.train.optimizer import apply_schedule
+
+
+def get_config():
+    config = sibling_config(__file__, "r50_fpn_fqdet_maskrcnn.py")
+    apply_schedule(config.optim, "2x")
+    return config

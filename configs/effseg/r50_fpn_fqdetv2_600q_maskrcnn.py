@@ -1,0 +1,10 @@
+"""Table 5.3, FQDetV2 + Mask R-CNN++, 600 queries, 12 epochs (the released ``sel_v381`` setting,
+N§7): ``r50_fpn_fqdetv2_maskrcnn.py`` with 600 queries."""
+
+from msvision.config import sibling_config
+
+
+def get_config():
+    config = sibling_config(__file__, "r50_fpn_fqdetv2_maskrcnn.py")
+    config.model.head.selector.num_queries = 600
+    return config

@@ -1,0 +1,143 @@
+"""Mask R-CNN++ (thesis T1397–1399; spec §2; released code N§7 ``StandardRoIHead``).
+
+Mask R-CNN's mask head (mmdet ``FCNMaskHead``) with EffSeg's RoIs, query fusion and
+mask-score weighting:
+
+  RoIAlign 14×14 from P_k0, k0 = 2 + min(⌊log2(√(wh)/56)⌋, 3) (eq. 5.1, P2–P5) → query
+  fusion as EffSeg without the position encoding (N§7) → 4 × (3×3 conv + ReLU) →
+  deconv ×2 + ReLU → 1×1 → ``num_classes`` class-specific 28×28 logits.
+
+Training: the positive queries (EffSeg's training RoIs, fixed capacity); the logits of
+each RoI's object class against the crop-resized binary mask (:mod:`.targets`); sigmoid
+BCE, mean per RoI, summed over RoIs (N§7). Inference: the trunk runs once per distinct
+detected query; each detection takes its class's 28×28 mask, pasted and scored by
+eq. 5.3 (EffSeg's post-processing).
+
+With C = 256 and 80 classes: 262,912 (query fusion) + 2,360,320 (convs) + 262,400
+(deconv) + 20,560 (logits) = **2,906,192** parameters (spec §2; 2.9 M, T1451).
+
+Config (``model.seg_head``, name 'maskrcnn'): the constructor keywords below.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from msvision.models.heads.effseg.modules import QueryFusion
+from msvision.models.heads.effseg.postprocess import EffSegPostProcess
+from msvision.models.heads.mask_baselines import common
+from msvision.models.heads.mask_baselines.modules import FCNMaskHead
+from msvision.models.heads.mask_baselines.targets import crop_resize_targets
+from msvision.ops.roi_align import multilevel_roi_align, roi_levels
+from msvision.structures import Batch, Detections, QueryOutputs
+
+Array = jax.Array
+
+
+class MaskRCNNHead(nnx.Module):
+    """Mask R-CNN++ (see the module docstring).
+
+    Args:
+      num_classes: object classes (supplied by the builder from ``model.num_classes``).
+      levels, channels: the neck's levels and width (supplied by the builder).
+      roi_resolution: RoIAlign grid (14); the masks are twice as fine (28).
+      num_convs: 3×3 convolutions of the FCN (4).
+      roi_levels: (first, last) pyramid level of eq. 5.1 (P2–P5).
+      canonical_size: eq. 5.1's 56.
+      roi_sampling_ratio: RoIAlign samples per bin and axis (fixed; mmcv's adaptive
+        count is data-dependent, spec §6).
+      max_train_rois: training RoIs per image (capacity, EffSeg's
+        :mod:`~msvision.models.heads.effseg.targets`).
+      loss_weight: weight of the mask loss (1, N§7).
+      inference: mask threshold, eq. 5.3 score weighting, paste chunk (EffSeg's).
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 80,
+        levels: Sequence[int] = (2, 3, 4, 5, 6, 7),
+        channels: int = 256,
+        *,
+        roi_resolution: int = 14,
+        num_convs: int = 4,
+        roi_levels: tuple[int, int] = (2, 5),
+        canonical_size: float = 56.0,
+        roi_sampling_ratio: int = 2,
+        max_train_rois: int = 128,
+        loss_weight: float = 1.0,
+        inference: EffSegPostProcess = EffSegPostProcess(),
+        dtype=None,
+        rngs: nnx.Rngs,
+    ):
+        first, last = (int(v) for v in roi_levels)
+        missing = [l for l in range(first, last + 1) if l not in tuple(levels)]
+        if missing:
+            raise ValueError(f"Mask R-CNN++ reads pyramid levels {first}..{last}; the neck has {tuple(levels)}")
+        self.num_classes = int(num_classes)
+        self.channels = channels
+        self.roi_resolution = int(roi_resolution)
+        self.roi_levels = (first, last)
+        self.canonical_size = float(canonical_size)
+        self.roi_sampling_ratio = int(roi_sampling_ratio)
+        self.max_train_rois = int(max_train_rois)
+        self.loss_weight = float(loss_weight)
+        self.postprocess = inference
+        self.dtype = dtype
+        self.query_fusion = QueryFusion(channels, channels, dtype=dtype, rngs=rngs)
+        self.mask_head = FCNMaskHead(channels, self.num_classes, num_convs, dtype=dtype, rngs=rngs)
+
+    @property
+    def mask_resolution(self) -> int:
+        return 2 * self.roi_resolution
+
+    def __call__(self, pyramid: dict[int, Array], image_sizes: Array, queries: Array, boxes: Array) -> Array:
+        """Class-specific mask logits of every RoI.
+
+        Args:
+          pyramid: ``{level: [B, H_l, W_l, C]}`` neck maps.
+          image_sizes: ``[B, 2]`` int (h, w) of the images inside the padding.
+          queries: ``[B, R, C]``; boxes: ``[B, R, 4]`` float ``(x0, y0, x1, y1)``
+            padded-input pixels (no gradient flows into them).
+
+        Returns:
+          ``[B, R, 28, 28, num_classes]`` float32 logits; cell (i, j) is the i-th row /
+          j-th column of the 28 × 28 split of the box.
+        """
+        dtype = self.dtype or pyramid[self.roi_levels[0]].dtype
+        boxes = jax.lax.stop_gradient(boxes.astype(jnp.float32))
+        batch, num_rois = boxes.shape[:2]
+        size = self.roi_resolution
+        first, last = self.roi_levels
+        k0 = roi_levels(boxes, first, last, self.canonical_size)  # eq. 5.1
+        x = multilevel_roi_align({l: pyramid[l] for l in range(first, last + 1)}, boxes, k0, size,
+                                 self.roi_sampling_ratio, True, image_sizes=jnp.asarray(image_sizes, jnp.int32))
+        x = x.astype(dtype).reshape(batch * num_rois, size, size, self.channels)
+        x = self.query_fusion(x, queries.reshape(batch * num_rois, -1).astype(dtype))
+        logits = self.mask_head(x)
+        return logits.reshape(batch, num_rois, 2 * size, 2 * size, self.num_classes)
+
+    def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs) -> tuple[Array, dict]:
+        """Mask loss of the matched queries, ``(total, metrics)`` float32."""
+        rois, train, labels = common.gather_train_rois(queries, batch, self.max_train_rois)
+        logits = common.pick_class(self(pyramid, batch.image_sizes, rois.queries, rois.boxes), labels)
+        targets = crop_resize_targets(batch, rois.boxes, train.gt_index, self.mask_resolution)
+        loss = self.loss_weight * common.per_roi_bce(logits, targets, rois.valid)
+        metrics = {"loss_mask": loss, "mask/acc": common.accuracy(logits, targets, rois.valid),
+                   **common.roi_metrics(train)}
+        return loss, metrics
+
+    def predict(self, pyramid: dict[int, Array], batch: Batch, dets: Detections,
+                queries: QueryOutputs) -> Detections:
+        """``dets`` with ``masks [B, K, 28, 28]`` probabilities of each detection's class on
+        ``mask_boxes`` (its query's predicted box) and eq. 5.3 scores, re-sorted."""
+        rois, inverse = common.gather_inference_rois(queries, dets)
+        logits = self(pyramid, batch.image_sizes, rois.queries, rois.boxes)  # [B, R, 28, 28, NC]
+        probs = jax.nn.sigmoid(common.detection_masks(logits, inverse, dets.labels))
+        return common.score_and_sort(batch, dets, probs, common.per_detection(rois.boxes, inverse), self.postprocess)
+
+
+__all__ = ["MaskRCNNHead"]
