@@ -133,4 +133,24 @@ def panoptic_to_coco_instances(panoptic_json: str, panoptic_dir: str, image_ids:
     return coco
 
 
-__all__ = ["PanopticPredictionWriter", "panoptic_to_coco_instances", "PQ_KEYS"]
+def single_category_baseline(gt_json: str, gt_dir: str, category_id: Optional[int] = None) -> dict[str, float]:
+    """PQ of the trivial prediction "every pixel is one segment of ``category_id``" (default: the
+    stuff category of largest total area in this ground truth, which favours the baseline), the
+    reference a panoptic model has to beat. Returns the summary plus ``category_id``."""
+    gt = _load_json(gt_json)
+    if category_id is None:
+        stuff = {int(c["id"]) for c in gt["categories"] if not c.get("isthing", 1)}
+        area: dict[int, float] = {}
+        for ann in gt["annotations"]:
+            for seg in ann["segments_info"]:
+                if int(seg["category_id"]) in stuff:
+                    area[int(seg["category_id"])] = area.get(int(seg["category_id"]), 0) + seg["area"]
+        category_id = max(area, key=area.get)
+    pq = PanopticQuality(gt["categories"])
+    for ann in gt["annotations"]:
+        gt_ids = read_id_map(os.path.join(gt_dir, ann["file_name"]))
+        pq.add(gt_ids, ann["segments_info"], np.ones_like(gt_ids), [{"id": 1, "category_id": category_id}])
+    return dict(pq.summary(), category_id=category_id)
+
+
+__all__ = ["PanopticPredictionWriter", "panoptic_to_coco_instances", "single_category_baseline", "PQ_KEYS"]

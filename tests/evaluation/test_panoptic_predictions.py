@@ -11,7 +11,8 @@ from pycocotools import mask as mask_utils
 
 from msvision.evaluation.panoptic import id_to_rgb, read_id_map
 from msvision.evaluation.panoptic_postprocess import PanopticPostProcess
-from msvision.evaluation.panoptic_predictions import PanopticPredictionWriter, panoptic_to_coco_instances
+from msvision.evaluation.panoptic_predictions import (PanopticPredictionWriter, panoptic_to_coco_instances,
+                                                      single_category_baseline)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SAMPLE = os.path.join(HERE, "..", "data", "coco_panoptic_sample")
@@ -82,3 +83,13 @@ def test_writer_rejects_categories_outside_the_panoptic_ones(one_image_gt):
     tmp_path, _ = one_image_gt
     with pytest.raises(KeyError, match="not panoptic categories"):
         PanopticPredictionWriter(str(tmp_path / "gt.json"), str(tmp_path / "gt"), str(tmp_path / "p"), [1, 9])
+
+
+def test_single_category_baseline(one_image_gt):
+    """All pixels "stuff": IoU with the stuff segment 4200 / 4800 = 0.875 (TP), the thing a FN;
+    PQ averages the stuff 0.875 and the thing 0."""
+    tmp_path, _ = one_image_gt
+    summary = single_category_baseline(str(tmp_path / "gt.json"), str(tmp_path / "gt"))
+    assert summary["category_id"] == 5
+    assert summary["PQ_st"] == pytest.approx(0.875) and summary["PQ_th"] == 0.0
+    assert summary["PQ"] == pytest.approx(0.875 / 2)
