@@ -5,7 +5,11 @@ validation split, writes ``DIR/eval/results_<step>.json`` (COCO results) and
 ``DIR/eval/metrics_<step>.json`` (``bbox/AP``, ``bbox/AP50``, …; with a segmentation
 head also ``segm/...`` and, with ``eval.box_mask_baseline``, ``box_as_mask/...``), prints the
 standard COCO table, and with ``--visualize N`` writes N PNGs with predicted boxes (and
-masks) and ground-truth boxes to ``DIR/eval/vis_<step>/``.
+masks) and ground-truth boxes to ``DIR/eval/vis_<step>/``. On a panoptic dataset
+(``data.source='coco_panoptic'``) it also writes the COCO panoptic predictions
+(``DIR/eval/panoptic_<step>/*.png`` + ``panoptic_<step>.json``), reports ``panoptic/PQ``,
+``SQ``, ``RQ``, ``PQ_th``, …, ``PQ_st`` and draws the panoptic segmentations (prediction
+beside ground truth).
 """
 
 import argparse

@@ -14,6 +14,11 @@ Records have the format of :mod:`msvision.data.coco` (``image``, ``boxes``,
 
 Labels are contiguous over *all* panoptic categories (things and stuff), sorted
 by COCO id.
+
+Panoptic training (thesis T1610, N§6.5) treats stuff exactly like things: every
+segment is one box + mask instance over all panoptic classes (133 on COCO), and
+crowd segments are dropped (``drop_crowd=True``, what ``data.source='coco_panoptic'``
+builds; the released code's ``CocoDataset`` drops them).
 """
 
 from __future__ import annotations
@@ -53,11 +58,13 @@ class PanopticSource:
         (pass e.g. the loaded ``panoptic_coco_categories.json`` otherwise).
       with_masks: decode the segment masks from the PNG.
       max_instances: keep at most this many segments per image (largest boxes).
+      drop_crowd: leave out the crowd segments (panoptic training, N§6.5); when False
+        they are kept with ``is_crowd`` set.
     """
 
     def __init__(self, panoptic_json: str, panoptic_dir: str, images: str, *,
                  categories: Optional[Sequence[dict]] = None, with_masks: bool = True,
-                 max_instances: int = 100):
+                 max_instances: int = 100, drop_crowd: bool = False):
         self.annotations_path = os.fspath(panoptic_json)
         self.panoptic_dir = os.fspath(panoptic_dir)
         self.images_dir = os.fspath(images)
@@ -80,6 +87,11 @@ class PanopticSource:
                                                              "file_name": None})
             segments = annotation["segments_info"]
             self.stats.annotations += len(segments)
+            if drop_crowd:
+                crowd = sum(bool(s.get("iscrowd", 0)) for s in segments)
+                if crowd:
+                    self.stats.add("crowd_segments_dropped", crowd)
+                segments = [s for s in segments if not s.get("iscrowd", 0)]
             size = (int(image["height"]), int(image["width"]))
             labels = np.array([self.category_to_label.get(s["category_id"], -1)
                                for s in segments], np.int32)
@@ -104,6 +116,10 @@ class PanopticSource:
 
     def __repr__(self) -> str:
         return f"PanopticSource({self.annotations_path!r}, images={len(self)})"
+
+    @property
+    def image_ids(self) -> list[int]:
+        return [entry["image_id"] for entry in self._images]
 
     def image_size(self, index: int) -> tuple[int, int]:
         return self._images[index]["size"]

@@ -6,7 +6,8 @@ Config schema (``config.data``, an ``ml_collections.ConfigDict``; defaults from
 
 - ``source``: ``'coco'`` (instances JSON + image folder, :class:`CocoSource`),
   ``'coco_panoptic'`` (panoptic JSON + PNG folder + image folder,
-  :class:`PanopticSource`) or ``'tfds'`` (:class:`TfdsSource`, boxes only).
+  :class:`PanopticSource`: the panoptic task, every non-crowd segment, thing or
+  stuff, is a box + mask instance (thesis T1610, N§6.5); evaluation adds PQ) or ``'tfds'`` (:class:`TfdsSource`, boxes only).
 - ``train``, ``val``: one split each, with
     - ``annotations``: path of the COCO instances JSON (``'coco'``); for ``val``
       also the file COCO evaluation (pycocotools) reads;
@@ -126,7 +127,7 @@ def build_source(split_cfg, data_cfg):
     if kind == "coco_panoptic":
         return PanopticSource(split_cfg.panoptic, split_cfg.panoptic_dir, split_cfg.images,
                               with_masks=data_cfg.with_masks,
-                              max_instances=data_cfg.max_instances)
+                              max_instances=data_cfg.max_instances, drop_crowd=True)
     if kind == "tfds":
         return TfdsSource(split_cfg.tfds_name, split_cfg.tfds_split, split_cfg.tfds_data_dir,
                           max_instances=data_cfg.max_instances,

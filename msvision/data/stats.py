@@ -48,6 +48,7 @@ class DataStats:
         truncated or undecodable); each read of one is replaced by the next
         readable image.
       corrupt_image_reads: failed reads (a bad file is met again every epoch).
+      crowd_segments_dropped: crowd segments left out of panoptic training (N§6.5).
     """
 
     images: int = 0
@@ -61,6 +62,7 @@ class DataStats:
     orphan_annotations: int = 0
     corrupt_images: int = 0
     corrupt_image_reads: int = 0
+    crowd_segments_dropped: int = 0
 
     def __post_init__(self):
         self._lock = threading.Lock()

@@ -7,6 +7,10 @@ Optional full-image masks are alpha-blended in the class colour below the boxes.
 Small images are enlarged (to ``min_size`` pixels on the long side, by an integer
 factor) and the font, line widths and dashes scale with the picture, so the tags
 stay readable; tags are placed so that they do not cover each other.
+
+Panoptic segmentations (:func:`draw_panoptic`) colour every segment (stuff in its class
+colour, each thing in a shade of it), outline the segments and tag each with its
+class name (and score) at the segment's most interior pixel.
 """
 
 from __future__ import annotations
@@ -160,6 +164,78 @@ def draw_detections(
     if gt_boxes is not None:
         for box, label in zip(gt_boxes, gt_labels):
             _tag(draw, (box[0], box[3]), f"GT {_class_name(class_names, label)}", class_color(label), font, placed)
+    return pil
+
+
+def segment_color(label: int, index: int, is_thing: bool) -> tuple[int, int, int]:
+    """The class colour for stuff; for things a per-segment shade of it (instances differ)."""
+    r, g, b = class_color(label)
+    if not is_thing:
+        return r, g, b
+    h, s, v = colorsys.rgb_to_hsv(r / 255, g / 255, b / 255)
+    v = 0.55 + 0.45 * ((index * 0.381966) % 1.0)
+    r, g, b = colorsys.hsv_to_rgb(h, s, v)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_panoptic(
+    image: np.ndarray,
+    ids: np.ndarray,
+    segments: Sequence[dict],
+    category_names: dict,
+    *,
+    category_labels: Optional[dict] = None,
+    alpha: float = 0.55,
+    min_size: int = 640,
+) -> Image.Image:
+    """Draw a panoptic segmentation on an image.
+
+    Args:
+      image: ``[H, W, 3]`` uint8 RGB.
+      ids: ``[H, W]`` int segment ids (0 = void, left as the image).
+      segments: COCO panoptic ``segments_info`` (``id``, ``category_id``, optional
+        ``isthing``, ``score``).
+      category_names: ``{category_id: name}``.
+      category_labels: ``{category_id: contiguous label}`` for the colours (default: the id).
+      alpha: colour opacity; min_size: as :func:`draw_detections`.
+
+    Returns:
+      ``PIL.Image`` RGB, enlarged like :func:`draw_detections`.
+    """
+    from scipy import ndimage
+
+    image = np.asarray(image)
+    ids = np.asarray(ids)
+    scale = max(1, math.ceil(min_size / max(image.shape[:2]))) if max(image.shape[:2]) < min_size else 1
+    if scale > 1:
+        image = np.repeat(np.repeat(image, scale, axis=0), scale, axis=1)
+        ids = np.repeat(np.repeat(ids, scale, axis=0), scale, axis=1)
+    canvas = image.astype(np.float32).copy()
+    labels = category_labels or {}
+    colors = {}
+    for index, seg in enumerate(segments):
+        label = labels.get(seg["category_id"], seg["category_id"])
+        colors[seg["id"]] = segment_color(label, index, bool(seg.get("isthing", 1)))
+        m = ids == seg["id"]
+        canvas[m] = (1 - alpha) * canvas[m] + alpha * np.asarray(colors[seg["id"]], np.float32)
+    edge = np.zeros(ids.shape, bool)  # segment borders in white
+    edge[:-1] |= ids[:-1] != ids[1:]
+    edge[:, :-1] |= ids[:, :-1] != ids[:, 1:]
+    canvas[edge] = 255.0
+    pil = Image.fromarray(np.clip(np.round(canvas), 0, 255).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(pil)
+    font = ImageFont.load_default(size=max(12, round(max(ids.shape) / 55)))
+    placed: list = []
+    for seg in sorted(segments, key=lambda s: -s.get("score", 1.0)):
+        m = ids == seg["id"]
+        if not m.any():
+            continue
+        depth = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(np.argmax(depth), depth.shape)
+        name = str(category_names.get(seg["category_id"], seg["category_id"]))
+        text = f"{name} {seg['score']:.2f}" if "score" in seg else name
+        color = tuple(int(0.7 * c) for c in colors[seg["id"]])
+        _tag(draw, (float(x), float(y)), text, color, font, placed)
     return pil
 
 

@@ -3,7 +3,9 @@
 ``config.data.synthetic`` (optional) asks for the built-in synthetic dataset:
 ``enabled`` (bool), ``root`` (folder), ``num_train``, ``num_val``, ``image_size``,
 ``seed``. When enabled, :func:`dataset_info` generates it if absent and points
-``data.train`` / ``data.val`` at it, so a fresh clone trains with no download.
+``data.train`` / ``data.val`` at it (``annotations``/``images`` and the panoptic
+split ``panoptic``/``panoptic_dir``, read with ``data.source='coco_panoptic'``), so
+a fresh clone trains with no download.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def prepare_synthetic(data_cfg) -> None:
         for split in ("train", "val"):
             data_cfg[split].annotations = os.path.join(root, split, "instances.json")
             data_cfg[split].images = os.path.join(root, split, "images")
+            data_cfg[split].panoptic = os.path.join(root, split, "panoptic.json")
+            data_cfg[split].panoptic_dir = os.path.join(root, split, "panoptic")
 
 
 def dataset_info(data_cfg) -> DatasetInfo:

@@ -1,5 +1,7 @@
 """Defaults of the ``train`` and ``eval`` config sections (documented in ``loop.py``)."""
 
+import dataclasses
+
 import ml_collections
 
 
@@ -20,4 +22,9 @@ def default_train_config() -> ml_collections.ConfigDict:
 def default_eval_config() -> ml_collections.ConfigDict:
     # box_mask_baseline: with a segmentation head, also score the predicted boxes filled as
     # masks (``box_as_mask/...`` metrics), the reference a mask head has to beat.
-    return ml_collections.ConfigDict(dict(visualize=8, box_mask_baseline=False))
+    # panoptic: the post-processing of a panoptic dataset (data.source='coco_panoptic'),
+    # the fields of msvision.evaluation.panoptic_postprocess.PanopticPostProcess.
+    from msvision.evaluation.panoptic_postprocess import PanopticPostProcess
+
+    return ml_collections.ConfigDict(dict(visualize=8, box_mask_baseline=False,
+                                          panoptic=dataclasses.asdict(PanopticPostProcess())))

@@ -9,6 +9,15 @@ the dataset's own category ids), ``metrics_<step>.json`` (``bbox/AP``,
 trivial baseline of a mask head) and, when asked, ``vis_<step>/*.png`` with
 predicted boxes (solid, masks blended) and ground truth (dashed).
 
+A panoptic dataset (``data.source='coco_panoptic'``) also gets the panoptic
+post-processing of every image (``eval.panoptic``,
+:mod:`msvision.evaluation.panoptic_postprocess`): the COCO panoptic predictions
+``panoptic_<step>/*.png`` + ``panoptic_<step>.json`` and ``panoptic/PQ``, ``SQ``, ``RQ``,
+``PQ_th``, …, ``PQ_st`` (fractions) in the metrics; its ``bbox``/``segm`` AP is
+computed against every segment as an instance (things and stuff,
+:func:`~msvision.evaluation.panoptic_predictions.panoptic_to_coco_instances`), and the
+pictures show the panoptic prediction beside the ground truth.
+
 Several processes: each reads its share of every global batch (process ``i`` of
 ``n``: images ``≡ i (mod n)``, ``msvision.data.pipeline``), the predictions are
 gathered to every process, and process 0 alone writes the files and runs the COCO
@@ -30,7 +39,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from msvision.evaluation import coco_eval, visualize
+from msvision.evaluation import panoptic as panoptic_metric
 from msvision.evaluation.masks import detection_box_masks, detection_image_masks
+from msvision.evaluation.panoptic_postprocess import PanopticPostProcess
+from msvision.evaluation.panoptic_predictions import PanopticPredictionWriter, panoptic_to_coco_instances
 from msvision.structures import Batch, Detections
 from msvision.train import data_setup
 from msvision.train import sharding as sharding_lib
@@ -63,14 +75,33 @@ def evaluate_detector(
     drawn = 0
     is_main = jax.process_index() == 0
     has_masks = False
+    data_cfg = dataset_info.data_cfg
+    panoptic = None  # the panoptic predictions of a panoptic dataset (process 0)
+    if data_cfg.source == "coco_panoptic" and is_main:
+        section = config.get("eval", {}).get("panoptic", None)
+        post = PanopticPostProcess(**(section.to_dict() if section is not None else {}))
+        panoptic = PanopticPredictionWriter(data_cfg.val.panoptic, data_cfg.val.panoptic_dir,
+                                            os.path.join(workdir, "eval", f"panoptic_{step}"),
+                                            dataset_info.label_to_category, post)
     for local_batch in tqdm(eval_iter, desc="eval", disable=not is_main, dynamic_ncols=True):
         batch = sharding_lib.shard_batch(local_batch, mesh)
         # Every process gets the whole global batch: its own images and the others'.
         detections = sharding_lib.gather_to_host(predict(batch))
         image_ids = _first_occurrences(sharding_lib.gather_to_host(batch.image_ids), seen)
         orig_sizes = sharding_lib.gather_to_host(batch.orig_sizes) if detections.masks is not None else None
+        input_sizes = sharding_lib.gather_to_host(batch.image_sizes) if data_cfg.source == "coco_panoptic" else None
         if not is_main:
             continue
+        panoptic_ids = {}
+        if panoptic is not None:
+            if detections.masks is None:
+                raise ValueError("a panoptic dataset needs a segmentation head (model.seg_head)")
+            for i, image_id in enumerate(image_ids):
+                if image_id >= 0:
+                    v = np.asarray(detections.valid[i], bool)
+                    panoptic_ids[int(image_id)] = panoptic.add(
+                        image_id, detections.masks[i][v], detections.mask_boxes[i][v], detections.scores[i][v],
+                        detections.labels[i][v], input_sizes[i], orig_sizes[i])
         image_masks = None
         if detections.masks is not None:  # segmentation head: masks at the original size
             has_masks = True
@@ -83,7 +114,9 @@ def evaluate_detector(
             coco_eval.detections_to_coco_results(detections, image_ids, dataset_info.label_to_category,
                                                  image_masks=image_masks)
         )
-        if drawn < visualize_count:
+        if drawn < visualize_count and panoptic is not None:
+            drawn += _draw_panoptic(image_ids, panoptic_ids, panoptic, dataset_info, vis_dir, visualize_count - drawn)
+        elif drawn < visualize_count:
             drawn += _draw(image_ids, detections, dataset_info, vis_dir, visualize_count - drawn,
                            image_masks=image_masks)
     if len(seen) != len(dataset_info.val_source):
@@ -94,16 +127,23 @@ def evaluate_detector(
         out_dir = os.path.join(workdir, "eval")
         os.makedirs(out_dir, exist_ok=True)
         coco_eval.write_results_json(os.path.join(out_dir, f"results_{step}.json"), results)
-        evaluator = coco_eval.CocoEvaluator(dataset_info.val_annotations,
-                                            iou_types=("bbox", "segm") if has_masks else ("bbox",))
+        ground_truth = dataset_info.val_annotations
+        if data_cfg.source == "coco_panoptic":  # every segment an instance (N§6.5)
+            ground_truth = panoptic_to_coco_instances(data_cfg.val.panoptic, data_cfg.val.panoptic_dir, seen)
+        evaluator = coco_eval.CocoEvaluator(ground_truth, iou_types=("bbox", "segm") if has_masks else ("bbox",))
         evaluator.add(results)
         metrics = evaluator.evaluate()
         if box_mask_results:
-            baseline = coco_eval.CocoEvaluator(dataset_info.val_annotations, iou_types=("segm",))
+            baseline = coco_eval.CocoEvaluator(ground_truth, iou_types=("segm",))
             baseline.add(box_mask_results)
             metrics.update({f"box_as_mask/{k.split('/', 1)[1]}": v for k, v in baseline.evaluate().items()})
         print(f"COCO evaluation at step {step} ({len(seen)} images, {len(results)} detections):")
         print(coco_eval.format_table(metrics))
+        if panoptic is not None:
+            summary = panoptic.finish()
+            print(f"Panoptic quality at step {step} ({panoptic.pq.num_images} images):")
+            print(panoptic_metric.format_table(summary))
+            metrics.update({f"panoptic/{k}": float(v) for k, v in summary.items()})
         metrics["num_images"] = float(len(seen))
         with open(os.path.join(out_dir, f"metrics_{step}.json"), "w") as f:
             json.dump(dict(metrics, step=step), f, indent=2)
@@ -129,6 +169,30 @@ def _first_occurrences(image_ids: np.ndarray, seen: set[int]) -> np.ndarray:
         else:
             seen.add(int(image_id))
     return ids
+
+
+def _draw_panoptic(image_ids: np.ndarray, panoptic_ids: dict, writer: PanopticPredictionWriter, dataset_info,
+                   out_dir: str, limit: int) -> int:
+    """Writes up to ``limit`` PNGs: the panoptic prediction (left) beside the ground truth (right)."""
+    os.makedirs(out_dir, exist_ok=True)
+    names = dict(zip(dataset_info.label_to_category, dataset_info.class_names))
+    labels = {c: k for k, c in enumerate(dataset_info.label_to_category)}
+    isthing = {int(c["id"]): int(c.get("isthing", 1)) for c in writer.categories}
+    count = 0
+    for image_id in np.asarray(image_ids).reshape(-1):
+        if count >= limit or int(image_id) not in panoptic_ids:
+            continue
+        image = data_setup.load_original_image(dataset_info, int(image_id))
+        ids, segments = panoptic_ids[int(image_id)]
+        pictures = [visualize.draw_panoptic(image, ids, segments, names, category_labels=labels)]
+        gt = writer.gt_by_image.get(int(image_id))
+        if gt is not None:
+            gt_ids = panoptic_metric.read_id_map(os.path.join(writer.gt_dir, gt["file_name"]))
+            gt_segments = [dict(s, isthing=isthing.get(int(s["category_id"]), 1)) for s in gt["segments_info"]]
+            pictures.append(visualize.draw_panoptic(image, gt_ids, gt_segments, names, category_labels=labels))
+        visualize.save_grid(pictures, os.path.join(out_dir, f"{int(image_id)}.png"), num_columns=2)
+        count += 1
+    return count
 
 
 def _draw(image_ids: np.ndarray, detections: Detections, dataset_info, out_dir: str, limit: int,
