@@ -4,7 +4,7 @@
 section per part, ``backbone``, ``neck``, ``head`` and ``seg_head``, each with a
 ``name`` that picks the module from :data:`BACKBONES`, :data:`NECKS`, :data:`HEADS`
 or :data:`SEG_HEADS`. ``seg_head`` is optional: its default ``'none'`` is a detector;
-a segmentation head (``'effseg'``, thesis chapter 5) adds masks, reading the
+a segmentation head (``'effseg'`` or its baseline ``'refinemask'``, thesis chapter 5) adds masks, reading the
 pyramid and the detection head's queries, boxes and matches
 (``head.losses_with_queries`` / ``head.predict_with_queries``). The rest
 of a part's section maps one to one onto that module's constructor keyword
@@ -18,7 +18,8 @@ Arguments the builder supplies itself (not config fields): ``rngs`` and ``dtype`
 (from ``model.dtype``) everywhere; the neck's ``in_channels`` (from the backbone);
 the head's ``num_classes`` (from ``model.num_classes``, set from the dataset by
 the trainer), ``levels`` and ``channels`` (from the neck); the segmentation
-head's ``levels`` and ``channels`` (from the neck). Builder-level fields:
+head's ``levels`` and ``channels`` (from the neck) and, for a head with
+class-specific masks (a ``num_classes`` argument, e.g. 'refinemask'), ``num_classes``. Builder-level fields:
 ``backbone.pretrained`` (a checkpoint loaded after construction by the backbone's
 loader: a torchvision ResNet ``.pth``, or an official / mmdet / torchvision Swin
 ``.pth``, :mod:`msvision.models.backbones.pretrained`; needs torch).
@@ -29,6 +30,7 @@ With no fields set, the model is the thesis's R50-FPN-RetinaNet (chapter 3, C = 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 from typing import Any, Callable
 
@@ -42,6 +44,7 @@ from msvision.models.backbones.swin import SwinTransformer
 from msvision.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector
 from msvision.models.heads.effseg import EffSegHead
 from msvision.models.heads.fqdet import FQDetHead
+from msvision.models.heads.refinemask import RefineMaskHead
 from msvision.models.heads.retinanet import RetinaNetHead
 from msvision.models.necks.bfpn import BottleneckFPN
 from msvision.models.necks.bifpn import BiFPN
@@ -63,7 +66,8 @@ NECKS: dict[str, tuple[Callable, dict]] = {
 }
 HEADS: dict[str, tuple[Callable, dict]] = {"retinanet": (RetinaNetHead, {}), "fqdet": (FQDetHead, {})}
 # 'none': no segmentation head (a detector). Segmentation heads need a query-based head.
-SEG_HEADS: dict[str, tuple[Callable | None, dict]] = {"none": (None, {}), "effseg": (EffSegHead, {})}
+SEG_HEADS: dict[str, tuple[Callable | None, dict]] = {"none": (None, {}), "effseg": (EffSegHead, {}),
+                                                       "refinemask": (RefineMaskHead, {})}
 REGISTRIES = {"backbone": BACKBONES, "neck": NECKS, "head": HEADS, "seg_head": SEG_HEADS}
 DEFAULT_NAMES = {"backbone": "resnet", "neck": "fpn", "head": "retinanet", "seg_head": "none"}
 
@@ -71,7 +75,7 @@ SUPPLIED = {
     "backbone": ("dtype", "rngs"),
     "neck": ("in_channels", "dtype", "rngs"),
     "head": ("num_classes", "levels", "channels", "dtype", "rngs"),
-    "seg_head": ("levels", "channels", "dtype", "rngs"),
+    "seg_head": ("num_classes", "levels", "channels", "dtype", "rngs"),  # num_classes if it takes one
 }
 BUILDER_FIELDS = {"backbone": {"pretrained": ""}, "neck": {}, "head": {}, "seg_head": {}}
 
@@ -160,8 +164,12 @@ def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Dete
     neck = build_part("neck", model_cfg.neck, in_channels=dict(backbone.out_channels), dtype=dtype, rngs=rngs)
     head = build_part("head", model_cfg.head, num_classes=model_cfg.num_classes, levels=neck.out_levels,
                        channels=neck.channels, dtype=dtype, rngs=rngs)
+    seg_classes = {}
+    seg_fn = SEG_HEADS[model_cfg.seg_head.name][0]
+    if seg_fn is not None and "num_classes" in inspect.signature(seg_fn).parameters:  # class-specific masks
+        seg_classes = {"num_classes": model_cfg.num_classes}
     seg_head = build_part("seg_head", model_cfg.seg_head, levels=neck.out_levels, channels=neck.channels,
-                          dtype=dtype, rngs=rngs)
+                          dtype=dtype, rngs=rngs, **seg_classes)
     if seg_head is not None and not hasattr(head, "losses_with_queries"):
         raise ConfigError(f"model.seg_head {model_cfg.seg_head.name!r} needs a query-based detection head "
                           f"(model.head.name='fqdet'), got {model_cfg.head.name!r}")
