@@ -50,3 +50,28 @@ def test_quickstart_head_follows_the_same_formula():
     model = abstract_model(config.model)
     assert count_variables(model.seg_head, nnx.Param) == released_head_params(
         c=64, classes=config.model.num_classes, semantic_convs=2)
+
+
+def test_analytic_macs_follow_the_layer_shapes():
+    """:func:`refinemask_macs`' layer terms = Σ over the thesis head's kernels of (kernel size ×
+    output cells it is applied to), read from the abstract module (one class per RoI for the
+    class-specific logits)."""
+    from msvision.models.heads.refinemask.cost import refinemask_macs
+
+    head = abstract_model(load_config(str(CONFIGS / "r50_fpn_fqdet_refinemask.py")).model).seg_head
+    r, p = 7, 200 * 304
+    sizes = [14, 28, 56]
+    cells = [r * s * s for s in sizes]
+    k = lambda layer: layer.kernel.size  # noqa: E731
+    expected = k(head.query_fusion.query_proj) * r
+    expected += (k(head.query_fusion.fuse.hidden) + k(head.query_fusion.fuse.out)) * cells[0]
+    expected += sum(k(c) for c in head.instance_convs) * cells[0] + sum(k(c) for c in head.semantic_convs) * p
+    for s, stage in enumerate(head.stages):
+        expected += k(stage.semantic_in) * p
+        layers = [stage.fuse_in, stage.fusion.merge, stage.fuse_out, *stage.fusion.branches]
+        expected += sum(k(layer) for layer in layers) * cells[s]
+        expected += k(head.stage_logits[s]) // head.stage_logits[s].num_classes * cells[s]
+    expected += k(head.stage_logits[-1]) * cells[-1]
+    macs = refinemask_macs(256, r, p)
+    layer_terms = macs["total"] - macs["roi_align"] - macs["semantic_sampling"] - macs["upsampling"]
+    assert layer_terms == expected
