@@ -182,7 +182,8 @@ def test_foreground_target_from_box_frame_masks_matches_full_masks():
     full = np.asarray(foreground_target(jnp.asarray(batch.masks), jnp.asarray(batch.valid), (16, 16), 4))
     frames, grids = zip(*(box_frame_masks(m, 32) for m in batch.masks))
     grids, frames = np.stack(grids), np.stack(frames)
-    boxed = np.asarray(foreground_target(jnp.asarray(grids), jnp.asarray(batch.valid), (16, 16), 4, jnp.asarray(frames)))
+    boxed = np.asarray(foreground_target(jnp.asarray(grids), jnp.asarray(batch.valid), (16, 16), 4,
+                                         jnp.asarray(frames)))
     assert full.any() and (full != boxed).mean() < 0.03
 
 
@@ -209,3 +210,55 @@ def test_masks_do_not_depend_on_the_batch_padding():
                     [[h, w]])
     for sa, sb in zip(a, b):
         np.testing.assert_allclose(sa, sb, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow  # one predict compile
+def test_predict_one_mask_per_query_and_class_scored_by_eq_5_3():
+    """Class-specific masks: a query detected with two classes gets two masks, each the head's
+    112² probabilities for that (query, class) pair; score = class score × mean pasted
+    probability over p > 0.5 (eq. 5.3), re-sorted."""
+    from msvision.models.heads.effseg.postprocess import paste_masks
+    from msvision.structures import Detections
+
+    graphdef, state = build()
+    rng = np.random.default_rng(7)
+    q = 5
+    boxes = np.concatenate([BOXES, BOXES[:, :2] + 3], 1)
+    queries = QueryOutputs(queries=jnp.asarray(rng.normal(size=(2, q, C)), jnp.float32), boxes=jnp.asarray(boxes),
+                           detection_queries=jnp.asarray([[4, 1, 4, 0], [2, 2, 3, 0]], jnp.int32))
+    labels = np.array([[1, 0, 2, 0], [0, 1, 1, 0]], np.int32)
+    dets = Detections(boxes=jnp.zeros((2, 4, 4)), scores=jnp.asarray([[0.9, 0.8, 0.5, 0.0], [0.7, 0.6, 0.4, 0.0]]),
+                      labels=jnp.asarray(labels), valid=jnp.asarray([[True, True, True, False]] * 2))
+    batch = Batch(images=np.zeros((2, CANVAS, CANVAS, 3), np.uint8), image_sizes=IMAGE_SIZES, orig_sizes=IMAGE_SIZES,
+                  image_ids=np.arange(2, dtype=np.int32), boxes=np.zeros((2, 1, 4), np.float32),
+                  labels=np.zeros((2, 1), np.int32), valid=np.zeros((2, 1), bool), is_crowd=np.zeros((2, 1), bool))
+    pyramid = make_pyramid(8)
+    out = jax.jit(lambda st: nnx.merge(graphdef, st).predict(pyramid, batch, dets, queries))(state)
+    assert out.masks.shape == (2, 4, 112, 112)
+
+    # Oracle: the network on the three detected (query, class) pairs of each image, in pair order.
+    det_q = np.asarray(queries.detection_queries)
+    pairs = [sorted({(det_q[i, k], labels[i, k]) for k in range(3)}) for i in range(2)]
+    index = np.array([[p[0] for p in pl] for pl in pairs])
+    pair_labels = np.array([[p[1] for p in pl] for pl in pairs], np.int32)
+    take = lambda x: jnp.asarray(np.asarray(x)[np.arange(2)[:, None], index])  # noqa: E731
+    probs = np.asarray(jax.jit(lambda st: nnx.merge(graphdef, st).mask_probabilities(
+        pyramid, jnp.asarray(IMAGE_SIZES), take(queries.queries), take(queries.boxes), jnp.asarray(pair_labels),
+        jnp.ones((2, 3), bool)))(state))
+    for image in range(2):
+        h, w = IMAGE_SIZES[image]
+        expected = []
+        for k in range(3):
+            mask = probs[image, pairs[image].index((det_q[image, k], labels[image, k]))]
+            pasted = np.asarray(paste_masks(jnp.asarray(mask[None]), jnp.asarray(boxes[image, det_q[image, k]][None]),
+                                            CANVAS, CANVAS))[0, :h, :w]
+            fg = pasted > 0.5
+            expected.append((float(dets.scores[image, k]) * pasted[fg].sum() / (fg.sum() + 1e-6), k, mask))
+        expected.sort(key=lambda t: -t[0])
+        np.testing.assert_allclose(out.scores[image, :3], [s for s, _, _ in expected], rtol=2e-4, atol=1e-6)
+        for slot, (_, k, mask) in enumerate(expected):
+            np.testing.assert_allclose(out.masks[image, slot], mask, rtol=1e-4, atol=1e-5)
+            assert int(out.labels[image, slot]) == labels[image, k]
+        assert not np.asarray(out.masks[image, 3]).any()
+    # image 0: query 4 with classes 1 and 2 -> two different masks
+    assert not np.allclose(probs[0, pairs[0].index((4, 1))], probs[0, pairs[0].index((4, 2))])

@@ -39,7 +39,8 @@ def _window_sum(x: Array, width: int) -> Array:
 
 
 def boundary_band(mask: Array, width: int) -> Array:
-    """``mask [..., S, S] bool`` → ``[..., S, S] bool`` RefineMask's width-``width`` boundary band (module docstring)."""
+    """``mask [..., S, S] bool`` → ``[..., S, S] bool``: RefineMask's width-``width`` boundary band
+    (the module docstring's definition)."""
     mask = mask.astype(bool)
     cells = (2 * width + 1) ** 2
     foreground = _window_sum(mask.astype(jnp.int32), width)
@@ -62,7 +63,8 @@ def corner_weights(size: int) -> Array:
 
 
 def upsample2x_corners(x: Array) -> Array:
-    """``[..., S, S]`` → ``[..., 2S, 2S]`` float32, ``F.interpolate(scale_factor=2, mode='bilinear', align_corners=True)``."""
+    """``[..., S, S]`` → ``[..., 2S, 2S]`` float32:
+    ``F.interpolate(scale_factor=2, mode='bilinear', align_corners=True)``."""
     w = corner_weights(x.shape[-1])
     hi = jax.lax.Precision.HIGHEST
     return jnp.einsum("ys,...st,xt->...yx", w, x.astype(jnp.float32), w, precision=hi)
