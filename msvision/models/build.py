@@ -4,7 +4,7 @@
 section per part, ``backbone``, ``neck``, ``head`` and ``seg_head``, each with a
 ``name`` that picks the module from :data:`BACKBONES`, :data:`NECKS`, :data:`HEADS`
 or :data:`SEG_HEADS`. ``seg_head`` is optional: its default ``'none'`` is a detector;
-a segmentation head (``'effseg'``, thesis chapter 5) adds masks, reading the
+a segmentation head (``'effseg'`` or its baseline ``'refinemask'``, thesis chapter 5) adds masks, reading the
 pyramid and the detection head's queries, boxes and matches
 (``head.losses_with_queries`` / ``head.predict_with_queries``). The rest
 of a part's section maps one to one onto that module's constructor keyword
@@ -45,6 +45,7 @@ from msvision.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector
 from msvision.models.heads.effseg import EffSegHead
 from msvision.models.heads.fqdet import FQDetHead
 from msvision.models.heads.mask_baselines import MaskRCNNHead, PointRendHead
+from msvision.models.heads.refinemask import RefineMaskHead
 from msvision.models.heads.retinanet import RetinaNetHead
 from msvision.models.necks.bfpn import BottleneckFPN
 from msvision.models.necks.bifpn import BiFPN
@@ -71,6 +72,7 @@ SEG_HEADS: dict[str, tuple[Callable | None, dict]] = {
     "effseg": (EffSegHead, {}),
     "maskrcnn": (MaskRCNNHead, {}),  # Mask R-CNN++ (thesis T1397–1399)
     "pointrend": (PointRendHead, {}),  # PointRend++
+    "refinemask": (RefineMaskHead, {}),  # RefineMask++
 }
 REGISTRIES = {"backbone": BACKBONES, "neck": NECKS, "head": HEADS, "seg_head": SEG_HEADS}
 DEFAULT_NAMES = {"backbone": "resnet", "neck": "fpn", "head": "retinanet", "seg_head": "none"}

@@ -1,0 +1,14 @@
+"""RefineMask++: the chapter-5 baseline (thesis T1397–1399; RefineMask, Zhang et al. 2021).
+
+Split as EffSeg (STYLE.md): :mod:`.head` (the network, :class:`RefineMaskHead`),
+:mod:`.criterion` (the BAR loss), :mod:`.postprocess` (band-overwrite inference),
+:mod:`.boundary` (boundary bands, align-corners upsampling), :mod:`.modules` (the
+SFM stage, MultiBranchFusionAvg). Training RoIs, mask targets, paste and scores are
+EffSeg's (:mod:`msvision.models.heads.effseg`).
+"""
+
+from msvision.models.heads.refinemask.criterion import RefineMaskCriterion
+from msvision.models.heads.refinemask.head import RefineMaskHead
+from msvision.models.heads.refinemask.postprocess import RefineMaskPostProcess
+
+__all__ = ["RefineMaskHead", "RefineMaskCriterion", "RefineMaskPostProcess"]
