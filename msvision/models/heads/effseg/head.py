@@ -45,7 +45,7 @@ from flax import nnx
 from msvision.models.heads.effseg.criterion import EffSegCriterion
 from msvision.models.heads.effseg.modules import (ChildNetwork, NeckFusion, ProcessingModule, QueryFusion,
                                                   TwoLayerMLP, sine_position_encoding, torch_linear)
-from msvision.models.heads.effseg.postprocess import (EffSegPostProcess, assemble_mask_logits, mask_scores,
+from msvision.models.heads.effseg.postprocess import (EffSegPostProcess, assemble_mask_logits, score_and_sort,
                                                       unique_queries)
 from msvision.models.heads.effseg.targets import mask_targets, select_train_rois
 from msvision.models.layers import Conv2d, kaiming_normal_fan_out
@@ -270,19 +270,7 @@ class EffSegHead(nnx.Module):
         stages = self(pyramid, batch.image_sizes, take(queries.queries), boxes, roi_valid)
         probs = jax.nn.sigmoid(assemble_mask_logits(stages, num_dets, self.base_resolution))  # [B, R, S, S]
         per_det = lambda x: jnp.take_along_axis(x, inverse.reshape(inverse.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
-        masks, mask_boxes = per_det(probs), per_det(boxes)
-        scores = dets.scores
-        if self.postprocess.score_weighting:
-            canvas = tuple(int(v) for v in batch.images.shape[1:3])
-            score_fn = functools.partial(mask_scores, canvas_hw=canvas, threshold=self.postprocess.mask_threshold,
-                                         chunk=self.postprocess.paste_chunk)
-            roi_scores = jax.vmap(score_fn)(probs, boxes, jnp.asarray(batch.image_sizes, jnp.int32))  # [B, R]
-            scores = jnp.where(dets.valid, dets.scores * jnp.take_along_axis(roi_scores, inverse, axis=1), 0.0)
-        order = jnp.argsort(jnp.where(dets.valid, -scores, jnp.inf), axis=1, stable=True)
-        reorder = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
-        masks = jnp.where(dets.valid[..., None, None], masks, 0.0)
-        return Detections(boxes=reorder(dets.boxes), scores=reorder(scores), labels=reorder(dets.labels),
-                          valid=reorder(dets.valid), masks=reorder(masks), mask_boxes=reorder(mask_boxes))
+        return score_and_sort(batch, dets, per_det(probs), per_det(boxes), self.postprocess)
 
 
 __all__ = ["EffSegHead"]

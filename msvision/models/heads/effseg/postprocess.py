@@ -19,11 +19,13 @@ COCO ``segm`` results at the original image resolution (same interpolation).
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 
 from msvision.ops.padding import resize_bilinear
+from msvision.structures import Batch, Detections
 
 Array = jax.Array
 
@@ -147,5 +149,30 @@ def unique_queries(query_ids: Array, valid: Array, num_queries: int, num_slots: 
     return rois.astype(jnp.int32), rois < num_queries, inverse.reshape(-1).astype(jnp.int32)
 
 
+def _take(x: Array, index: Array) -> Array:
+    return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
+
+
+def score_and_sort(batch: Batch, dets: Detections, probs: Array, mask_boxes: Array,
+                   postprocess: EffSegPostProcess) -> Detections:
+    """``dets`` with ``masks = probs [B, K, S, S]`` on ``mask_boxes [B, K, 4]`` and, with
+    ``postprocess.score_weighting``, scores ``s_cls · mean(p | p > 0.5)`` over the pasted
+    pixels inside the image (eq. 5.3), re-sorted by score. Shared by EffSeg and the ++
+    baselines (``postprocess``: any settings with ``score_weighting``, ``mask_threshold``
+    and ``paste_chunk``)."""
+    scores = dets.scores
+    if postprocess.score_weighting:
+        canvas = tuple(int(v) for v in batch.images.shape[1:3])
+        score_fn = functools.partial(mask_scores, canvas_hw=canvas, threshold=postprocess.mask_threshold,
+                                     chunk=postprocess.paste_chunk)
+        weights = jax.vmap(score_fn)(probs, mask_boxes, jnp.asarray(batch.image_sizes, jnp.int32))  # [B, K]
+        scores = jnp.where(dets.valid, dets.scores * weights, 0.0)
+    order = jnp.argsort(jnp.where(dets.valid, -scores, jnp.inf), axis=1, stable=True)
+    masks = jnp.where(dets.valid[..., None, None], probs, 0.0)
+    return Detections(boxes=_take(dets.boxes, order), scores=_take(scores, order),
+                      labels=_take(dets.labels, order), valid=_take(dets.valid, order),
+                      masks=_take(masks, order), mask_boxes=_take(mask_boxes, order))
+
+
 __all__ = ["EffSegPostProcess", "upsample2x", "assemble_mask_logits", "paste_weights", "paste_masks",
-           "mask_scores", "unique_queries"]
+           "mask_scores", "unique_queries", "score_and_sort"]

@@ -9,19 +9,18 @@ class-specific losses and eq. 5.3 scoring.
 - :func:`per_roi_bce`: sigmoid BCE, mean per RoI, summed over the RoIs of an image,
   averaged over images (the released code's ``loss / (28·28)`` summed over RoIs, N§7, at
   one image per GPU, T1382).
-- :func:`score_and_sort`: EffSeg's eq. 5.3 score ``s_cls · mean(p | p > 0.5)`` of the
+- :func:`score_and_sort` (from :mod:`msvision.models.heads.effseg.postprocess`): EffSeg's eq. 5.3 score ``s_cls · mean(p | p > 0.5)`` of the
   pasted masks, then the detections re-sorted (as :meth:`EffSegHead.predict`).
 """
 
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from msvision.models.heads.effseg.postprocess import EffSegPostProcess, mask_scores, unique_queries
+from msvision.models.heads.effseg.postprocess import score_and_sort, unique_queries
 from msvision.models.heads.effseg.targets import TrainRoIs, select_train_rois
 from msvision.models.heads.mask_baselines.targets import roi_labels
 from msvision.ops import losses as loss_ops
@@ -107,24 +106,6 @@ def roi_metrics(rois: TrainRoIs) -> dict[str, Array]:
     return {"seg/rois_per_image": jnp.mean(jnp.sum(rois.valid, axis=1).astype(jnp.float32)),
             "seg/dropped_rois": jnp.sum(rois.num_dropped).astype(jnp.float32),
             "seg/positive_queries": jnp.sum(rois.num_positive).astype(jnp.float32)}
-
-
-def score_and_sort(batch: Batch, dets: Detections, probs: Array, mask_boxes: Array,
-                   postprocess: EffSegPostProcess) -> Detections:
-    """``dets`` with ``masks = probs [B, K, S, S]`` on ``mask_boxes [B, K, 4]`` and, with
-    ``postprocess.score_weighting``, scores ``s_cls · mean(p | p > 0.5)`` over the pasted
-    pixels inside the image (eq. 5.3), re-sorted by score."""
-    scores = dets.scores
-    if postprocess.score_weighting:
-        canvas = tuple(int(v) for v in batch.images.shape[1:3])
-        score_fn = functools.partial(mask_scores, canvas_hw=canvas, threshold=postprocess.mask_threshold,
-                                     chunk=postprocess.paste_chunk)
-        weights = jax.vmap(score_fn)(probs, mask_boxes, jnp.asarray(batch.image_sizes, jnp.int32))  # [B, K]
-        scores = jnp.where(dets.valid, dets.scores * weights, 0.0)
-    order = jnp.argsort(jnp.where(dets.valid, -scores, jnp.inf), axis=1, stable=True)
-    masks = jnp.where(dets.valid[..., None, None], probs, 0.0)
-    return Detections(boxes=_take(dets.boxes, order), scores=_take(scores, order), labels=_take(dets.labels, order),
-                      valid=_take(dets.valid, order), masks=_take(masks, order), mask_boxes=_take(mask_boxes, order))
 
 
 __all__ = ["RoIInputs", "gather_train_rois", "gather_inference_rois", "per_detection", "pick_class", "detection_masks",

@@ -38,7 +38,6 @@ Config (``model.seg_head``, name 'refinemask'): the constructor keywords below.
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
@@ -46,7 +45,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.models.heads.effseg.modules import QueryFusion
-from msvision.models.heads.effseg.postprocess import mask_scores, paste_masks, unique_queries
+from msvision.models.heads.effseg.postprocess import paste_masks, score_and_sort, unique_queries
 from msvision.models.heads.effseg.targets import mask_targets, select_train_rois
 from msvision.models.heads.refinemask.boundary import upsample2x_corners
 from msvision.models.heads.refinemask.criterion import RefineMaskCriterion, semantic_loss
@@ -264,19 +263,7 @@ class RefineMaskHead(nnx.Module):
         probs = self.mask_probabilities(pyramid, batch.image_sizes, take(queries.queries), boxes, labels, roi_valid)
         # The rest as EffSeg's predict (spec §2: the ++ baselines share the paste and eq. 5.3).
         per_det = lambda x: jnp.take_along_axis(x, inverse.reshape(inverse.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
-        masks, mask_boxes = per_det(probs), per_det(boxes)
-        scores = dets.scores
-        if self.postprocess.score_weighting:
-            canvas = tuple(int(v) for v in batch.images.shape[1:3])
-            score_fn = functools.partial(mask_scores, canvas_hw=canvas, threshold=self.postprocess.mask_threshold,
-                                         chunk=self.postprocess.paste_chunk)
-            roi_scores = jax.vmap(score_fn)(probs, boxes, jnp.asarray(batch.image_sizes, jnp.int32))  # [B, R]
-            scores = jnp.where(dets.valid, dets.scores * jnp.take_along_axis(roi_scores, inverse, axis=1), 0.0)
-        order = jnp.argsort(jnp.where(dets.valid, -scores, jnp.inf), axis=1, stable=True)
-        reorder = lambda x: jnp.take_along_axis(x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
-        masks = jnp.where(dets.valid[..., None, None], masks, 0.0)
-        return Detections(boxes=reorder(dets.boxes), scores=reorder(scores), labels=reorder(dets.labels),
-                          valid=reorder(dets.valid), masks=reorder(masks), mask_boxes=reorder(mask_boxes))
+        return score_and_sort(batch, dets, per_det(probs), per_det(boxes), self.postprocess)
 
 
 def foreground_target(masks: Array, valid: Array, shape_hw: tuple[int, int], stride: int,
