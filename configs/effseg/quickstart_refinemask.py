@@ -14,7 +14,8 @@ batch 8) with the RefineMask++ head scaled like EffSeg's there:
 Everything else is the thesis's RefineMask++: BAR loss, class-specific early logits,
 width-1 band inference, eq. 5.3 scores. Evaluation also scores the boxes filled as masks.
 
-Reached (2026-11-30, synthetic val split, ``eval/metrics_900.json``): segm AP / AP50 / AP75
+Reached with the then 12-epoch schedule (2026-11-30, synthetic val split, ``eval/metrics_900.json``;
+the EffSeg quickstart, and with it this config, now trains 8 epochs): segm AP / AP50 / AP75
 0.688 / 0.950 / 0.781 (EffSeg quickstart: 0.673 / 0.931 / 0.731; boxes filled as masks
 0.208 / 0.622 / 0.134; bbox 0.695 / 0.958 / 0.783), in ~77 min on 2 shared CPU cores under
 load 5–10 (other agents' jobs and this branch's tests and benchmark ran at the same time).
