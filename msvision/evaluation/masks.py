@@ -26,22 +26,31 @@ def paste_masks_numpy(probs: np.ndarray, boxes: np.ndarray, height: int, width: 
     likewise) by bilinear interpolation, zero outside ``[0, S)``; ``p > threshold``.
     """
     probs = np.asarray(probs, np.float32)
-    boxes = np.asarray(boxes, np.float64)
-    k, size, _ = probs.shape
-    out = np.zeros((k, height, width), bool)
-    cells = np.arange(size, dtype=np.float64)
-    for i in range(k):
+    out = np.zeros((probs.shape[0], height, width), bool)
+    for i, rows, cols, values in pasted_windows(probs, boxes, height, width):
+        out[i, rows, cols] = values > threshold
+    return out
+
+
+def pasted_windows(probs, boxes: np.ndarray, height: int, width: int):
+    """Yields ``(i, rows, cols, values)`` for each grid ``probs[i]`` (``[Sh, Sw]``, grids may
+    differ in shape) on ``boxes[i]`` ``(x0, y0, x1, y1)`` pixels: ``values [len(rows), len(cols)]``
+    float64, the pasted probabilities on the pixel window ``rows × cols`` (slices) around the box.
+    Outside the window the paste is zero; empty windows are skipped."""
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    for i in range(len(boxes)):
+        grid = np.asarray(probs[i], np.float64)
+        size_h, size_w = grid.shape
         x0, y0, x1, y1 = boxes[i]
         # Pixels whose centre is more than one grid cell outside the box read zeros only.
-        cw, ch = max(x1 - x0, 0.0) / size, max(y1 - y0, 0.0) / size
+        cw, ch = max(x1 - x0, 0.0) / size_w, max(y1 - y0, 0.0) / size_h
         c0, c1 = max(int(np.floor(x0 - cw)) - 1, 0), min(int(np.ceil(x1 + cw)) + 1, width)
         r0, r1 = max(int(np.floor(y0 - ch)) - 1, 0), min(int(np.ceil(y1 + ch)) + 1, height)
         if c1 <= c0 or r1 <= r0:
             continue
-        wy = _axis_weights(y0, y1 - y0, size, r0, r1, cells)
-        wx = _axis_weights(x0, x1 - x0, size, c0, c1, cells)
-        out[i, r0:r1, c0:c1] = (wy @ probs[i].astype(np.float64) @ wx.T) > threshold
-    return out
+        wy = _axis_weights(y0, y1 - y0, size_h, r0, r1, np.arange(size_h, dtype=np.float64))
+        wx = _axis_weights(x0, x1 - x0, size_w, c0, c1, np.arange(size_w, dtype=np.float64))
+        yield i, slice(r0, r1), slice(c0, c1), wy @ grid @ wx.T
 
 
 def _axis_weights(start: float, length: float, size: int, p0: int, p1: int, cells: np.ndarray) -> np.ndarray:

@@ -40,6 +40,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from msvision.evaluation.masks import pasted_windows
+
 VOID_RULES = ("max_score", "winner_prob")
 
 
@@ -127,25 +129,9 @@ def paste_probs(probs: np.ndarray, boxes: np.ndarray, height: int, width: int) -
     ``(i, j)`` reads the grid at ``u = (j + 0.5 − x0) / (x1 − x0) · Sw − 0.5`` (``v``
     likewise) bilinearly, zero outside the grid.
     """
-    from msvision.evaluation.masks import _axis_weights
-
-    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
-    k = len(boxes)
-    out = np.zeros((k, height, width), np.float32)
-    for i in range(k):
-        grid = np.asarray(probs[i], np.float64)
-        size_h, size_w = grid.shape
-        cells_h, cells_w = np.arange(size_h, dtype=np.float64), np.arange(size_w, dtype=np.float64)
-        x0, y0, x1, y1 = boxes[i]
-        # Pixels more than one grid cell outside the box read zeros only.
-        cw, ch = max(x1 - x0, 0.0) / size_w, max(y1 - y0, 0.0) / size_h
-        c0, c1 = max(int(np.floor(x0 - cw)) - 1, 0), min(int(np.ceil(x1 + cw)) + 1, width)
-        r0, r1 = max(int(np.floor(y0 - ch)) - 1, 0), min(int(np.ceil(y1 + ch)) + 1, height)
-        if c1 <= c0 or r1 <= r0:
-            continue
-        wy = _axis_weights(y0, y1 - y0, size_h, r0, r1, cells_h)
-        wx = _axis_weights(x0, x1 - x0, size_w, c0, c1, cells_w)
-        out[i, r0:r1, c0:c1] = wy @ grid @ wx.T
+    out = np.zeros((len(np.asarray(boxes).reshape(-1, 4)), height, width), np.float32)
+    for i, rows, cols, values in pasted_windows(probs, boxes, height, width):
+        out[i, rows, cols] = values
     return out
 
 
