@@ -26,9 +26,9 @@ head setting are the thesis's. Evaluation also scores the boxes filled as masks
 (``eval.box_mask_baseline``, ``box_as_mask/...`` metrics).
 
 Reached (2026-11-30, synthetic val split, 600 steps): segm AP / AP50 / AP75 0.616 / 0.881 /
-0.653 (boxes filled as masks: 0.200 / 0.625 / 0.106; bbox 0.625 / 0.901 / 0.739), 29 CPU-minutes
-train + eval, 45 min 45 s wall on 2 CPU cores shared with other jobs (load 5–8); with 12
-epochs (900 steps) 0.673 / 0.931 / 0.731 in 43 CPU-minutes (README, "Instance segmentation").
+0.653 (boxes filled as masks: 0.200 / 0.625 / 0.106; bbox 0.625 / 0.901 / 0.739; Boundary AP
+0.447), 17 min 55 s wall for ``train.py`` (its evaluation included) on an idle 2-core machine
+(2026-12-01; 29 CPU-minutes); with 12 epochs (900 steps) 0.673 / 0.931 / 0.731 in 43 CPU-minutes (README, "Instance segmentation").
 
     python train.py --config=configs/effseg/quickstart_effseg.py --workdir=runs/quickstart_effseg
 
@@ -54,4 +54,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.optim.epochs = 8
     config.optim.decay_epochs = (6, 7)
     config.eval.box_mask_baseline = True  # box_as_mask/...: the predicted boxes filled as masks
+    config.eval.boundary_ap = True  # boundary/...: mask AP with the Boundary IoU (thin parts, curved edges)
     return config

@@ -23,8 +23,8 @@ Differences from the thesis (the CPU budget, 20 minutes on 2 cores):
 Reached (2026-11-30, synthetic val split, step 600): panoptic PQ / SQ / RQ 0.425 / 0.806 /
 0.512 (things 0.428, stuff 0.419); with the released code's void rule
 (``--config.eval.panoptic.void_rule=winner_prob``) 0.527 / 0.859 / 0.616; the trivial all-sky
-prediction 0.007. 46 min training + 6 min evaluation on 2 shared CPU cores under load 5–9
-(32.5 CPU-minutes; README, "Panoptic segmentation").
+prediction 0.007. ``train.py`` 17 min 11 s wall (its evaluation included) on an idle 2-core
+machine (2026-12-01; 29 CPU-minutes; README, "Panoptic segmentation").
 
     python train.py --config=configs/panoptic/quickstart_panoptic.py --workdir=runs/quickstart_panoptic
 

@@ -172,7 +172,8 @@ def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Dete
                        channels=neck.channels, dtype=dtype, rngs=rngs)
     seg_supplied = dict(levels=neck.out_levels, channels=neck.channels, dtype=dtype, rngs=rngs)
     seg_fn = SEG_HEADS[model_cfg.seg_head.name][0]
-    if seg_fn is not None and "num_classes" in inspect.signature(seg_fn).parameters:  # class-specific masks
+    seg_init = seg_fn.__init__ if inspect.isclass(seg_fn) else seg_fn  # nnx modules: the class signature is (*args, **kw)
+    if seg_fn is not None and "num_classes" in inspect.signature(seg_init).parameters:  # class-specific masks
         seg_supplied["num_classes"] = model_cfg.num_classes
     seg_head = build_part("seg_head", model_cfg.seg_head, **seg_supplied)
     if seg_head is not None and not hasattr(head, "losses_with_queries"):

@@ -6,7 +6,8 @@ the dataset's own category ids), ``metrics_<step>.json`` (``bbox/AP``,
 ``segm/AP``, … from masks pasted at the original image size,
 :mod:`msvision.evaluation.masks`, and with ``eval.box_mask_baseline``
 ``box_as_mask/AP``, …: the mask metrics of the predicted boxes filled as masks, the
-trivial baseline of a mask head) and, when asked, ``vis_<step>/*.png`` with
+trivial baseline of a mask head; with ``eval.boundary_ap`` ``boundary/AP``, …: mask AP
+with the Boundary IoU, :mod:`msvision.evaluation.coco_boundary`) and, when asked, ``vis_<step>/*.png`` with
 predicted boxes (solid, masks blended) and ground truth (dashed).
 
 A panoptic dataset (``data.source='coco_panoptic'``) also gets the panoptic
@@ -130,7 +131,10 @@ def evaluate_detector(
         ground_truth = dataset_info.val_annotations
         if data_cfg.source == "coco_panoptic":  # every segment an instance (N§6.5)
             ground_truth = panoptic_to_coco_instances(data_cfg.val.panoptic, data_cfg.val.panoptic_dir, seen)
-        evaluator = coco_eval.CocoEvaluator(ground_truth, iou_types=("bbox", "segm") if has_masks else ("bbox",))
+        iou_types = ("bbox", "segm") if has_masks else ("bbox",)
+        if has_masks and bool(config.get("eval", {}).get("boundary_ap", False)):
+            iou_types += ("boundary",)
+        evaluator = coco_eval.CocoEvaluator(ground_truth, iou_types=iou_types)
         evaluator.add(results)
         metrics = evaluator.evaluate()
         if box_mask_results:

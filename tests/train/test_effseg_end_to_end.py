@@ -24,6 +24,7 @@ def test_tiny_effseg_run_trains_and_evaluates_masks(tmp_path):
     config.train.num_steps = 6
     config.train.eval_at_end = True
     config.eval.visualize = 1
+    config.eval.boundary_ap = True
     workdir = str(tmp_path / "run")
     final = loop.train(config, workdir)
     rows = [r for r in read_metrics(workdir) if "train/loss" in r]
@@ -32,6 +33,8 @@ def test_tiny_effseg_run_trains_and_evaluates_masks(tmp_path):
     with open(os.path.join(workdir, "eval", "metrics_6.json")) as f:
         metrics = json.load(f)
     assert "segm/AP" in metrics and "bbox/AP" in metrics
+    # Boundary AP matches with min(mask IoU, boundary IoU): never above the mask AP.
+    assert 0 <= metrics["boundary/AP"] <= metrics["segm/AP"] + 1e-9
     assert final["eval/segm/AP"] == metrics["segm/AP"]
     with open(os.path.join(workdir, "eval", "results_6.json")) as f:
         results = json.load(f)
