@@ -137,9 +137,17 @@ def _cost_dict(compiled) -> dict:
 
 
 def compile_cost(fn: Callable, *args, donate_argnums=()) -> tuple[Any, dict]:
-    """``jax.jit(fn).lower(*args).compile()`` plus its cost dict (with ``compile_s``)."""
+    """``jax.jit(fn).lower(*args).compile()`` plus its cost dict (with ``compile_s``).
+
+    Traced with the IdConv taps unrolled (:func:`msvision.ops.sps.id_conv.unrolled_taps`):
+    XLA's cost analysis counts a while loop's body once, so a ``lax.scan`` hides all but
+    one of its iterations' MACs; the compiled function is the one counted.
+    """
+    from msvision.ops.sps.id_conv import unrolled_taps
+
     t0 = time.perf_counter()
-    lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*args)
+    with unrolled_taps():
+        lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*args)
     compiled = lowered.compile()
     info = _cost_dict(compiled)
     info["compile_s"] = time.perf_counter() - t0

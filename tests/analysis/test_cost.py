@@ -100,3 +100,37 @@ def test_train_step_out_of_memory_keeps_the_report(tmp_path, capsys, monkeypatch
     assert "latency_s" not in report["train"] and "Out of memory" in report["train"]["error"]
     assert report["train"]["temp_size"] > 0  # XLA's plan is still reported
     assert "skipped" in cost.format_report(report)
+
+
+def test_idconv_taps_are_all_counted():
+    """XLA's cost analysis counts a while loop's body once: the IdConv's 9-tap ``lax.scan``
+    would show one tap's MACs; ``compile_cost`` traces with the taps unrolled, so it counts
+    A · 9 · F_in · F_out for the forward (+ the transposed and weight-gradient products, 2×
+    as much again, for the backward), and the scan version stays what training runs."""
+    import numpy as np
+
+    from msvision.ops.sps.id_conv import id_conv
+
+    rng = np.random.default_rng(0)
+    rois, size, f_in, f_out, active = 2, 8, 16, 24, 40
+    table = jnp.asarray(rng.standard_normal((100 + 1, f_in)), jnp.float32).at[-1].set(0)
+    id_map = jnp.asarray(rng.integers(0, 100, (rois, size, size)), jnp.int32)
+    act_xy = jnp.asarray(rng.integers(0, size, (active, 2)), jnp.int32)
+    act_roi = jnp.asarray(rng.integers(0, rois, (active,)), jnp.int32)
+    weight = jnp.asarray(rng.standard_normal((9 * f_in, f_out)), jnp.float32)
+    bias = jnp.zeros((f_out,), jnp.float32)
+    dense = active * 9 * f_in * f_out
+
+    def forward(t, w):
+        return id_conv(t, id_map, act_xy, act_roi, w, bias, 3)
+
+    # What the scan hides (a separate function: trace caches outlive the unrolling context).
+    scanned = jax.jit(lambda t, w: forward(t, w)).lower(table, weight).compile().cost_analysis()
+    scanned = scanned[0] if isinstance(scanned, (list, tuple)) else scanned
+    assert scanned["flops"] / 2 < 0.25 * dense, (scanned["flops"] / 2, dense)  # ~ one tap of nine
+    _, info = compile_cost(forward, table, weight)
+    assert dense <= info["macs"] < 1.2 * dense, (info["macs"], dense)
+
+    grad = jax.grad(lambda t, w: jnp.sum(forward(t, w) ** 2), argnums=(0, 1))
+    _, info = compile_cost(grad, table, weight)
+    assert 3 * dense <= info["macs"] < 3.6 * dense, (info["macs"], dense)
