@@ -60,8 +60,11 @@ from msvision.train.data_setup import ClassList, read_class_list
 log = logging.getLogger(__name__)
 
 DEFAULT_SCORE_THRESHOLD = 0.3
+DEFAULT_MASK_THRESHOLD = 0.5  # evaluation's (msvision.evaluation.masks.detection_image_masks)
+MASK_FORMATS = ("rle", "array", "none")
 # Detections as arrays: boxes [B, K, 4] float32 (x0, y0, x1, y1) in original-image pixels,
-# scores [B, K] float32, labels [B, K] int32 contiguous, valid [B, K] bool.
+# scores [B, K] float32, labels [B, K] int32 contiguous, valid [B, K] bool; with a segmentation
+# head also masks [B, K, S, S] float32 probabilities on mask_boxes [B, K, 4] (original pixels).
 DetectFn = Callable[[np.ndarray, np.ndarray, np.ndarray], dict[str, np.ndarray]]
 
 
@@ -76,7 +79,10 @@ def make_detect_function(graphdef, weights_treedef) -> Callable:
     - ``orig_sizes``: ``[B, 2] int32`` ``(h, w)`` of the image file;
 
     and the output ``{"boxes": [B, K, 4] float32 (x0, y0, x1, y1) in original
-    pixels, "scores": [B, K] float32, "labels": [B, K] int32, "valid": [B, K] bool}``.
+    pixels, "scores": [B, K] float32, "labels": [B, K] int32, "valid": [B, K] bool}``;
+    a model with a segmentation head (``model.seg_head``) adds ``"masks": [B, K, S, S]
+    float32`` probabilities, each on the S × S split of ``"mask_boxes": [B, K, 4] float32``
+    ``(x0, y0, x1, y1)`` in original pixels (unclipped; ``Detections.masks``).
     """
     import jax
     import jax.numpy as jnp
@@ -94,7 +100,10 @@ def make_detect_function(graphdef, weights_treedef) -> Callable:
             labels=jnp.zeros((b, 1), jnp.int32), valid=jnp.zeros((b, 1), bool),
             is_crowd=jnp.zeros((b, 1), bool))
         dets = model.predict(batch)
-        return dict(boxes=dets.boxes, scores=dets.scores, labels=dets.labels, valid=dets.valid)
+        out = dict(boxes=dets.boxes, scores=dets.scores, labels=dets.labels, valid=dets.valid)
+        if dets.masks is not None:
+            out.update(masks=dets.masks.astype(jnp.float32), mask_boxes=dets.mask_boxes.astype(jnp.float32))
+        return out
 
     return detect
 
