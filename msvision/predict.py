@@ -3,7 +3,8 @@
 Command line::
 
     python -m msvision.predict --config=configs/X.py --workdir=DIR IMAGES_OR_FOLDERS... --out OUT \\
-        [--batch-size N] [--score-threshold S] [--no-pictures] [--step N] [--config.a.b=v ...]
+        [--batch-size N] [--score-threshold S] [--mask-threshold M] [--no-pictures] [--step N] \
+        [--config.a.b=v ...]
     python -m msvision.predict --exported model.jaxexport IMAGES_OR_FOLDERS... --out OUT
 
 writes ``OUT/predictions.json``, a list with one entry per readable image, in
@@ -19,11 +20,28 @@ image with the detections drawn (``picture``; not with ``--no-pictures``), and
 read (``skipped``: ``[{"file_name", "error"}]``, also reported on stderr), the
 number of compiled input shapes and the timing.
 
+A model with a segmentation head (``model.seg_head``) adds to each detection its
+mask at the image file's size, pasted and thresholded (``p > --mask-threshold``,
+0.5) by evaluation's :func:`msvision.evaluation.masks.paste_masks_numpy`:
+``"segmentation"``, a COCO RLE ``{"size": [h, w], "counts": str}`` (the format of
+evaluation's ``results_<step>.json``), and ``"area"`` (pixels); the pictures blend
+the masks. A panoptic config (``data.source='coco_panoptic'``) adds per image the
+post-processing of its ``eval.panoptic`` section
+(:mod:`msvision.evaluation.panoptic_postprocess`, on all valid detections, as
+evaluation): ``"panoptic": {"file_name": "a.png", "segments_info": [{"id",
+"category_id", "iscrowd", "isthing", "score", "area", "bbox"}, ...]}``, the PNG in
+``OUT/panoptic/`` in COCO panoptic format (id = R + 256·G + 256²·B, 0 = void), and
+the pictures show the panoptic map. The classes' ``isthing`` come from
+``dataset.json`` (``label_is_thing``) or the config's panoptic JSON
+(:func:`panoptic_class_list`).
+
 Python::
 
     from msvision.predict import Predictor
     predictor = Predictor.from_workdir("configs/quickstart.py", "runs/quickstart")
     detections = predictor(image)  # image: [H, W, 3] uint8 RGB, any size -> list of dicts as above
+    detections = predictor(image, masks="array")  # masks as [H, W] bool arrays ("mask"), not RLEs
+    ids, segments_info = predictor.panoptic_segmentation(image)  # panoptic configs
 
 Images of any size are resized as in evaluation (shortest edge
 ``data.eval_scale``, longest at most ``data.eval_max_size``) and zero-padded
