@@ -395,8 +395,12 @@ class Predictor:
             if batch_size not in (None, exported.batch_size):
                 raise ValueError(f"{path} was exported for batches of {exported.batch_size}, not {batch_size}")
             batch_size = exported.batch_size
-        panoptic = panoptic_settings(exported.manifest.get("config") or {})
-        predictor = cls(exported, exported.classes, exported.preprocessing, batch_size=batch_size or 1,
+        config = exported.manifest.get("config") or {}
+        panoptic = panoptic_settings(config)
+        classes = exported.classes
+        if panoptic is not None:  # an export older than label_is_thing in the manifest: the config's JSON
+            classes = panoptic_class_list(classes, config.get("data", {}))
+        predictor = cls(exported, classes, exported.preprocessing, batch_size=batch_size or 1,
                         score_threshold=score_threshold, mask_threshold=mask_threshold, panoptic=panoptic)
         predictor.step = exported.step
         return predictor
@@ -418,7 +422,7 @@ class Predictor:
 
     def predict_arrays(self, images: Sequence[np.ndarray], masks: str = "rle") -> list[list[dict]]:
         """Detections of each image (``[H, W, 3] uint8`` RGB, any sizes); ``masks`` as in :meth:`__call__`."""
-        return [dicts for dicts, _ in self._predict_arrays(images, masks)]
+        return self._predict_arrays(images, lambda dets: self._to_dicts(dets, masks)[0])
 
     def panoptic_segmentation(self, image: np.ndarray) -> tuple[np.ndarray, list[dict]]:
         """The panoptic segmentation of one ``[H, W, 3] uint8`` RGB image (a panoptic config):
@@ -427,15 +431,15 @@ class Predictor:
         ``bbox`` ``[x, y, w, h]``), from :mod:`msvision.evaluation.panoptic_postprocess`."""
         if self.panoptic is None:
             raise ValueError("not a panoptic predictor (the config's data.source is not 'coco_panoptic')")
-        return self._predict_arrays([image], "none")[0][1]
+        return self._predict_arrays([image], self._panoptic)[0]
 
-    def _predict_arrays(self, images: Sequence[np.ndarray], masks: str) -> list[tuple[list[dict], Any]]:
+    def _predict_arrays(self, images: Sequence[np.ndarray], convert: Callable[[dict], Any]) -> list:
+        """``convert`` of each image's arrays (:meth:`_run`), images batched by bucket."""
         records = [self.preprocessing.record(as_rgb_uint8(im)) for im in images]
         outputs = [None] * len(records)
         for group in self._batches([r["image"].shape[:2] for r in records]):
             for i, dets in zip(group, self._run([records[i] for i in group])):
-                dicts, _ = self._to_dicts(dets, masks)
-                outputs[i] = (dicts, self._panoptic(dets))
+                outputs[i] = convert(dets)
         return outputs
 
     def _batches(self, network_sizes: Sequence[tuple[int, int]]) -> list[list[int]]:
@@ -446,7 +450,8 @@ class Predictor:
         return [idx[s:s + self.batch_size] for idx in groups.values() for s in range(0, len(idx), self.batch_size)]
 
     def _run(self, records: list[dict]) -> list[dict[str, np.ndarray]]:
-        """Runs ``detect`` on one padded batch; returns each record's arrays."""
+        """Runs ``detect`` on one padded batch; returns each record's arrays (``detect``'s
+        outputs and ``image_size``, ``orig_size`` ``[2]`` (h, w) at the network input and originally)."""
         from msvision.data.pipeline import padding_record
 
         bucket = self.preprocessing.bucket([r["image"].shape[:2] for r in records])
