@@ -172,4 +172,5 @@ def single_category_baseline(gt_json: str, gt_dir: str, category_id: Optional[in
     return dict(pq.summary(), category_id=category_id)
 
 
-__all__ = ["PanopticPredictionWriter", "panoptic_segmentation", "panoptic_to_coco_instances", "single_category_baseline", "PQ_KEYS"]
+__all__ = ["PanopticPredictionWriter", "panoptic_segmentation", "panoptic_to_coco_instances", "single_category_baseline",
+           "PQ_KEYS"]
