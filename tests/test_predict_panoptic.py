@@ -120,3 +120,20 @@ def test_isthing_from_the_config_panoptic_json(tmp_path):
         predict_lib.panoptic_class_list(ClassList(("x",), (99,)), data)
     with pytest.raises(ValueError, match="label_is_thing"):
         predict_lib.Predictor(lambda *a: {}, classes, None, panoptic=PanopticPostProcess())
+
+
+def test_train_writes_isthing_of_a_panoptic_source(tmp_path):
+    # save_dataset_metadata as train.py calls it, on a real COCO panoptic source (133 categories).
+    from msvision.data.panoptic import PanopticSource
+    from msvision.data.pipeline import DatasetMetadata
+    from msvision.train import data_setup
+
+    sample = inference_helpers.TESTS / "data" / "coco_panoptic_sample"
+    source = PanopticSource(sample / "panoptic_examples.json", sample / "panoptic", sample / "images")
+    meta = DatasetMetadata(tuple(source.class_names), tuple(source.label_to_category), len(source), "")
+    data_setup.save_dataset_metadata(data_setup.DatasetInfo(meta, None, source), str(tmp_path))
+    classes = data_setup.read_class_list(str(tmp_path))
+    with open(sample / "panoptic_examples.json") as f:
+        isthing = {c["id"]: bool(c["isthing"]) for c in json.load(f)["categories"]}
+    assert len(classes.label_is_thing) == 133 and 0 < sum(classes.label_is_thing) < 133
+    assert classes.label_is_thing == tuple(isthing[c] for c in classes.label_to_category)
