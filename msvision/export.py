@@ -9,16 +9,19 @@ Command line::
 A ``.jaxexport`` file is an ``.npz`` (zip) archive holding
 
 - ``manifest``: JSON (as ``uint8`` bytes): format and version, the class list
-  (``class_names``, ``label_to_category`` as in ``WORKDIR/dataset.json``), the
-  evaluation resize (``eval_scale``, ``eval_max_size``), the bucket shapes, the
-  batch size (``null`` = symbolic), the platforms, the checkpoint step and the
-  resolved config;
+  (``class_names``, ``label_to_category``, for a panoptic config ``label_is_thing``,
+  as in ``WORKDIR/dataset.json``), the evaluation resize (``eval_scale``,
+  ``eval_max_size``), the bucket shapes, the batch size (``null`` = symbolic), the
+  platforms, the checkpoint step and the resolved config (``Predictor.from_exported``
+  reads its ``data.source`` and ``eval.panoptic``: a panoptic export predicts panoptic
+  maps too);
 - ``weights_00000``, …: the flat leaves of the model's ``(params, rest)``;
 - ``bucket_<H>x<W>``: one serialised :class:`jax.export.Exported` per bucket shape,
   the function ``(weights, images [B, H, W, 3] uint8, image_sizes [B, 2] int32,
-  orig_sizes [B, 2] int32) -> {"boxes", "scores", "labels", "valid"}`` of
-  :func:`msvision.predict.make_detect_function`, with a symbolic batch dimension
-  ``B`` by default (``--batch-size N`` fixes it).
+  orig_sizes [B, 2] int32) -> {"boxes", "scores", "labels", "valid"}`` (+ ``"masks"
+  [B, K, S, S]`` float32 probabilities on ``"mask_boxes" [B, K, 4]`` for a model with a
+  segmentation head) of :func:`msvision.predict.make_detect_function`, with a symbolic
+  batch dimension ``B`` by default (``--batch-size N`` fixes it).
 
 The weights are arguments, not constants, so a model with many buckets stores
 them once, and the functions of :func:`export_detector` serve every checkpoint of
@@ -68,7 +71,7 @@ import numpy as np
 from jax import export as jax_export
 
 from msvision.data.batching import Bucket
-from msvision.predict import Preprocessing, make_detect_function
+from msvision.predict import Preprocessing, make_detect_function, panoptic_class_list, panoptic_settings
 from msvision.train.data_setup import ClassList, read_class_list
 
 FORMAT = "msvision.jaxexport"
@@ -235,6 +238,8 @@ def export_workdir(config, workdir: str, out: str, *, step: Optional[int] = None
     if not allow_triton:
         config = with_msda_impl(config, "xla")
     classes = read_class_list(workdir)
+    if panoptic_settings(config) is not None:  # the manifest carries label_is_thing for the post-processing
+        classes = panoptic_class_list(classes, config.data)
     graphdef, params, rest, step = restore_for_inference(config, workdir, classes.num_classes, step)
     preprocessing = Preprocessing.from_config(config.data)
     buckets = tuple(preprocessing.buckets if buckets is None else buckets)

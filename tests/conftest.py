@@ -54,3 +54,20 @@ def live_predictor(inference_workdir):
                                        score_threshold=0.0)
     assert not os.path.exists(data_root)  # restoring neither read nor generated the training data
     return predictor
+
+
+@pytest.fixture(scope="session")
+def effseg_workdir(tmp_path_factory):
+    """``(config_file_arg, workdir, data_root)`` of the tiny FQDet + EffSeg model (masks; 6 classes)."""
+    return inference_helpers.make_inference_workdir(tmp_path_factory.mktemp("effseg"),
+                                                    inference_helpers.TINY_EFFSEG_CONFIG, ())
+
+
+@pytest.fixture(scope="session")
+def effseg_predictor(effseg_workdir):
+    """A :class:`msvision.predict.Predictor` of :func:`effseg_workdir` (score threshold 0)."""
+    from msvision.predict import Predictor
+
+    _, workdir, data_root = effseg_workdir
+    config = inference_helpers.tiny_inference_config(data_root, inference_helpers.TINY_EFFSEG_CONFIG, ())
+    return Predictor.from_workdir(config, workdir, score_threshold=0.0)

@@ -12,15 +12,21 @@ COCO_MINI = TESTS / "data" / "coco_mini"
 CLASS_NAMES = ("circle", "triangle", "rectangle", "star", "hexagon", "cross")
 CATEGORY_IDS = (3, 7, 11, 42, 64, 90)
 TINY_CONFIG = TESTS / "train" / "tiny_config.py"
+TINY_EFFSEG_CONFIG = TESTS / "train" / "tiny_effseg_config.py"  # FQDet + EffSeg: masks
+TINY_PANOPTIC_CONFIG = TESTS / "train" / "tiny_panoptic_config.py"  # the same, panoptic
 # Every valid detection is kept (the weights below are untrained), max_detections of them.
 CONFIG_OVERRIDES = ("--config.model.head.score_threshold=0.0",)
+# A panoptic class list: the six things above and four stuff classes (COCO-like ids > 91).
+PANOPTIC_CLASS_NAMES = CLASS_NAMES + ("sky", "grass", "water", "sand")
+PANOPTIC_CATEGORY_IDS = CATEGORY_IDS + (100, 125, 150, 184)
+PANOPTIC_IS_THING = (True,) * len(CLASS_NAMES) + (False,) * 4
 
 
-def tiny_inference_config(data_root: str):
-    """The tiny test config (``tests/train/tiny_config.py``) with :data:`CONFIG_OVERRIDES`."""
+def tiny_inference_config(data_root: str, config_file=TINY_CONFIG, overrides=CONFIG_OVERRIDES):
+    """The tiny test config (``tests/train/tiny_config.py`` by default) with ``overrides``."""
     from msvision import config as config_lib
 
-    return config_lib.load_config(f"{TINY_CONFIG}:{data_root}", CONFIG_OVERRIDES)
+    return config_lib.load_config(f"{config_file}:{data_root}", overrides)
 
 
 def random_model_state(config, num_classes: int, seed: int = 0):
@@ -58,15 +64,21 @@ def random_model_state(config, num_classes: int, seed: int = 0):
     return graphdef, params, rest
 
 
-def make_inference_workdir(base: Path) -> tuple[str, str, str]:
+def make_inference_workdir(base: Path, config_file=TINY_CONFIG, overrides=CONFIG_OVERRIDES,
+                           class_names=CLASS_NAMES, category_ids=CATEGORY_IDS,
+                           label_is_thing=None, seed: int = 0) -> tuple[str, str, str]:
     """``(config_file_arg, workdir, data_root)``: a work directory laid out as ``train.py`` leaves it.
 
-    ``WORKDIR/dataset.json`` (the class list) and an orbax checkpoint (step 5) of the full train
-    state (params, rest, AdamW state, step, RNG) of the tiny config's model with
-    6 classes and the weights of :func:`random_model_state` (no training step:
-    it would cost a minute of compilation). The config's dataset root
-    ``data_root`` does not exist: prediction must not need it.
+    ``WORKDIR/dataset.json`` (the class list; ``label_is_thing`` as a panoptic training
+    source gives it) and an orbax checkpoint (step 5) of the full train
+    state (params, rest, AdamW state, step, RNG) of the tiny config's model (``config_file``
+    with ``overrides``) with the classes given (default: 6) and the weights of
+    :func:`random_model_state` (no training step: it would cost a minute of
+    compilation). The config's dataset root ``data_root`` does not exist: prediction
+    must not need it.
     """
+    import types
+
     import jax
     import jax.numpy as jnp
 
@@ -76,19 +88,21 @@ def make_inference_workdir(base: Path) -> tuple[str, str, str]:
     from msvision.train import optimizer as optimizer_lib
 
     workdir, data_root = str(base / "run"), str(base / "no_data")
-    config = tiny_inference_config(data_root)
-    _, params, rest = random_model_state(config, len(CLASS_NAMES))
+    config = tiny_inference_config(data_root, config_file, overrides)
+    _, params, rest = random_model_state(config, len(class_names), seed)
     params = jax.tree.map(jnp.asarray, params)
     tx, _ = optimizer_lib.build_optimizer(config.optim, params, 10)
     state = dict(step=jnp.asarray(5, jnp.int32), params=params, rest=jax.tree.map(jnp.asarray, rest),
                  opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
     os.makedirs(workdir)
-    data_setup.save_dataset_metadata(data_setup.DatasetInfo(DatasetMetadata(CLASS_NAMES, CATEGORY_IDS, 24, ""), None),
-                                     workdir)
+    source = None if label_is_thing is None else types.SimpleNamespace(label_is_thing=np.asarray(label_is_thing))
+    data_setup.save_dataset_metadata(
+        data_setup.DatasetInfo(DatasetMetadata(tuple(class_names), tuple(category_ids), 24, ""), None, source),
+        workdir)
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0, async_save=False)
     ckpt.save(5, state, meta=dict(num_steps=5))
     ckpt.close()
-    return f"{TINY_CONFIG}:{data_root}", workdir, data_root
+    return f"{config_file}:{data_root}", workdir, data_root
 
 
 def assert_same_detections(a: list[dict], b: list[dict], box_atol: float = 0.02, score_atol: float = 1e-4,

@@ -60,6 +60,8 @@ def test_cli_predictions_json_pictures_and_skipped_files(tmp_path, inference_wor
         assert name in stderr
     assert summary["num_images"] == 5
     assert summary["compiled_shapes"] == [[3, 256, 256, 3]]  # every image fits the one bucket
+    # A detector without a segmentation head: no mask keys (below), no panoptic folder or mask threshold.
+    assert "mask_threshold" not in summary and not (out / "panoptic").exists()
 
     for entry, path in zip(predictions, expected):
         image = _read_rgb(path)
@@ -123,6 +125,11 @@ def test_array_inputs(live_predictor):
     result = strict(as_rgb)
     assert all(d["score"] >= 0.9 for d in result)
     assert len(result) == sum(d["score"] >= 0.9 for d in live_predictor(as_rgb))
+    # No segmentation head: asking for masks changes nothing (backward compatible outputs).
+    for masks in ("rle", "array"):
+        assert all(set(d) == {"bbox", "score", "category_id", "category"} for d in live_predictor(as_rgb, masks=masks))
+    with pytest.raises(ValueError, match="not a panoptic predictor"):
+        live_predictor.panoptic_segmentation(as_rgb)
 
 
 def test_class_list_from_dataset_json_only(tmp_path, inference_workdir, capsys):

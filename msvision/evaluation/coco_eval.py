@@ -45,7 +45,8 @@ _TABLE_ROWS = (
 )
 
 
-def _mask_to_rle(mask: np.ndarray) -> dict:
+def mask_to_rle(mask: np.ndarray) -> dict:
+    """``mask [H, W]`` bool → COCO RLE ``{"size": [H, W], "counts": str}`` (JSON-serialisable)."""
     from pycocotools import mask as mask_utils
 
     rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
@@ -97,7 +98,7 @@ def detections_to_coco_results(
                 "score": float(scores[b, k]),
             }
             if masks is not None:
-                result["segmentation"] = _mask_to_rle(np.asarray(masks[k]))
+                result["segmentation"] = mask_to_rle(np.asarray(masks[k]))
             results.append(result)
     return results
 

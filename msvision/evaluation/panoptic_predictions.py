@@ -35,6 +35,29 @@ def _load_json(path: str) -> dict:
         return json.load(f)
 
 
+def panoptic_segmentation(postprocess: PanopticPostProcess, probs: np.ndarray, mask_boxes: np.ndarray,
+                          scores: np.ndarray, labels: np.ndarray, input_size: tuple[int, int],
+                          orig_size: tuple[int, int], *, label_is_thing: Sequence[bool],
+                          label_to_category: Sequence[int]) -> tuple[np.ndarray, list[dict]]:
+    """One image's panoptic segmentation from ``Detector.predict`` outputs (evaluation and
+    ``msvision.predict``): ``(ids [h0, w0] int32, segments_info)`` of ``postprocess``.
+
+    Args:
+      probs: ``[K, S, S]`` mask probabilities of the valid detections on ``mask_boxes``.
+      mask_boxes: ``[K, 4]`` ``(x0, y0, x1, y1)`` in ORIGINAL image pixels; mapped to the
+        network input here, where the steps run.
+      scores, labels: ``[K]`` class scores and contiguous labels.
+      input_size, orig_size: ``(h, w)`` at the network input and originally.
+      label_is_thing, label_to_category: ``[num_classes]`` isthing flags and dataset category ids.
+    """
+    h_in, w_in = (int(v) for v in input_size)
+    h0, w0 = (int(v) for v in orig_size)
+    scale = np.array([w_in / w0, h_in / h0, w_in / w0, h_in / h0])
+    boxes = np.asarray(mask_boxes, np.float64).reshape(-1, 4) * scale
+    return postprocess(probs, boxes, scores, labels, (h_in, w_in), (h0, w0), label_is_thing=label_is_thing,
+                       label_to_category=label_to_category)
+
+
 class PanopticPredictionWriter:
     """Post-processes, writes and scores panoptic predictions, image by image.
 
@@ -75,13 +98,9 @@ class PanopticPredictionWriter:
           scores, labels: ``[K]`` class scores and contiguous labels.
           input_size, orig_size: ``(h, w)`` at the network input and originally.
         """
-        h_in, w_in = (int(v) for v in input_size)
-        h0, w0 = (int(v) for v in orig_size)
-        scale = np.array([w_in / w0, h_in / h0, w_in / w0, h_in / h0])
-        boxes = np.asarray(mask_boxes, np.float64).reshape(-1, 4) * scale
-        ids, segments = self.postprocess(probs, boxes, scores, labels, (h_in, w_in), (h0, w0),
-                                         label_is_thing=self.label_is_thing,
-                                         label_to_category=self.label_to_category)
+        ids, segments = panoptic_segmentation(self.postprocess, probs, mask_boxes, scores, labels, input_size,
+                                              orig_size, label_is_thing=self.label_is_thing,
+                                              label_to_category=self.label_to_category)
         gt = self.gt_by_image.get(int(image_id))
         file_name = gt["file_name"] if gt is not None else f"{int(image_id)}.png"
         Image.fromarray(id_to_rgb(ids)).save(os.path.join(self.out_dir, file_name))
@@ -153,4 +172,5 @@ def single_category_baseline(gt_json: str, gt_dir: str, category_id: Optional[in
     return dict(pq.summary(), category_id=category_id)
 
 
-__all__ = ["PanopticPredictionWriter", "panoptic_to_coco_instances", "single_category_baseline", "PQ_KEYS"]
+__all__ = ["PanopticPredictionWriter", "panoptic_segmentation", "panoptic_to_coco_instances", "single_category_baseline",
+           "PQ_KEYS"]

@@ -92,25 +92,34 @@ DATASET_FILE = "dataset.json"
 @dataclasses.dataclass(frozen=True)
 class ClassList:
     """The classes of a trained model: ``class_names[k]`` and ``label_to_category[k]``
-    (the dataset's category id) of contiguous label ``k``."""
+    (the dataset's category id) of contiguous label ``k``; for a panoptic dataset also
+    ``label_is_thing[k]`` (the category's ``isthing``; None otherwise)."""
 
     class_names: tuple[str, ...]
     label_to_category: tuple[int, ...]
+    label_is_thing: Optional[tuple[bool, ...]] = None
 
     def __post_init__(self):
         if len(self.class_names) != len(self.label_to_category):
             raise ValueError(f"{len(self.class_names)} class names but {len(self.label_to_category)} category ids")
+        if self.label_is_thing is not None and len(self.label_is_thing) != len(self.class_names):
+            raise ValueError(f"{len(self.class_names)} class names but {len(self.label_is_thing)} isthing flags")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def to_json(self) -> dict:
-        return {"class_names": list(self.class_names), "label_to_category": list(self.label_to_category)}
+        out = {"class_names": list(self.class_names), "label_to_category": list(self.label_to_category)}
+        if self.label_is_thing is not None:
+            out["label_is_thing"] = [bool(t) for t in self.label_is_thing]
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> "ClassList":
-        return cls(tuple(str(n) for n in data["class_names"]), tuple(int(c) for c in data["label_to_category"]))
+        is_thing = data.get("label_is_thing")
+        return cls(tuple(str(n) for n in data["class_names"]), tuple(int(c) for c in data["label_to_category"]),
+                   None if is_thing is None else tuple(bool(t) for t in is_thing))
 
 
 def save_dataset_metadata(info: DatasetInfo, workdir: str) -> None:
@@ -118,11 +127,15 @@ def save_dataset_metadata(info: DatasetInfo, workdir: str) -> None:
 
         {"class_names": ["person", ...], "label_to_category": [1, ...], "num_train_images": 118287}
 
+    plus ``"label_is_thing": [true, ..., false]`` when the training source is panoptic
+    (it has ``label_is_thing``; prediction needs it for the panoptic post-processing).
     Evaluation, prediction and export read it (:func:`read_class_list`), so they
     need no training annotations.
     """
     meta = info.metadata
-    classes = ClassList(tuple(meta.class_names), tuple(int(c) for c in meta.label_to_category))
+    is_thing = getattr(info.train_source, "label_is_thing", None)
+    classes = ClassList(tuple(meta.class_names), tuple(int(c) for c in meta.label_to_category),
+                        None if is_thing is None else tuple(bool(t) for t in is_thing))
     with open(os.path.join(workdir, DATASET_FILE), "w") as f:
         json.dump(dict(**classes.to_json(), num_train_images=meta.num_train_images), f, indent=2)
 
