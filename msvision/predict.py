@@ -266,7 +266,8 @@ def panoptic_class_list(classes: ClassList, data_cfg) -> ClassList:
 
     From ``dataset.json`` (written by ``train.py`` for a panoptic dataset); for a run
     whose ``dataset.json`` predates that key, from the ``categories`` (``isthing``) of
-    the config's panoptic JSON (``data.val.panoptic``, else ``data.train.panoptic``).
+    the config's panoptic JSON (``data.val.panoptic``, else ``data.train.panoptic``; with
+    ``data.synthetic.enabled``, the generated dataset's ``ROOT/{val,train}/panoptic.json``).
 
     Raises:
       FileNotFoundError: neither has them (the message says what to add).
@@ -274,8 +275,11 @@ def panoptic_class_list(classes: ClassList, data_cfg) -> ClassList:
     if classes.label_is_thing is not None:
         return classes
     tried = []
+    synthetic = data_cfg.get("synthetic", {}) or {}
     for split in ("val", "train"):
         path = data_cfg.get(split, {}).get("panoptic", "") or ""
+        if synthetic.get("enabled", False):  # the generated dataset's panoptic split (data_setup.prepare_synthetic)
+            path = os.path.join(synthetic.get("root", ""), split, "panoptic.json")
         if path:
             tried.append(path)
         if path and os.path.isfile(path):

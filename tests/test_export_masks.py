@@ -4,6 +4,7 @@ as the live ``Predictor`` does."""
 
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 import inference_helpers
@@ -24,6 +25,7 @@ def _model_output(predictor, image: np.ndarray) -> dict:
     return {k: np.asarray(out[k]) for k in DETECTION_KEYS}
 
 
+@pytest.mark.slow  # an EffSeg export and two compiles (~40 s); detector export stays in the default run
 def test_exported_masks_match_the_live_model(tmp_path):
     config = inference_helpers.tiny_inference_config(str(tmp_path / "no_data"), inference_helpers.TINY_EFFSEG_CONFIG,
                                                      ())

@@ -120,6 +120,13 @@ def test_isthing_from_the_config_panoptic_json(tmp_path):
         predict_lib.panoptic_class_list(ClassList(("x",), (99,)), data)
     with pytest.raises(ValueError, match="label_is_thing"):
         predict_lib.Predictor(lambda *a: {}, classes, None, panoptic=PanopticPostProcess())
+    # A synthetic-data config (the panoptic quickstart) names no JSON: the generated dataset's
+    # ROOT/val/panoptic.json is read, without generating anything.
+    (tmp_path / "shapes" / "val").mkdir(parents=True)
+    (tmp_path / "shapes" / "val" / "panoptic.json").write_text(panoptic_json.read_text())
+    synthetic = ml_collections.ConfigDict({"synthetic": {"enabled": True, "root": str(tmp_path / "shapes")},
+                                           "val": {"panoptic": ""}, "train": {"panoptic": ""}})
+    assert predict_lib.panoptic_class_list(classes, synthetic).label_is_thing == (True, False)
 
 
 def test_train_writes_isthing_of_a_panoptic_source(tmp_path):

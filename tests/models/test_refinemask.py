@@ -1,5 +1,5 @@
 """RefineMask++ head (spec §2): stage shapes, class-specific early logits, a jitted training
-step of the tiny head whose losses decrease, the optional semantic loss against numpy,
+step of the tiny head whose losses decrease (slow), the optional semantic loss against numpy,
 and (slow) masks independent of the batch padding.
 
 Tiny head: 16 channels (F = 16 → 8 → 4 → 2), pyramid P2–P5 of a 64 px canvas, parameters
@@ -116,6 +116,7 @@ def loss_case(with_box_masks=False):
     return batch, queries
 
 
+@pytest.mark.slow  # ~15 s compile; the end-to-end training test (slow) and the numpy loss tests cover it too
 def test_jit_train_step_of_the_head_decreases_its_losses():
     """Adam on the head's parameters, one batch: the BAR loss goes down."""
     graphdef, state = build(max_train_rois=4)
