@@ -8,13 +8,21 @@ the thesis's fvcore counting), and, unless ``--no-compile``, XLA's MACs
 (forward + class-specific mask selection + subdivision) on one ``--image-size`` image with
 ``--rois`` RoIs. Full models (``--models``): trainable parameters by part and, with
 ``--compile-models``, XLA's MACs of the whole jitted ``Detector.predict`` on one
-``--image-size`` image (``msvision.analysis.cost.compile_cost``; heavy at 800 px). With
-``--repeats N`` the compiled head inference is also run N times (median CPU latency, in
-the same process, so the ratios are what counts) and XLA's planned temporaries are listed.
+``--image-size`` image (``msvision.analysis.cost.compile_cost``, every IdConv tap counted;
+the image unpadded, batch size 1). With ``--repeats N`` the compiled inference of the heads
+(and, with ``--compile-models``, of the full models, random weights) is also run N times:
+median CPU latency in the same process, so the ratios are what counts; XLA's planned
+temporaries are listed. The timed functions are the production ones (the IdConv's taps in
+a scan), not the unrolled ones that are counted.
 
     python benchmarks/mask_heads_cost.py                                  # small demo input
-    python benchmarks/mask_heads_cost.py --image-size 800 --rois 100 --compile-models   # the thesis input
-    python benchmarks/mask_heads_cost.py --image-size 800 --rois 100 --repeats 3 --models ""   # + latency
+    python benchmarks/mask_heads_cost.py --image-size 800 --rois 100 --repeats 3 --compile-models  # thesis input
+    python benchmarks/mask_heads_cost.py --coco-mini 2 --rois 100 --repeats 3 --compile-models     # COCO sizes
+
+``--coco-mini N`` replaces the square image by the first N ``val2017`` images of
+``../shared/data/coco_mini`` (``--coco-root``) at their evaluation size (shortest edge 800,
+longest at most 1333), one table each: only the image size is taken from them (the pyramid,
+boxes and classes stay random), which is what the cost depends on.
 
 Ratios are against Mask R-CNN++ in the same process and against the thesis.
 """
@@ -34,7 +42,9 @@ from flax import nnx
 
 from msvision.analysis.cost import abstract_model, compile_cost, count_parameters, make_predict_fn, synthetic_batch
 from msvision.config import load_config
+from msvision.data.transforms import resized_size
 from msvision.models.abstract import abstract_init, cheap_tracer_errors
+from msvision.models.build import build_model
 from msvision.models.heads.effseg import EffSegHead
 from msvision.models.heads.effseg.cost import effseg_macs
 from msvision.models.heads.mask_baselines import MaskRCNNHead, PointRendHead
@@ -61,78 +71,105 @@ HEADS = {
 }
 
 
-def analytic_macs(row: str, dets: int, image: int) -> int:
+def analytic_macs(row: str, dets: int, image: tuple[int, int]) -> int:
     if row == "maskrcnn":
         return maskrcnn_macs(num_rois=dets)["total"]
     if row.startswith("pointrend"):
         return pointrend_macs(num_rois=dets, subdivision_steps=3 if "224" in row else 2)["total"]
     if row == "refinemask":  # its semantic branch on P2 of the image
-        return refinemask_macs(256, dets, (-(-image // 4)) ** 2)["total"]
+        return refinemask_macs(256, dets, -(-image[0] // 4) * -(-image[1] // 4))["total"]
     # EffSeg with K = 10,000 refined cells per stage, all valid (R·196 ≥ K): an upper bound.
     k = min(10_000, dets * 196)
     return effseg_macs(256, dets, [dets * 196, 4 * k, 4 * k, 4 * k])["total"]
 
 
-def head_inputs(image: int, rois: int, seed: int = 0):
-    """One image: a P2–P7 pyramid of width 256, ``rois`` queries with log-uniform boxes (16–600 px,
-    clipped to the image), one detection per query with a random class."""
+def head_inputs(image: tuple[int, int], rois: int, seed: int = 0):
+    """One ``(h, w)`` image: a P2–P7 pyramid of width 256, ``rois`` queries with log-uniform boxes
+    (16–600 px, clipped to the image), one detection per query with a random class."""
     rng = np.random.default_rng(seed)
-    pyramid = {l: jnp.asarray(rng.standard_normal((1, -(-image // 2 ** l), -(-image // 2 ** l), 256)), jnp.float32)
+    h, w = image
+    pyramid = {l: jnp.asarray(rng.standard_normal((1, -(-h // 2 ** l), -(-w // 2 ** l), 256)), jnp.float32)
                for l in range(2, 8)}
-    size = np.minimum(np.exp(rng.uniform(np.log(16), np.log(600), (1, rois, 2))), image - 1)
-    xy = rng.uniform(0, image - size)
+    wh = np.array([w, h], np.float64)
+    size = np.minimum(np.exp(rng.uniform(np.log(16), np.log(600), (1, rois, 2))), wh - 1)
+    xy = rng.uniform(0, wh - size)
     boxes = jnp.asarray(np.concatenate([xy, xy + size], -1), jnp.float32)
     queries = QueryOutputs(queries=jnp.asarray(rng.standard_normal((1, rois, 256)), jnp.float32), boxes=boxes,
                            detection_queries=jnp.arange(rois, dtype=jnp.int32)[None])
     dets = Detections(boxes=boxes, scores=jnp.linspace(1.0, 0.1, rois)[None],
                       labels=jnp.asarray(rng.integers(0, 80, (1, rois)), jnp.int32), valid=jnp.ones((1, rois), bool))
-    batch = Batch(images=np.zeros((1, image, image, 3), np.uint8), image_sizes=np.array([[image, image]], np.int32),
-                  orig_sizes=np.array([[image, image]], np.int32), image_ids=np.zeros(1, np.int32),
+    batch = Batch(images=np.zeros((1, h, w, 3), np.uint8), image_sizes=np.array([[h, w]], np.int32),
+                  orig_sizes=np.array([[h, w]], np.int32), image_ids=np.zeros(1, np.int32),
                   boxes=np.zeros((1, 1, 4), np.float32), labels=np.zeros((1, 1), np.int32),
                   valid=np.zeros((1, 1), bool), is_crowd=np.zeros((1, 1), bool))
     return pyramid, batch, dets, queries
 
 
-def head_row(row: str, args) -> dict:
+def coco_mini_val_sizes(root: pathlib.Path, count: int) -> list[tuple[str, tuple[int, int]]]:
+    """The first ``count`` val2017 images (by file name) at the evaluation resize (800, max 1333)."""
+    import json
+
+    files = sorted((root / "annotations").glob("*val2017*.json"))
+    if not files:
+        raise SystemExit(f"--coco-mini: no annotations/*val2017*.json under {root} (set --coco-root)")
+    images = sorted(json.loads(files[0].read_text())["images"], key=lambda i: i["file_name"])[:count]
+    return [(i["file_name"], resized_size((i["height"], i["width"]), 800, 1333)) for i in images]
+
+
+def head_row(row: str, args, image: tuple[int, int]) -> dict:
     cls, kw = HEADS[row]
     make = lambda: cls(levels=(2, 3, 4, 5, 6, 7), rngs=nnx.Rngs(0), **kw)  # noqa: E731
     if cls is not EffSegHead:
         make = lambda: cls(num_classes=80, levels=(2, 3, 4, 5, 6, 7), rngs=nnx.Rngs(0), **kw)  # noqa: E731
     graphdef, state = nnx.split(abstract_init(make))
     out = dict(row=row, params=count_variables(nnx.merge(graphdef, state), nnx.Param),
-               analytic=analytic_macs(row, args.dets, args.image_size))
+               analytic=analytic_macs(row, args.dets, image))
     if not args.no_compile:
-        pyramid, batch, dets, queries = head_inputs(args.image_size, args.rois)
+        pyramid, batch, dets, queries = head_inputs(image, args.rois)
         abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)  # noqa
         fn = lambda st, p, b, d, q: nnx.merge(graphdef, st).predict(p, b, d, q)  # noqa: E731
         _, info = compile_cost(fn, state, *(abstract(x) for x in (pyramid, batch, dets, queries)))
         out.update(xla=info["macs"], compile_s=info["compile_s"], temp=info["temp_size"])
         if args.repeats:  # timed: the function training and inference run (compile_cost unrolls scans)
-            compiled = jax.jit(lambda *a: fn(*a))
             with cheap_tracer_errors():  # real weights (random init) for the timed runs
                 state = jax.jit(lambda: nnx.split(make())[1])()
-            jax.block_until_ready(compiled(state, pyramid, batch, dets, queries))  # warm-up
-            times = []
-            for _ in range(args.repeats):
-                t0 = time.perf_counter()
-                jax.block_until_ready(compiled(state, pyramid, batch, dets, queries))
-                times.append(time.perf_counter() - t0)
-            out["latency_s"] = float(np.median(times))
+            out["latency_s"] = median_latency(jax.jit(fn), (state, pyramid, batch, dets, queries), args.repeats)
     return out
 
 
-def model_row(name: str, args) -> dict:
+def model_row(name: str, args, image: tuple[int, int]) -> dict:
     config = load_config(str(CONFIGS / f"r50_fpn_fqdetv2_{name}.py"))
     model = abstract_model(config.model)
     params = count_parameters(model)
     out = dict(row=name, params=params["trainable"], by_part=params["trainable_by_part"])
     if args.compile_models:
         graphdef, p, rest = nnx.split(model, nnx.Param, ...)
-        batch = synthetic_batch(1, args.image_size, 10, config.model.num_classes, with_masks=False)
+        # One image, no padding: evaluation at batch size 1 with padding to the batch maximum
+        # (the thesis's setting).
+        batch = synthetic_batch(1, max(image), 10, config.model.num_classes, with_masks=False)
+        batch = batch.replace(images=batch.images[:, :image[0], :image[1]],
+                              image_sizes=np.array([image], np.int32), orig_sizes=np.array([image], np.int32),
+                              boxes=np.minimum(batch.boxes, min(image)))
         abstract = lambda tree: jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype), tree)  # noqa
         _, info = compile_cost(make_predict_fn(graphdef), p, rest, abstract(batch))
-        out.update(xla=info["macs"], compile_s=info["compile_s"])
+        out.update(xla=info["macs"], compile_s=info["compile_s"], temp=info["temp_size"])
+        if args.repeats:  # timed: the production jit (compile_cost unrolls scans), random weights
+            with cheap_tracer_errors():
+                p, rest = jax.jit(lambda: nnx.split(build_model(config.model, rngs=nnx.Rngs(0)), nnx.Param, ...)[1:])()
+            out["latency_s"] = median_latency(jax.jit(make_predict_fn(graphdef)), (p, rest, jax.device_put(batch)),
+                                              args.repeats)
     return out
+
+
+def median_latency(fn, args: tuple, repeats: int) -> float:
+    """Median wall time of ``fn(*args)`` over ``repeats`` runs after one warm-up (compile) run."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def main() -> None:
@@ -145,43 +182,64 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true", help="heads: params and analytic MACs only")
     parser.add_argument("--compile-models", action="store_true", help="full models: XLA MACs of predict")
     parser.add_argument("--repeats", type=int, default=0, help="heads: time the compiled inference N times")
+    parser.add_argument("--coco-mini", type=int, default=0,
+                        help="the first N coco_mini val2017 images at their evaluation size instead")
+    parser.add_argument("--coco-root", default=str(pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+                                                    / "coco_mini"), help="folder with val2017/ and annotations/")
     args = parser.parse_args()
     print(f"# {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
           f"{os.cpu_count()} CPUs, backend {jax.default_backend()}")
-    print(f"## heads alone: analytic MACs at {args.dets} detections; XLA MACs of the head's predict on one "
-          f"{args.image_size}² image with {args.rois} RoIs")
-    print("| head | params | vs thesis | analytic GMACs | vs thesis | vs Mask R-CNN++ | XLA GMACs | compile s "
-          "| temporaries MiB | CPU ms | vs Mask R-CNN++ |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    reference_ms = None
-    reference = None
-    for row in [r.strip() for r in args.heads.split(",") if r.strip()]:
-        r = head_row(row, args)
-        thesis = THESIS_HEAD[row.split("-")[0]]
-        reference = reference or (r["analytic"] if row == "maskrcnn" else None)
-        rel = f"{r['analytic'] / reference:.2f}×" if reference else "n/a"
-        xla = f"{r['xla'] / 1e9:.3f}" if "xla" in r else "—"
-        comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "—"
-        temp = f"{r['temp'] / 2 ** 20:.0f}" if r.get("temp") is not None else "—"
-        reference_ms = reference_ms or (r.get("latency_s") if row == "maskrcnn" else None)
-        ms = f"{1e3 * r['latency_s']:.0f}" if "latency_s" in r else "—"
-        rel_ms = f"{r['latency_s'] / reference_ms:.2f}×" if "latency_s" in r and reference_ms else "—"
-        print(f"| {row} | {r['params']:,} | {r['params'] / thesis[0] - 1:+.1%} | {r['analytic'] / 1e9:.2f} | "
-              f"{r['analytic'] / thesis[1] - 1:+.1%} | {rel} | {xla} | {comp} | {temp} | {ms} | {rel_ms} |",
-              flush=True)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
-    if models:
-        suffix = f"; XLA MACs of predict on one {args.image_size}² image" if args.compile_models else ""
-        print(f"\n## full FQDetV2 models (300 queries){suffix}")
-        print("| model | params | vs thesis | seg head | XLA GMACs | compile s |")
-        print("|---|---|---|---|---|---|")
-        for name in models:
-            r = model_row(name, args)
-            thesis = THESIS_MODEL[name]
-            xla = f"{r['xla'] / 1e9:.2f}" if "xla" in r else "—"
+    if args.coco_mini:
+        images = coco_mini_val_sizes(pathlib.Path(args.coco_root), args.coco_mini)
+    else:
+        images = [(f"{args.image_size}²", (args.image_size, args.image_size))]
+    rows = [r.strip() for r in args.heads.split(",") if r.strip()]
+    for label, image in images:
+        print(f"\n## heads alone on {label} (h × w = {image[0]} × {image[1]}): analytic MACs at {args.dets} "
+              f"detections; XLA MACs of the head's predict with {args.rois} RoIs")
+        print("| head | params | vs thesis | analytic GMACs | vs thesis | vs Mask R-CNN++ | XLA GMACs | compile s "
+              "| temporaries MiB | CPU ms | vs Mask R-CNN++ |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        reference_ms = None
+        reference = None
+        for row in rows:
+            r = head_row(row, args, image)
+            thesis = THESIS_HEAD[row.split("-")[0]]
+            reference = reference or (r["analytic"] if row == "maskrcnn" else None)
+            rel = f"{r['analytic'] / reference:.2f}×" if reference else "n/a"
+            xla = f"{r['xla'] / 1e9:.3f}" if "xla" in r else "—"
             comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "—"
+            temp = f"{r['temp'] / 2 ** 20:.0f}" if r.get("temp") is not None else "—"
+            reference_ms = reference_ms or (r.get("latency_s") if row == "maskrcnn" else None)
+            ms = f"{1e3 * r['latency_s']:.0f}" if "latency_s" in r else "—"
+            rel_ms = f"{r['latency_s'] / reference_ms:.2f}×" if "latency_s" in r and reference_ms else "—"
+            print(f"| {row} | {r['params']:,} | {r['params'] / thesis[0] - 1:+.1%} | {r['analytic'] / 1e9:.2f} | "
+                  f"{r['analytic'] / thesis[1] - 1:+.1%} | {rel} | {xla} | {comp} | {temp} | {ms} | {rel_ms} |",
+                  flush=True)
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    for label, image in images if models else []:
+        suffix = f"; XLA MACs of predict on {label} ({image[0]} × {image[1]})" if args.compile_models else ""
+        print(f"\n## full FQDetV2 models (300 queries){suffix}")
+        print("| model | params | vs thesis | seg head | XLA GMACs | vs thesis | vs Mask R-CNN++ | compile s "
+              "| temporaries MiB | CPU s | vs Mask R-CNN++ |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        reference = reference_s = None
+        for name in models:
+            r = model_row(name, args, image)
+            thesis = THESIS_MODEL[name]
+            reference = reference or (r.get("xla") if name == "maskrcnn" else None)
+            xla = f"{r['xla'] / 1e9:.2f}" if "xla" in r else "—"
+            vs_thesis = f"{r['xla'] / thesis[1]:.2f}×" if "xla" in r else "—"
+            rel = f"{r['xla'] / reference:.2f}×" if "xla" in r and reference else "—"
+            comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "—"
+            temp = f"{r['temp'] / 2 ** 20:.0f}" if r.get("temp") is not None else "—"
+            reference_s = reference_s or (r.get("latency_s") if name == "maskrcnn" else None)
+            sec = f"{r['latency_s']:.2f}" if "latency_s" in r else "—"
+            rel_s = f"{r['latency_s'] / reference_s:.2f}×" if "latency_s" in r and reference_s else "—"
             print(f"| {name} | {r['params']:,} | {r['params'] / thesis[0] - 1:+.2%} | {r['by_part']['seg_head']:,} | "
-                  f"{xla} | {comp} |", flush=True)
+                  f"{xla} | {vs_thesis} | {rel} | {comp} | {temp} | {sec} | {rel_s} |", flush=True)
+        if not args.compile_models:
+            break  # parameters do not depend on the image
 
 
 if __name__ == "__main__":
