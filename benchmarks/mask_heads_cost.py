@@ -172,6 +172,15 @@ def median_latency(fn, args: tuple, repeats: int) -> float:
     return float(np.median(times))
 
 
+def _cell(r: dict, key: str, spec: str, scale: float = 1.0) -> str:
+    """``r[key]·scale`` formatted with ``spec``, or a dash when it was not measured."""
+    return format(r[key] * scale, spec) if r.get(key) is not None else "—"
+
+
+def _ratio(r: dict, key: str, reference) -> str:
+    return f"{r[key] / reference:.2f}×" if r.get(key) is not None and reference else "—"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=256)
@@ -206,16 +215,12 @@ def main() -> None:
             r = head_row(row, args, image)
             thesis = THESIS_HEAD[row.split("-")[0]]
             reference = reference or (r["analytic"] if row == "maskrcnn" else None)
-            rel = f"{r['analytic'] / reference:.2f}×" if reference else "n/a"
-            xla = f"{r['xla'] / 1e9:.3f}" if "xla" in r else "—"
-            comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "—"
-            temp = f"{r['temp'] / 2 ** 20:.0f}" if r.get("temp") is not None else "—"
             reference_ms = reference_ms or (r.get("latency_s") if row == "maskrcnn" else None)
-            ms = f"{1e3 * r['latency_s']:.0f}" if "latency_s" in r else "—"
-            rel_ms = f"{r['latency_s'] / reference_ms:.2f}×" if "latency_s" in r and reference_ms else "—"
             print(f"| {row} | {r['params']:,} | {r['params'] / thesis[0] - 1:+.1%} | {r['analytic'] / 1e9:.2f} | "
-                  f"{r['analytic'] / thesis[1] - 1:+.1%} | {rel} | {xla} | {comp} | {temp} | {ms} | {rel_ms} |",
-                  flush=True)
+                  f"{r['analytic'] / thesis[1] - 1:+.1%} | {_ratio(r, 'analytic', reference)} | "
+                  f"{_cell(r, 'xla', '.3f', 1e-9)} | {_cell(r, 'compile_s', '.1f')} | "
+                  f"{_cell(r, 'temp', '.0f', 2 ** -20)} | {_cell(r, 'latency_s', '.0f', 1e3)} | "
+                  f"{_ratio(r, 'latency_s', reference_ms)} |", flush=True)
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     for label, image in images if models else []:
         suffix = f"; XLA MACs of predict on {label} ({image[0]} × {image[1]})" if args.compile_models else ""
@@ -228,16 +233,11 @@ def main() -> None:
             r = model_row(name, args, image)
             thesis = THESIS_MODEL[name]
             reference = reference or (r.get("xla") if name == "maskrcnn" else None)
-            xla = f"{r['xla'] / 1e9:.2f}" if "xla" in r else "—"
-            vs_thesis = f"{r['xla'] / thesis[1]:.2f}×" if "xla" in r else "—"
-            rel = f"{r['xla'] / reference:.2f}×" if "xla" in r and reference else "—"
-            comp = f"{r['compile_s']:.1f}" if "compile_s" in r else "—"
-            temp = f"{r['temp'] / 2 ** 20:.0f}" if r.get("temp") is not None else "—"
             reference_s = reference_s or (r.get("latency_s") if name == "maskrcnn" else None)
-            sec = f"{r['latency_s']:.2f}" if "latency_s" in r else "—"
-            rel_s = f"{r['latency_s'] / reference_s:.2f}×" if "latency_s" in r and reference_s else "—"
             print(f"| {name} | {r['params']:,} | {r['params'] / thesis[0] - 1:+.2%} | {r['by_part']['seg_head']:,} | "
-                  f"{xla} | {vs_thesis} | {rel} | {comp} | {temp} | {sec} | {rel_s} |", flush=True)
+                  f"{_cell(r, 'xla', '.2f', 1e-9)} | {_ratio(r, 'xla', thesis[1])} | {_ratio(r, 'xla', reference)} | "
+                  f"{_cell(r, 'compile_s', '.1f')} | {_cell(r, 'temp', '.0f', 2 ** -20)} | "
+                  f"{_cell(r, 'latency_s', '.2f')} | {_ratio(r, 'latency_s', reference_s)} |", flush=True)
         if not args.compile_models:
             break  # parameters do not depend on the image
 
