@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import pathlib
 import time
@@ -107,8 +108,6 @@ def head_inputs(image: tuple[int, int], rois: int, seed: int = 0):
 
 def coco_mini_val_sizes(root: pathlib.Path, count: int) -> list[tuple[str, tuple[int, int]]]:
     """The first ``count`` val2017 images (by file name) at the evaluation resize (800, max 1333)."""
-    import json
-
     files = sorted((root / "annotations").glob("*val2017*.json"))
     if not files:
         raise SystemExit(f"--coco-mini: no annotations/*val2017*.json under {root} (set --coco-root)")
