@@ -8,7 +8,7 @@ process's peak RSS during the measured call (coarse, an upper bound).
 
 Usage:
     JAX_PLATFORMS=cpu taskset -c 0,1 python benchmarks/bench_msda.py [--repeats 5]
-        [--shapes fqdet300_p1,...] [--append benchmarks/RESULTS.md]
+        [--shapes fqdet_q300_p1,...] [--impl xla|cpu|auto] [--append benchmarks/RESULTS.md]
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ def bench_jax(value, locations, weights, repeats, impl):
         return jnp.vdot(out, output_grad)
 
     forward = jax.jit(lambda v, l, w: multiscale_deformable_attention(v, PYRAMID_800, l, w, impl=impl))
-    forward_backward = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+    # value_and_grad, not grad: the loss value needs the output, so the forward runs as in
+    # torch's `.sum().backward()` (with jax.grad XLA drops the unused forward: a backward-only time).
+    forward_backward = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
     fwd_s = median_seconds(lambda: forward(value, locations, weights).block_until_ready(), repeats)
     fb_s = median_seconds(lambda: jax.block_until_ready(forward_backward(value, locations, weights)), repeats)
     memory = {}

@@ -37,6 +37,18 @@ only runnable there. Code paths follow the lowering platform
 export carries the MSDA Pallas Triton kernels (:mod:`msvision.ops.msda.auto`), a
 CPU/TPU export the XLA implementation.
 
+Native CPU kernel: in a live process ``msda_impl="auto"`` runs MSDA on the CPU with
+the native C++ kernel (:mod:`msvision.ops.msda.cpu_ffi`), but an export never
+contains it: :func:`export_detector` traces under
+:func:`msvision.ops.msda.auto.without_native_cpu_kernel`, so the CPU branch of an
+artefact is the XLA implementation. Its custom calls (``msvision_msda_cpu_*``)
+have no compatibility guarantee (``jax.export`` refuses them), they exist only in a
+process that compiled and registered the kernel, and an artefact must run on a
+machine without a C++ compiler or msvision's sources (``load_exported`` needs only
+``jax``). The cost is XLA's CPU speed (3-10x slower MSDA) when serving an artefact
+on the CPU; a live ``Predictor.from_workdir`` has the kernel. An explicit
+``msda_impl="cpu"`` cannot be exported (``jax.export`` raises on its custom call).
+
 Triton compatibility: the Pallas Triton custom call (``__gpu$xla.gpu.triton``)
 carries Triton IR, which has no stability guarantee, so ``jax.export`` refuses it
 unless its safety check is disabled (``allow_triton=True``, the default; the
@@ -112,12 +124,15 @@ def export_detector(graphdef, params, rest, buckets: Sequence[Bucket], *, batch_
       allow_triton: accept Pallas Triton kernels in the export (see the module
         docstring; they need a static ``batch_size``). With False, ``jax.export``
         raises on a model whose MSDA lowers to Triton: build ``graphdef`` from
-        ``with_msda_impl(config, "xla")``.
+        ``with_msda_impl(config, "xla")``. The native CPU MSDA kernel is never
+        exported (XLA on the CPU instead; see the module docstring).
 
     Returns:
       ``{bucket: Exported}``; each takes ``(weights, images, image_sizes,
       orig_sizes)`` as described in the module docstring.
     """
+    from msvision.ops.msda.auto import without_native_cpu_kernel
+
     leaves, treedef = jax.tree.flatten((params, rest))
     detect = jax.jit(make_detect_function(graphdef, treedef))
     weight_specs = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves]
@@ -127,12 +142,13 @@ def export_detector(graphdef, params, rest, buckets: Sequence[Bucket], *, batch_
     for height, width in buckets:
         bucket = (int(height), int(width))
         try:
-            out[bucket] = jax_export.export(detect, platforms=tuple(platforms), disabled_checks=disabled)(
-                weight_specs,
-                jax.ShapeDtypeStruct((batch, *bucket, 3), jnp.uint8),
-                jax.ShapeDtypeStruct((batch, 2), jnp.int32),
-                jax.ShapeDtypeStruct((batch, 2), jnp.int32),
-            )
+            with without_native_cpu_kernel():  # portable artefacts: XLA MSDA on the CPU (module docstring)
+                out[bucket] = jax_export.export(detect, platforms=tuple(platforms), disabled_checks=disabled)(
+                    weight_specs,
+                    jax.ShapeDtypeStruct((batch, *bucket, 3), jnp.uint8),
+                    jax.ShapeDtypeStruct((batch, 2), jnp.int32),
+                    jax.ShapeDtypeStruct((batch, 2), jnp.int32),
+                )
         except ValueError as e:
             if batch_size is None and "Pallas" in str(e):
                 raise ValueError(

@@ -1,5 +1,6 @@
 """CUDA artefacts written from this CPU-only machine: one per bucket with a symbolic batch, refused
-at call time here; the MSDA Triton kernels in them (``allow_triton``) or not (``--no-triton``)."""
+at call time here; the MSDA Triton kernels in them (``allow_triton``) or not (``--no-triton``).
+CPU artefacts of an MSDA model: never the native CPU kernel, which the live model runs."""
 
 import jax
 import numpy as np
@@ -10,6 +11,8 @@ from flax import nnx
 from inference_helpers import CONFIG_OVERRIDES
 from msvision import export as export_lib
 from msvision.analysis.cost import abstract_model
+from msvision.ops.msda import cpu_ffi
+from msvision.predict import make_detect_function
 
 
 def test_cuda_export_from_cpu_machine(tmp_path, inference_workdir):
@@ -50,3 +53,21 @@ def test_cuda_export_of_an_msda_model_with_and_without_triton():
     assert export_lib.TRITON_TARGET not in stable.mlir_module()
     assert str(stable.in_avals[-3].shape) == "(b, 64, 64, 3)"
     assert jax.export.deserialize(stable.serialize()).out_avals[0].shape[1:] == restored.out_avals[0].shape[1:]
+
+
+def test_cpu_export_of_an_msda_model_has_no_native_kernel():
+    """The live model lowers MSDA for the CPU to the native kernel (when it is available); the
+    export lowers it to XLA, so ``jax.export``'s custom-call check passes and the artefact runs
+    where no compiler is (see the ``msvision.export`` docstring)."""
+    config = tiny_defenc_fqdetv2.get_config()
+    graphdef, params, rest = nnx.split(abstract_model(config.model), nnx.Param, ...)
+    leaves, treedef = jax.tree.flatten((params, rest))
+    args = ([jax.ShapeDtypeStruct(x.shape, x.dtype) for x in leaves], jax.ShapeDtypeStruct((2, 64, 64, 3), np.uint8),
+            jax.ShapeDtypeStruct((2, 2), np.int32), jax.ShapeDtypeStruct((2, 2), np.int32))
+    live = jax.jit(make_detect_function(graphdef, treedef)).trace(*args).lower(lowering_platforms=("cpu",))
+    expected = tiny_defenc_fqdetv2.MSDA_LAYERS if cpu_ffi.available() else 0
+    assert live.as_text().count(f"custom_call @{cpu_ffi.FORWARD_TARGET}") == expected
+    exported = export_lib.export_detector(graphdef, params, rest, [(64, 64)], batch_size=2,
+                                           platforms=("cpu",))[(64, 64)]
+    text = jax.export.deserialize(exported.serialize()).mlir_module()
+    assert "msvision_msda_cpu" not in text and "stablehlo.gather" in text

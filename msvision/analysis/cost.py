@@ -24,7 +24,7 @@ Default input is the thesis's: a batch of two 800×800 images with ten objects e
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -154,6 +154,71 @@ def compile_cost(fn: Callable, *args, donate_argnums=()) -> tuple[Any, dict]:
     return compiled, info
 
 
+class AbstractSteps(NamedTuple):
+    """The jitted functions ``train.py`` runs, with abstract arguments (nothing allocated)."""
+
+    graphdef: Any
+    tx: Any
+    schedules: Any
+    make_state: Callable
+    batch: Batch  # numpy, for timing
+    abs_params: Any
+    abs_rest: Any
+    abs_batch: Any
+    abs_state: Any
+    predict_fn: Callable  # (params, rest, batch) -> predictions
+    train_fn: Callable  # (state, batch) -> (state, metrics)
+
+
+def abstract_steps(model_cfg: ml_collections.ConfigDict, model: Optional[nnx.Module] = None, batch_size: int = 2,
+                   image_size: int = 800, num_objects: int = 10) -> AbstractSteps:
+    """Predict and train-step functions of ``model_cfg`` (msvision.train's step and AdamW with
+    parameter groups) and abstract arguments for them, on a :func:`synthetic_batch`."""
+    from msvision.train.loop import make_train_step
+    from msvision.train.optimizer import build_optimizer, default_optim_config
+
+    model = abstract_model(model_cfg) if model is None else model
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    with_masks = model_cfg.get("seg_head", {}).get("name", "none") != "none"
+    batch = synthetic_batch(batch_size, image_size, num_objects, model_cfg.num_classes, with_masks=with_masks)
+    tx, schedules = build_optimizer(default_optim_config(), params, steps_per_epoch=1000)
+    abs_params, abs_rest, abs_batch = _abstract(params), _abstract(rest), _abstract(batch)
+
+    def make_state(params, rest):
+        return dict(
+            step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+            rng=jax.random.PRNGKey(0),
+        )
+
+    abs_state = jax.eval_shape(make_state, abs_params, abs_rest)
+    return AbstractSteps(graphdef, tx, schedules, make_state, batch, abs_params, abs_rest, abs_batch, abs_state,
+                         make_predict_fn(graphdef), make_train_step(graphdef, tx, schedules))
+
+
+def compile_times(model_cfg: ml_collections.ConfigDict, *, batch_size: int = 2, image_size: int = 800,
+                  num_objects: int = 10, inference: bool = True) -> dict:
+    """Seconds to trace + lower and to compile the production train step (and ``predict``).
+
+    Unlike :func:`compile_cost`, traced as ``train.py`` traces it (IdConv taps in their
+    ``lax.scan``, layers rematerialised as configured), so the times are what a user
+    waits before the first step. Returns ``{'train': {'lower_s', 'compile_s', 'total_s'},
+    'inference': {...}}``.
+    """
+    steps = abstract_steps(model_cfg, None, batch_size, image_size, num_objects)
+    jobs = [("train", steps.train_fn, (steps.abs_state, steps.abs_batch), (0,))]
+    if inference:
+        jobs.append(("inference", steps.predict_fn, (steps.abs_params, steps.abs_rest, steps.abs_batch), ()))
+    report = {}
+    for key, fn, args, donate in jobs:
+        t0 = time.perf_counter()
+        lowered = jax.jit(fn, donate_argnums=donate).lower(*args)
+        t1 = time.perf_counter()
+        lowered.compile()
+        t2 = time.perf_counter()
+        report[key] = dict(lower_s=t1 - t0, compile_s=t2 - t1, total_s=t2 - t0)
+    return report
+
+
 def _peak_memory() -> Optional[int]:
     stats = jax.devices()[0].memory_stats()
     if not stats:
@@ -185,26 +250,14 @@ def analyse(
         "backend": jax.default_backend(),
         "device": str(jax.devices()[0].device_kind),
     }
+    from msvision.train.loop import make_train_step
+
     model = abstract_model(model_cfg)
     report["params"] = count_parameters(model)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    with_masks = model_cfg.get("seg_head", {}).get("name", "none") != "none"
-    batch = synthetic_batch(batch_size, image_size, num_objects, model_cfg.num_classes, with_masks=with_masks)
-    # The train step and optimizer of msvision.train (AdamW with parameter groups).
-    from msvision.train.loop import make_train_step
-    from msvision.train.optimizer import build_optimizer, default_optim_config
-
-    tx, schedules = build_optimizer(default_optim_config(), params, steps_per_epoch=1000)
-    abs_params, abs_rest, abs_batch = _abstract(params), _abstract(rest), _abstract(batch)
-
-    def make_state(params, rest):
-        return dict(
-            step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
-            rng=jax.random.PRNGKey(0),
-        )
-
-    abs_state = jax.eval_shape(make_state, abs_params, abs_rest)
-    predict_fn, train_fn = make_predict_fn(graphdef), make_train_step(graphdef, tx, schedules)
+    steps = abstract_steps(model_cfg, model, batch_size, image_size, num_objects)
+    tx, schedules, make_state, batch = steps.tx, steps.schedules, steps.make_state, steps.batch
+    abs_params, abs_rest, abs_batch, abs_state = steps.abs_params, steps.abs_rest, steps.abs_batch, steps.abs_state
+    predict_fn, train_fn = steps.predict_fn, steps.train_fn
     predict_c, report["inference"] = compile_cost(predict_fn, abs_params, abs_rest, abs_batch)
     train_c, report["train"] = compile_cost(train_fn, abs_state, abs_batch, donate_argnums=(0,))
     unrolled_cfg = _without_remat(model_cfg)

@@ -14,7 +14,8 @@ Code paths follow the lowering platform, not this machine's backend
 (``lax.platform_dependent``): for CUDA the MSDA Pallas Triton kernels
 (``msvision.ops.msda.auto``) and XLA's own convolution kernel gradients (the
 CPU-only im2col gradient of ``msvision.ops.conv`` is not lowered); for TPU the XLA
-MSDA. The report lists the custom-call targets found in each module, so a reader
+MSDA; for the CPU the native MSDA kernel's custom calls (``msvision_msda_cpu_*``)
+when it is available on this host, else the XLA MSDA. The report lists the custom-call targets found in each module, so a reader
 sees which kernels a GPU would run.
 
 What a successful lowering proves: every primitive has a lowering rule for the

@@ -3,7 +3,8 @@
 Test-size models (the quickstart RetinaNet of ``tests/train/tiny_config.py``, and
 R-18 + DefEnc-P3 + FQDetV2 shrunk from ``configs/fqdet/r50_defenc_p3_fqdetv2.py``)
 (``tests/tiny_defenc_fqdetv2.py``) with the default MSDA selection (``impl="auto"``), lowered for CUDA and for the CPU
-in one subprocess (the device count must be forced before JAX initialises).
+in one subprocess (the device count must be forced before JAX initialises): Triton kernels for CUDA, the
+native CPU kernel for the CPU when it is available (``MSVISION_MSDA_NATIVE=off``: XLA).
 """
 
 import json
@@ -27,6 +28,7 @@ CASES = {
     "defenc_cpu": [f"--config={DEFENC}", "--lower-for=cpu", *COMMON],
 }
 TRITON = "__gpu$xla.gpu.triton"
+NATIVE_CPU = "msvision_msda_cpu_"  # the native CPU MSDA kernel's custom calls (forward, backward)
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +73,19 @@ def test_defenc_fqdetv2_lowers_the_msda_triton_kernel_for_cuda_only(results):
     assert cuda["triton_kernels"]["inference"] == {"msda_forward": msda_layers}
     for key in ("train", "inference"):
         assert TRITON not in cpu["custom_calls"][key] and cpu["triton_kernels"][key] == {}
+        assert not any(target.startswith(NATIVE_CPU) for target in cuda["custom_calls"][key])
+
+
+@pytest.mark.slow  # the fixture's subprocess lowers four train steps: ~40 s of CPU
+def test_defenc_fqdetv2_lowers_the_native_msda_kernel_for_the_cpu_when_available(results):
+    from msvision.ops.msda import cpu_ffi
+
+    cpu = _ok(results["defenc_cpu"])
+    # The subprocess has this process's environment (MSVISION_MSDA_NATIVE, compiler, cache).
+    layers = MSDA_LAYERS if cpu_ffi.available() else 0
+    native = {k: {t: n for t, n in calls.items() if t.startswith(NATIVE_CPU)} for k, calls in cpu["custom_calls"].items()}
+    expected_train = {cpu_ffi.FORWARD_TARGET: layers, cpu_ffi.BACKWARD_TARGET: layers} if layers else {}
+    assert native == {"train": expected_train, "inference": {cpu_ffi.FORWARD_TARGET: layers} if layers else {}}
 
 
 def test_a_function_that_fails_to_lower_is_reported():

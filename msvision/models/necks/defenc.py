@@ -41,8 +41,8 @@ layers 7 841 088, level embedding 1 280); DefEnc-P2 adds one level.
 
 Config (``config.model.neck``, name 'defenc'): the keyword arguments of
 :class:`DefEncoder` (out_levels (3, …, 7) or (2, …, 7) with backbone levels
-(2, 3, 4, 5); msda_impl 'auto' | 'xla' | 'triton' | 'triton_interpret' |
-'reference'). Dropout is 0 (DINO's value) and not configurable.
+(2, 3, 4, 5); msda_impl 'auto' | 'xla' | 'cpu' | 'triton' | 'triton_interpret' |
+'reference', see :mod:`msvision.ops.msda`). Dropout is 0 (DINO's value) and not configurable.
 
 Memory: ``remat=True`` runs the layers as a ``lax.scan`` under ``jax.checkpoint`` and
 keeps only each layer's ``[B, S, D]`` input for the backward pass (same outputs and

@@ -2,18 +2,36 @@
 
 One op, several implementations behind ``impl``:
 
-- ``"xla"``: gather-based XLA with a hand-written VJP (:mod:`.xla`); default on CPU
-  and TPU, and the fallback everywhere.
+- ``"xla"``: gather-based XLA with a hand-written VJP (:mod:`.xla`); default on TPU,
+  and the fallback everywhere.
 - ``"triton"``: Pallas kernels on the Triton backend (:mod:`.triton_kernel`),
   forward and backward, for NVIDIA/AMD GPUs. Isolated in one module because the
   Pallas Triton backend is deprecated from jax 0.11; a Mosaic GPU version can
   replace it behind the same switch.
-- ``"auto"`` (:mod:`.auto`): the Triton kernels in code lowered for CUDA/ROCm, XLA
-  in code lowered for anything else, chosen inside the traced function
+- ``"cpu"``: a native C++ kernel called through XLA's FFI (:mod:`.cpu_ffi`),
+  forward and backward, multi-threaded (parallel value-gradient scatter without
+  atomics, the same bits for any thread count); compiled with the system C++
+  compiler on first use (cached in ``~/.cache/msvision/msda_cpu``). Raises if it
+  cannot be built; ``MSVISION_MSDA_NATIVE=off`` turns it off.
+- ``"auto"`` (the default, :mod:`.auto`), chosen inside the traced function
   (``lax.platform_dependent``), so it follows the lowering platform, not the
-  machine's backend. On a GPU host the kernel is first checked against XLA on a
-  small input (:mod:`msvision.ops.kernel_selfcheck`); if it fails, ``"auto"`` is
-  XLA everywhere, with a warning.
+  machine's backend:
+
+  ========================  ==========================================================
+  code lowered for          runs
+  ========================  ==========================================================
+  CUDA, ROCm                the Triton kernels, once they passed a check against XLA on
+                            a small input (:mod:`msvision.ops.kernel_selfcheck`, on a
+                            GPU host); else XLA, with a warning
+  CPU                       the native kernel (``"cpu"``, threads decided at run time)
+                            when the tracing host's default backend is the CPU, the
+                            inputs are not float64 and it builds; else XLA (one
+                            warning if the build failed, none if turned off)
+  TPU, anything else        XLA
+  ========================  ==========================================================
+
+  :mod:`msvision.export` traces with the native kernel off (XLA on the CPU): an
+  artefact must not depend on a custom call that only a process with a compiler has.
 
 :mod:`.reference` is the plain-autodiff transcription of Deformable DETR's
 ``ms_deform_attn_core_pytorch`` used as documentation and test oracle.
@@ -36,7 +54,7 @@ __all__ = [
     "level_start_indices",
 ]
 
-IMPLEMENTATIONS = ("auto", "xla", "triton", "triton_interpret", "reference")
+IMPLEMENTATIONS = ("auto", "xla", "cpu", "triton", "triton_interpret", "reference")
 
 
 def _check_shapes(value, spatial_shapes, sampling_locations, attention_weights):
@@ -91,6 +109,14 @@ def multiscale_deformable_attention(
         return multiscale_deformable_attention_auto(value, spatial_shapes, sampling_locations, attention_weights)
     if impl == "xla":
         return multiscale_deformable_attention_xla(value, spatial_shapes, sampling_locations, attention_weights)
+    if impl == "cpu":
+        from msvision.ops.msda import cpu_ffi
+
+        if not cpu_ffi.available():
+            raise RuntimeError(f"MSDA impl='cpu' needs the native kernel, which could not be built: "
+                               f"{cpu_ffi.unavailable_reason()}")
+        return cpu_ffi.multiscale_deformable_attention_cpu(value, spatial_shapes, sampling_locations,
+                                                           attention_weights)
     if impl in ("triton", "triton_interpret"):
         from msvision.ops.msda.triton_kernel import multiscale_deformable_attention_triton
 

@@ -1,25 +1,48 @@
-"""MSDA ``impl="auto"``: the Triton kernels on CUDA/ROCm, XLA elsewhere, chosen per lowering platform.
+"""MSDA ``impl="auto"``: Triton on CUDA/ROCm, the native kernel on the CPU, XLA elsewhere, per lowering platform.
+
+What runs where (code lowered for ...):
+
+- CUDA / ROCm: the Pallas Triton kernels (:mod:`.triton_kernel`), if they passed
+  their first-use self-check on a GPU host (see below); else XLA.
+- CPU: the native C++ kernel (:mod:`.cpu_ffi`, custom calls
+  ``msvision_msda_cpu_forward`` / ``_backward``) when the CPU is the default
+  backend of the tracing process, the inputs are not float64 and
+  :func:`cpu_ffi.available` (the kernel built with the system C++ compiler, or
+  found in its cache, and not turned off by ``MSVISION_MSDA_NATIVE=off``); else XLA.
+  If the build fails, ``"auto"`` warns once (:class:`NativeKernelFallbackWarning`)
+  and uses XLA; it never raises. Its thread count is decided at run time
+  (``num_threads=0``), so a traced graph does not carry this machine's CPU count.
+  :func:`without_native_cpu_kernel` keeps it out of a trace: :mod:`msvision.export`
+  does so, as ``jax.export`` refuses custom calls without a compatibility guarantee
+  and an artefact must run where no compiler is.
+- TPU and anything else: the XLA implementation (:mod:`.xla`).
 
 The choice is made inside the traced function with ``lax.platform_dependent`` (as
 :mod:`msvision.ops.conv` does), so it follows the platform the computation is lowered
 for, not the backend of the machine that traces it: lowering a train step for CUDA
 on a CPU-only host (``python -m msvision.analysis --lower-for=cuda``) emits the
-Triton custom calls, lowering it for the CPU or TPU emits the XLA gathers. Only the
-branch of the lowering platform is lowered.
+Triton custom calls and no native CPU custom call, lowering it for the CPU emits
+the native kernel's custom calls, for TPU the XLA gathers. Only the branch of the
+lowering platform is lowered. Whether a kernel is a candidate at all (self-check
+verdict, compiler, dtype) is decided in Python while tracing.
 
-One ``custom_vjp`` around both implementations (they save the same residuals:
+One ``custom_vjp`` around all implementations (they save the same residuals:
 value, locations, weights), with a platform-dependent forward and a
 platform-dependent backward, so no ``cond`` is ever transposed.
 
 The Triton kernel is registered with :mod:`msvision.ops.kernel_selfcheck` (name
 ``MSDA_TRITON``): on a GPU host the first ``"auto"`` call checks it against the XLA
 implementation (forward and gradients on a small input) and falls back to XLA with
-a warning if it fails to compile or disagrees.
+a warning if it fails to compile or disagrees. The native CPU kernel is not
+self-checked: it runs where it is tested (``tests/ops/test_msda_cpu.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +50,7 @@ import numpy as np
 from jax import lax
 
 from msvision.ops import kernel_selfcheck
+from msvision.ops.msda import cpu_ffi
 from msvision.ops.msda import xla as xla_impl
 
 try:
@@ -37,6 +61,58 @@ except ImportError:  # a JAX without the Pallas Triton backend (deprecated from 
 MSDA_TRITON = "msda_triton"
 
 SpatialShapes = tuple[tuple[int, int], ...]
+
+
+class NativeKernelFallbackWarning(UserWarning):
+    """The native CPU MSDA kernel could not be built; ``impl="auto"`` uses XLA on the CPU."""
+
+
+_NATIVE_CPU_ALLOWED = contextvars.ContextVar("msda_native_cpu_allowed", default=True)
+
+
+@contextlib.contextmanager
+def without_native_cpu_kernel():
+    """Within this context ``impl="auto"`` traces the XLA implementation for the CPU
+    (for a ``jax.export`` artefact that must not depend on the native kernel).
+
+    Only traces made inside the context are affected: a ``jax.jit`` function traced
+    before keeps its cached trace.
+    """
+    token = _NATIVE_CPU_ALLOWED.set(False)
+    try:
+        yield
+    finally:
+        _NATIVE_CPU_ALLOWED.reset(token)
+
+
+@functools.cache
+def _warn_native_unavailable(reason: str) -> None:
+    # Once per process (and reason): a missing compiler is a setup fact, not news at every trace.
+    warnings.warn(f"the native CPU MSDA kernel is unavailable ({reason}); impl='auto' uses the XLA "
+                  f"implementation on the CPU (set {cpu_ffi.DISABLE_ENV}=off to silence this)",
+                  NativeKernelFallbackWarning, stacklevel=3)
+
+
+def native_cpu_kernel_enabled(*arrays) -> bool:
+    """Whether ``"auto"`` lowers the native kernel for the CPU for these inputs (decided at trace time).
+
+    Only when the CPU is the default backend (elsewhere the CPU branch is hardly
+    ever lowered, and building the kernel would cost a compile), outside
+    :func:`without_native_cpu_kernel`, for non-float64 inputs, and if the kernel is
+    available; a failed build warns once. Never raises.
+    """
+    if not _NATIVE_CPU_ALLOWED.get() or any(jnp.dtype(x.dtype) == jnp.float64 for x in arrays):
+        return False
+    try:
+        if jax.default_backend() != "cpu" or cpu_ffi.disabled():
+            return False
+        if cpu_ffi.available():
+            return True
+        reason = cpu_ffi.unavailable_reason()
+    except Exception as error:  # noqa: BLE001 - "auto" must never fail because of the optional kernel
+        reason = f"{type(error).__name__}: {error}"
+    _warn_native_unavailable(str(reason))
+    return False
 
 
 def _triton_forward(spatial_shapes, value, sampling_locations, attention_weights):
@@ -50,6 +126,14 @@ def _triton_backward(spatial_shapes, value, sampling_locations, attention_weight
             weights_grad.astype(attention_weights.dtype))
 
 
+def _native_forward(spatial_shapes, value, sampling_locations, attention_weights):
+    return cpu_ffi._forward(value, spatial_shapes, sampling_locations, attention_weights, 0)
+
+
+def _native_backward(spatial_shapes, value, sampling_locations, attention_weights, output_grad):
+    return cpu_ffi._backward(spatial_shapes, 0, (value, sampling_locations, attention_weights), output_grad)
+
+
 def _xla_forward(spatial_shapes, value, sampling_locations, attention_weights):
     return xla_impl._forward(value, spatial_shapes, sampling_locations, attention_weights)
 
@@ -58,26 +142,38 @@ def _xla_backward(spatial_shapes, value, sampling_locations, attention_weights, 
     return xla_impl._backward(spatial_shapes, (value, sampling_locations, attention_weights), output_grad)
 
 
-def _forward(value, spatial_shapes, sampling_locations, attention_weights):
-    triton = functools.partial(_triton_forward, spatial_shapes)
-    return lax.platform_dependent(value, sampling_locations, attention_weights, cuda=triton, rocm=triton,
-                                  default=functools.partial(_xla_forward, spatial_shapes))
+def _branches(spatial_shapes, kernels, forward: bool) -> dict:
+    """``lax.platform_dependent`` keyword arguments: a branch per platform with a kernel, XLA by default.
+
+    ``kernels``: static ``(triton, native_cpu)`` booleans.
+    """
+    triton, native_cpu = kernels
+    pick = lambda fwd, bwd: functools.partial(fwd if forward else bwd, spatial_shapes)  # noqa: E731
+    branches = dict(default=pick(_xla_forward, _xla_backward))
+    if triton:
+        branches.update(cuda=pick(_triton_forward, _triton_backward), rocm=pick(_triton_forward, _triton_backward))
+    if native_cpu:
+        branches.update(cpu=pick(_native_forward, _native_backward))
+    return branches
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _msda_platform_dependent(value, spatial_shapes, sampling_locations, attention_weights):
-    return _forward(value, spatial_shapes, sampling_locations, attention_weights)
+def _forward(value, spatial_shapes, sampling_locations, attention_weights, kernels):
+    return lax.platform_dependent(value, sampling_locations, attention_weights,
+                                  **_branches(spatial_shapes, kernels, forward=True))
 
 
-def _msda_fwd(value, spatial_shapes, sampling_locations, attention_weights):
-    output = _forward(value, spatial_shapes, sampling_locations, attention_weights)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 4))
+def _msda_platform_dependent(value, spatial_shapes, sampling_locations, attention_weights, kernels):
+    return _forward(value, spatial_shapes, sampling_locations, attention_weights, kernels)
+
+
+def _msda_fwd(value, spatial_shapes, sampling_locations, attention_weights, kernels):
+    output = _forward(value, spatial_shapes, sampling_locations, attention_weights, kernels)
     return output, (value, sampling_locations, attention_weights)
 
 
-def _msda_bwd(spatial_shapes, residuals, output_grad):
-    triton = functools.partial(_triton_backward, spatial_shapes)
-    return lax.platform_dependent(*residuals, output_grad, cuda=triton, rocm=triton,
-                                  default=functools.partial(_xla_backward, spatial_shapes))
+def _msda_bwd(spatial_shapes, kernels, residuals, output_grad):
+    return lax.platform_dependent(*residuals, output_grad, **_branches(spatial_shapes, kernels, forward=False))
 
 
 _msda_platform_dependent.defvjp(_msda_fwd, _msda_bwd)
@@ -87,11 +183,14 @@ def multiscale_deformable_attention_auto(value, spatial_shapes: SpatialShapes, s
                                          attention_weights):
     """The ``impl="auto"`` op; shapes as :func:`msvision.ops.msda.multiscale_deformable_attention`.
 
-    Triton kernels when lowered for CUDA/ROCm and the kernel is enabled (see module
-    docstring), else the XLA implementation.
+    Triton kernels when lowered for CUDA/ROCm, the native kernel when lowered for
+    the CPU, each only if enabled (see the module docstring); else the XLA
+    implementation.
     """
-    if triton_kernel is not None and kernel_selfcheck.kernel_enabled(MSDA_TRITON):
-        return _msda_platform_dependent(value, spatial_shapes, sampling_locations, attention_weights)
+    kernels = (triton_kernel is not None and kernel_selfcheck.kernel_enabled(MSDA_TRITON),
+               native_cpu_kernel_enabled(value, sampling_locations, attention_weights))
+    if any(kernels):
+        return _msda_platform_dependent(value, spatial_shapes, sampling_locations, attention_weights, kernels)
     return xla_impl.multiscale_deformable_attention_xla(value, spatial_shapes, sampling_locations,
                                                        attention_weights)
 
