@@ -251,7 +251,9 @@ def export_workdir(config, workdir: str, out: str, *, step: Optional[int] = None
     """
     from msvision.train.loop import restore_for_inference
 
-    if not allow_triton:
+    if not allow_triton or not any(p in ("cuda", "rocm") for p in platforms):
+        # No GPU platform: the Triton branch never runs, but lax.platform_dependent still
+        # traces it, and Pallas refuses a symbolic batch there; XLA is what CPU/TPU run anyway.
         config = with_msda_impl(config, "xla")
     classes = read_class_list(workdir)
     if panoptic_settings(config) is not None:  # the manifest carries label_is_thing for the post-processing
