@@ -7,9 +7,10 @@ the compile time of the thesis configs' train steps.
 Runs each benchmark script as its own process, one after the other (never two at once: they
 time the same cores), appending its Markdown to ``--out`` (default
 ``runs/benchmarks_<date>.md``) under a heading with the command, and prints how long each
-took. The full run takes about an hour on a quiet 2-core machine (most of it compiling the
-~45 thesis configs); ``--quick`` (fewer repeats, the pipeline's short run, the compile time
-of three configs: a RetinaNet, an FQDet and an EffSeg model) about 15 minutes. Needs the
+took. Not yet timed end to end; from its parts measured on a quiet 2-core machine, the full
+run takes about two hours (most of it compiling the ~45 thesis configs, 1.5–2.5 min each), and
+``--quick`` (the pipeline's short run, one RetinaNet repeat, the train-step compile time of
+three configs: a RetinaNet, an FQDet and an EffSeg model) about 15 minutes. Needs the
 ``oracle`` extra (torch, torchvision). Run it on a quiet machine: the load average is
 printed before and after every benchmark, and a ratio taken under load is not a claim.
 """
