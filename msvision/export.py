@@ -132,6 +132,7 @@ def export_detector(graphdef, params, rest, buckets: Sequence[Bucket], *, batch_
       orig_sizes)`` as described in the module docstring.
     """
     from msvision.ops.msda.auto import without_native_cpu_kernel
+    from msvision.ops.platforms import tracing_for
 
     leaves, treedef = jax.tree.flatten((params, rest))
     detect = jax.jit(make_detect_function(graphdef, treedef))
@@ -142,7 +143,8 @@ def export_detector(graphdef, params, rest, buckets: Sequence[Bucket], *, batch_
     for height, width in buckets:
         bucket = (int(height), int(width))
         try:
-            with without_native_cpu_kernel():  # portable artefacts: XLA MSDA on the CPU (module docstring)
+            # portable artefacts: XLA MSDA on the CPU (module docstring); each platform's kernels
+            with without_native_cpu_kernel(), tracing_for(platforms):
                 out[bucket] = jax_export.export(detect, platforms=tuple(platforms), disabled_checks=disabled)(
                     weight_specs,
                     jax.ShapeDtypeStruct((batch, *bucket, 3), jnp.uint8),

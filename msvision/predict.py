@@ -667,6 +667,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(rest)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    from msvision.cache import enable_compilation_cache
+
+    enable_compilation_cache()
     if args.exported:
         if args.config or args.workdir or overrides:
             parser.error("--exported replaces --config/--workdir")

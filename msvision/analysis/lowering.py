@@ -38,6 +38,7 @@ import ml_collections
 from flax import nnx
 
 from msvision.analysis.cost import _abstract, abstract_model, synthetic_batch
+from msvision.ops import platforms
 from msvision.train import sharding as sharding_lib
 
 PLATFORMS = ("cuda", "rocm", "tpu", "cpu")
@@ -111,7 +112,8 @@ def module_summary(text: str) -> dict:
 def _lower(jitted, args, platform: str) -> dict:
     start = time.perf_counter()
     try:
-        text = jitted.trace(*args).lower(lowering_platforms=(platform,)).as_text()
+        with platforms.tracing_for((platform,)):  # that platform's kernels (msvision.ops.platforms)
+            text = jitted.trace(*args).lower(lowering_platforms=(platform,)).as_text()
     except Exception as error:  # reported, not raised: the CLI prints it and exits non-zero
         return dict(ok=False, error=f"{type(error).__name__}: {error}", lowering_s=time.perf_counter() - start)
     result = dict(ok=True, lowering_s=time.perf_counter() - start)

@@ -13,8 +13,10 @@ Variable types:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -203,6 +205,53 @@ class GroupNorm(nnx.Module):
         y = ((xf - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
         y = y * self.scale[...] + self.bias[...]
         return y.astype(self.dtype or x.dtype)
+
+
+_UNROLLED: contextvars.ContextVar = contextvars.ContextVar("msvision_unrolled_layers", default=False)
+
+
+@contextlib.contextmanager
+def unrolled_layers() -> Iterator[None]:
+    """Within this context :func:`scan_layers` without ``remat`` runs the Python loop.
+
+    For cost analysis: XLA counts the body of a loop once, so the FLOPs of a scan
+    over L layers show as one layer's (:func:`msvision.analysis.cost.compile_cost`).
+    """
+    token = _UNROLLED.set(True)
+    try:
+        yield
+    finally:
+        _UNROLLED.reset(token)
+
+
+def scan_layers(layers: Sequence[nnx.Module], apply: Callable[[nnx.Module, Any], Any], carry: Any, *,
+                scan: bool = True, remat: bool = False) -> Any:
+    """``carry = apply(layer, carry)`` for each of ``layers`` in order, as one ``lax.scan``.
+
+    The layers must be structurally identical (same graph, attributes and weight
+    shapes); their weights are stacked inside the traced function (a copy of the
+    weights, the parameter tree is unchanged) and the scan body is traced and
+    compiled once instead of once per layer. Same outputs and gradients as the
+    Python loop; XLA's compile time of the repeated part drops by about the number
+    of layers (benchmarks/RESULTS.md, "Compile time"). ``remat`` wraps the body in
+    ``jax.checkpoint``: only each layer's input ``carry`` is kept for the backward
+    pass. The layers must not update their variables (no batch statistics).
+    ``scan=False`` runs the Python loop instead (``remat`` is then ignored), and so
+    does every call without ``remat`` traced inside :func:`unrolled_layers`.
+    """
+    layers = list(layers)
+    if not scan or len(layers) == 0 or (not remat and (len(layers) == 1 or _UNROLLED.get())):
+        for layer in layers:
+            carry = apply(layer, carry)
+        return carry
+    graphdef = nnx.graphdef(layers[0])
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(layer) for layer in layers])
+
+    def step(carry, layer_state):
+        return apply(nnx.merge(graphdef, layer_state), carry), None
+
+    carry, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, carry, stacked)
+    return carry
 
 
 def max_pool_3x3_s2(x: Array) -> Array:

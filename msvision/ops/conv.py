@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from msvision.ops import platforms
+
 Padding = tuple[tuple[int, int], tuple[int, int]]
 DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
 
@@ -81,7 +83,7 @@ def _conv2d_bwd(stride, padding, dilation, residuals, output_grad):
 
     if not _im2col_pays_off(kernel.shape, output_grad.shape, stride):
         return x_grad, xla_kernel_grad(x, output_grad)
-    kernel_grad = lax.platform_dependent(x, output_grad, cpu=cpu_kernel_grad, default=xla_kernel_grad)
+    kernel_grad = platforms.platform_dependent(x, output_grad, cpu=cpu_kernel_grad, default=xla_kernel_grad)
     return x_grad, kernel_grad
 
 

@@ -34,6 +34,7 @@ import optax
 from flax import nnx
 
 from msvision import config as config_lib
+from msvision.cache import enable_compilation_cache
 from msvision.models.abstract import abstract_init, cheap_tracer_errors
 from msvision.models.build import build_model
 from msvision.train import checkpoint as checkpoint_lib
@@ -197,6 +198,7 @@ def _compiled_count(fn) -> int:
 
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Trains (resuming from ``workdir`` if it has a checkpoint) and returns final metrics."""
+    enable_compilation_cache()
     sharding_lib.initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
     dataset_info = data_lib.dataset_info(config.data)
@@ -365,6 +367,7 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Opti
     the validation annotations).
     """
     step = find_checkpoint_step(workdir, step)
+    enable_compilation_cache()
     sharding_lib.initialize_distributed()
     dataset_info = data_lib.eval_dataset_info(config.data, workdir)
     trainer = build_trainer(config, dataset_info)

@@ -227,6 +227,7 @@ def test_matches_torch_mmdet_transcription():
         np.testing.assert_allclose(np.asarray(unmasked[level]), np.asarray(all_valid[level]), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # the kernels themselves are compared in tests/ops/test_msda_pallas.py
 def test_xla_and_pallas_interpret_msda_agree():
     feats = _features(IN_P3, size=(24, 20))
     sizes = _image_sizes(((24, 20), (17, 12)))

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msvision.ops import kernel_selfcheck
+from msvision.ops import kernel_selfcheck, platforms
 from msvision.ops.msda import multiscale_deformable_attention
 from msvision.ops.msda.auto import MSDA_TRITON, outputs_and_gradients
 from msvision.ops.msda.triton_kernel import multiscale_deformable_attention_triton
@@ -47,7 +47,8 @@ def _auto_grad(value, locations, weights):
 def _lowered_text(fn, platform, *args):
     # A fresh function each time: jit caches traces per function, and the kernel
     # choice is made while tracing.
-    return jax.jit(lambda *a: fn(*a)).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+    with platforms.tracing_for((platform,)):  # that platform's kernels (msvision.ops.platforms)
+        return jax.jit(lambda *a: fn(*a)).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from msvision.ops import platforms
 from msvision.ops.msda import auto, cpu_ffi, multiscale_deformable_attention, multiscale_deformable_attention_xla
 
 SHAPES = ((6, 9), (3, 5))
@@ -38,7 +39,8 @@ def _xla_grad(value, locations, weights):
 
 def _lowered_text(platform, *args):
     # A fresh function each time: jit caches traces per function, and the choice is made while tracing.
-    return jax.jit(lambda *a: _auto_grad(*a)).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+    with platforms.tracing_for((platform,)):  # that platform's kernels (msvision.ops.platforms)
+        return jax.jit(lambda *a: _auto_grad(*a)).trace(*args).lower(lowering_platforms=(platform,)).as_text()
 
 
 def _assert_matches_xla(*args):

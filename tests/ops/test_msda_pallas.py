@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
+from msvision.ops import platforms
 from msvision.ops.msda import multiscale_deformable_attention
 from msvision.ops.msda.triton_kernel import msda_backward_pallas, msda_forward_pallas
 
@@ -108,7 +109,8 @@ def test_backward_block_of_queries_without_shared_pixels():
 
 
 def _lowered_for_cuda(fn, *args) -> str:
-    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    with platforms.tracing_for(("cuda",)):  # the CUDA kernels (msvision.ops.platforms)
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
 def test_forward_and_backward_lower_for_cuda_on_cpu():

@@ -10,6 +10,7 @@ import pytest
 import jax
 import jax.numpy as jnp
 
+from msvision.ops import platforms
 from msvision.ops.sps import resolve_impl, select_and_split, sfm, sps_from_dense
 
 
@@ -77,7 +78,8 @@ def test_auto_picks_triton_only_on_gpu():
 
 
 def _lowered_for_cuda(fn, *args) -> str:
-    return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    with platforms.tracing_for(("cuda",)):  # the CUDA kernels (msvision.ops.platforms)
+        return jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
 
 
 def test_forward_and_backward_lower_for_cuda_on_cpu():
@@ -133,7 +135,7 @@ def test_auto_lowers_to_triton_for_cuda_and_to_xla_for_cpu():
 
 @pytest.fixture
 def simulated_gpu(monkeypatch):
-    from msvision.ops import kernel_selfcheck
+    from msvision.ops import kernel_selfcheck, platforms
 
     kernel_selfcheck.reset_verdicts()
     kernel_selfcheck.set_mode(None)

@@ -20,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msvision.models.layers import Conv2d, FrozenBatchNorm, GroupNorm, kaiming_normal_fan_out, max_pool_3x3_s2
+from msvision.models.layers import (Conv2d, FrozenBatchNorm, GroupNorm, kaiming_normal_fan_out, max_pool_3x3_s2,
+                                     scan_layers)
 from msvision.ops.padding import apply_mask, padding_mask
 
 Array = jax.Array
@@ -132,6 +133,9 @@ class ResNet(nnx.Module):
       norm: ``'frozen_bn'`` (thesis, for pretrained weights) or ``'group_norm'``
         (trainable GroupNorm(8), for training from scratch; not loadable from
         torchvision weights).
+      scan_blocks: run the identical blocks after each stage's first as one
+        ``lax.scan`` (:func:`msvision.models.layers.scan_layers`): same outputs and
+        parameter tree, each stage's block traced and compiled once.
       dtype: compute dtype; parameters stay float32.
 
     Call: ``images [B, H, W, 3]`` (normalised, zero on the padding), optional
@@ -151,6 +155,7 @@ class ResNet(nnx.Module):
         freeze_bn: bool = True,
         blocks_per_stage: Optional[Sequence[int]] = None,
         norm: str = "frozen_bn",
+        scan_blocks: bool = True,
         dtype=None,
         rngs: nnx.Rngs,
     ):
@@ -166,6 +171,7 @@ class ResNet(nnx.Module):
         self.out_levels = out_levels
         self.width = width
         self.frozen_stages = frozen_stages
+        self.scan_blocks = scan_blocks
         train_bn = not freeze_bn
 
         self.conv1 = Conv2d(
@@ -209,9 +215,13 @@ class ResNet(nnx.Module):
         features = {}
         stride = 4
         for i, stage in enumerate(self.stages()):
-            for block in stage:
-                x = block(x, image_sizes, stride)
-                stride *= block.stride
+            x = stage[0](x, image_sizes, stride)
+            stride *= stage[0].stride  # the other blocks of a stage have stride 1
+
+            def apply(block, x, stride=stride):
+                return block(x, image_sizes, stride)
+
+            x = scan_layers(stage[1:], apply, x, scan=self.scan_blocks)
             if i + 1 <= self.frozen_stages:
                 x = jax.lax.stop_gradient(x)
             if i + 2 in self.out_levels:

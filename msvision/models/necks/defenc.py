@@ -62,7 +62,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.models.attention.msda import MultiScaleDeformableAttention
-from msvision.models.layers import Conv2d, GroupNorm, torch_default_bias
+from msvision.models.layers import Conv2d, GroupNorm, scan_layers, torch_default_bias
 from msvision.ops.padding import padding_mask
 from msvision.models.necks.bottleneck import GROUP_NORM_EPS
 
@@ -296,13 +296,7 @@ class DefEncoder(nnx.Module):
         ``nnx.remat`` 7.51 GiB, scan 6.45 GiB, scan with checkpoint 1.73 GiB. The stack
         is a copy of the (small) layer weights; the parameter tree is unchanged.
         """
-        graphdef = nnx.graphdef(self.layers[0])
-        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(layer) for layer in self.layers])
+        def apply(layer, x):
+            return layer(x, pos, reference_points, spatial_shapes, padding_mask)
 
-        @jax.checkpoint
-        def step(x, layer_state):
-            layer = nnx.merge(graphdef, layer_state)
-            return layer(x, pos, reference_points, spatial_shapes, padding_mask), None
-
-        x, _ = jax.lax.scan(step, x, stacked)
-        return x
+        return scan_layers(self.layers, apply, x, remat=True)

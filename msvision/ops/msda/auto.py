@@ -23,7 +23,10 @@ for, not the backend of the machine that traces it: lowering a train step for CU
 on a CPU-only host (``python -m msvision.analysis --lower-for=cuda``) emits the
 Triton custom calls and no native CPU custom call, lowering it for the CPU emits
 the native kernel's custom calls, for TPU the XLA gathers. Only the branch of the
-lowering platform is lowered. Whether a kernel is a candidate at all (self-check
+lowering platform is lowered. Only the branches of the platforms the trace is for
+are traced (:mod:`msvision.ops.platforms`: the default backend's, or those of
+``platforms.tracing_for``); code lowered for another platform without
+``tracing_for`` gets the XLA implementation there. Whether a kernel is a candidate at all (self-check
 verdict, compiler, dtype) is decided in Python while tracing.
 
 One ``custom_vjp`` around all implementations (they save the same residuals:
@@ -47,9 +50,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from msvision.ops import kernel_selfcheck
+from msvision.ops import kernel_selfcheck, platforms
 from msvision.ops.msda import cpu_ffi
 from msvision.ops.msda import xla as xla_impl
 
@@ -158,8 +160,8 @@ def _branches(spatial_shapes, kernels, forward: bool) -> dict:
 
 
 def _forward(value, spatial_shapes, sampling_locations, attention_weights, kernels):
-    return lax.platform_dependent(value, sampling_locations, attention_weights,
-                                  **_branches(spatial_shapes, kernels, forward=True))
+    return platforms.platform_dependent(value, sampling_locations, attention_weights,
+                                        **_branches(spatial_shapes, kernels, forward=True))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 4))
@@ -173,7 +175,7 @@ def _msda_fwd(value, spatial_shapes, sampling_locations, attention_weights, kern
 
 
 def _msda_bwd(spatial_shapes, kernels, residuals, output_grad):
-    return lax.platform_dependent(*residuals, output_grad, **_branches(spatial_shapes, kernels, forward=False))
+    return platforms.platform_dependent(*residuals, output_grad, **_branches(spatial_shapes, kernels, forward=False))
 
 
 _msda_platform_dependent.defvjp(_msda_fwd, _msda_bwd)

@@ -79,8 +79,9 @@ def disabled() -> bool:
 
 
 def cache_dir() -> str:
-    root = os.environ.get("MSVISION_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "msvision")
-    return os.path.join(root, "msda_cpu")
+    from msvision.cache import cache_root
+
+    return os.path.join(cache_root(), "msda_cpu")
 
 
 def _compiler() -> str:

@@ -24,9 +24,8 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 
-from msvision.ops import kernel_selfcheck
+from msvision.ops import kernel_selfcheck, platforms
 from msvision.ops.sps.id_conv import _forward as id_conv_forward
 from msvision.ops.sps.id_conv import _id_conv_bwd, neighbour_ids, sfm_xla
 
@@ -71,7 +70,7 @@ def _triton_backward(table, ids, weights, biases, out_grad):
 
 
 def _forward(table, ids, weights, biases):
-    return lax.platform_dependent(table, ids, weights, biases, cuda=_triton_forward, rocm=_triton_forward,
+    return platforms.platform_dependent(table, ids, weights, biases, cuda=_triton_forward, rocm=_triton_forward,
                                   default=_xla_forward)
 
 
@@ -85,7 +84,7 @@ def _sfm_fwd(table, ids, weights, biases):
 
 
 def _sfm_bwd(residuals, out_grad):
-    table_grad, weight_grad, bias_grad = lax.platform_dependent(
+    table_grad, weight_grad, bias_grad = platforms.platform_dependent(
         *residuals, out_grad, cuda=_triton_backward, rocm=_triton_backward, default=_xla_backward)
     return table_grad, None, weight_grad, bias_grad
 
