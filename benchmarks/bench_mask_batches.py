@@ -2,7 +2,7 @@
 
 Runs the thesis EffSeg data settings (``configs/effseg/r50_fpn_fqdet_effseg.py``: DETR
 augmentation up to 1333 px, buckets up to 1408², ``max_instances`` 100, global batch 2)
-on real COCO images (``/work/shared/data/coco_mini`` by default, or ``--coco ROOT``
+on real COCO images (``../shared/data/coco_mini`` beside the project by default, or ``--coco ROOT``
 with ``annotations/instances_train2017.json`` and ``train2017/``), once per mask
 format, and reports per batch: the bytes of the mask arrays the step receives, the
 host time to produce a batch, and how well the box-frame EffSeg targets agree with the

@@ -488,7 +488,7 @@ def main(argv=None) -> None:
                f"Pillow {PIL.__version__}, numpy {np.__version__}, torch {torch.__version__}, torchvision "
                f"{torchvision.__version__}; {platform.processor() or platform.machine()}, {threads} CPU threads; "
                f"load average (1 min) {load_before:.2f} before, {load_after:.2f} after.\n"
-               f"{num_images} images of {os.path.normpath(images_dir)} ({file_bytes / 2**20:.1f} MiB of JPEG), "
+               f"{num_images} images of {os.path.relpath(images_dir, REPOSITORY)} ({file_bytes / 2**20:.1f} MiB of JPEG), "
                f"{num_batches} batches of {args.batch_size} per run, runs one after the other in this process, "
                f"median of {args.repeats} interleaved runs per row, images/s after 2·workers + 1 warm-up batches; "
                f"ours: {config_name} data section "

@@ -137,7 +137,7 @@ def test_idconv_taps_are_all_counted():
 
 
 def test_scanned_layers_are_all_counted():
-    """A TPN's layers run as one ``lax.scan`` (counted once by XLA); ``compile_cost``
+    """A TPN's layers with ``scan_layers=True`` run as one ``lax.scan`` (counted once by XLA); ``compile_cost``
     traces them unrolled, so its MACs are those of the Python loop."""
     from msvision.models.necks.tpn import TPN
 

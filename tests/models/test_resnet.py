@@ -104,10 +104,10 @@ def test_frozen_stages_and_gradients():
 
 
 def test_scanned_blocks_equal_the_python_loop():
-    """``scan_blocks`` (the default) runs each stage's blocks after the first as one
+    """``scan_blocks=True`` runs each stage's blocks after the first as one
     lax.scan: same features and parameter gradients as the loop, with padding."""
     kw = dict(width=8, out_levels=(2, 3), blocks_per_stage=(3, 3, 1, 1))
-    scanned = ResNet(50, rngs=nnx.Rngs(1), **kw)
+    scanned = ResNet(50, scan_blocks=True, rngs=nnx.Rngs(1), **kw)
     looped = ResNet(50, scan_blocks=False, rngs=nnx.Rngs(1), **kw)
     images = jax.random.normal(jax.random.key(0), (2, 77, 64, 3))
     sizes = jnp.asarray([[77, 64], [50, 41]], jnp.int32)

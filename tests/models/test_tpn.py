@@ -236,9 +236,10 @@ def assert_same_gradients(grads_a, grads_b):
         np.testing.assert_allclose(a[...], b[...], rtol=1e-3, atol=1e-4 * scale, err_msg=str(path))
 
 
-@pytest.mark.parametrize("neck", ["tpn", "bifpn"])
+# BiFPN under -m slow: it goes through the same scan_layers as TPN
+@pytest.mark.parametrize("neck", ["tpn", pytest.param("bifpn", marks=pytest.mark.slow)])
 def test_scanned_layers_equal_the_python_loop(neck):
-    """``scan_layers`` (the default of TPN and BiFPN) runs the L layers as one lax.scan
+    """``scan_layers=True`` (TPN and BiFPN) runs the L layers as one lax.scan
     over stacked weights: same outputs and parameter gradients as the unrolled loop,
     with padding."""
     if neck == "tpn":

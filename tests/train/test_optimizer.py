@@ -88,7 +88,7 @@ def test_flattened_adamw_equals_per_array_adamw_over_steps():
             self.head = nnx.Linear(5, 2, rngs=rngs)
 
     params = nnx.state(_NoOffsets(nnx.Rngs(0)), nnx.Param)
-    cfg = _config(weight_decay=0.05, clip_norm=0.3)
+    cfg = _config(weight_decay=0.05, clip_norm=0.3, flatten=True)
     flat_tx, _ = optimizer_lib.build_optimizer(cfg, params, steps_per_epoch=10)
     cfg.flatten = False
     tree_tx, _ = optimizer_lib.build_optimizer(cfg, params, steps_per_epoch=10)

@@ -135,7 +135,9 @@ class ResNet(nnx.Module):
         torchvision weights).
       scan_blocks: run the identical blocks after each stage's first as one
         ``lax.scan`` (:func:`msvision.models.layers.scan_layers`): same outputs and
-        parameter tree, each stage's block traced and compiled once.
+        parameter tree, each stage's block traced and compiled once. Off by default:
+        a shorter compile but a slower step (R50-FPN RetinaNet train step on the CPU:
+        +14 %; benchmarks/RESULTS.md, "Compile time").
       dtype: compute dtype; parameters stay float32.
 
     Call: ``images [B, H, W, 3]`` (normalised, zero on the padding), optional
@@ -155,7 +157,7 @@ class ResNet(nnx.Module):
         freeze_bn: bool = True,
         blocks_per_stage: Optional[Sequence[int]] = None,
         norm: str = "frozen_bn",
-        scan_blocks: bool = True,
+        scan_blocks: bool = False,
         dtype=None,
         rngs: nnx.Rngs,
     ):

@@ -208,7 +208,8 @@ class BiFPN(nnx.Module):
         (:class:`ConvNode`, the author's other option).
       scan_layers: run the L layers as one ``lax.scan``
         (:func:`msvision.models.layers.scan_layers`): same outputs, the layer is
-        traced and compiled once. False runs the Python loop.
+        traced once; a shorter compile, a slower step (see :class:`TPN`). Off by
+        default: the Python loop.
       dtype: compute dtype.
 
     Call: ``features = {level: [B, H/2^l, W/2^l, C_l]}``, optional ``image_sizes
@@ -229,7 +230,7 @@ class BiFPN(nnx.Module):
         p7_norm: bool = True,
         input_init: str = "torch",
         separable_conv: bool = True,
-        scan_layers: bool = True,
+        scan_layers: bool = False,
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):

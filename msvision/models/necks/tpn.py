@@ -178,7 +178,9 @@ class TPN(nnx.Module):
       layers: L :class:`TPNLayer`.
       scan_layers: run the L layers as one ``lax.scan``
         (:func:`msvision.models.layers.scan_layers`): same outputs, the layer is
-        compiled once instead of L times. False runs the Python loop.
+        traced once instead of L times (TPN(3,2) train step with the ResNet blocks
+        scanned too: compile −18 %, but each step slower; benchmarks/RESULTS.md,
+        "Compile time"). Off by default: the Python loop.
     """
 
     def __init__(
@@ -193,7 +195,7 @@ class TPN(nnx.Module):
         num_groups: int = 8,
         extra_source: str = "input",
         p6_relu: bool = True,
-        scan_layers: bool = True,
+        scan_layers: bool = False,
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):
