@@ -1,6 +1,6 @@
 """An image's detections do not depend on its batch or bucket (issue: bucket invariance).
 
-The same image evaluated alone in its own bucket and inside a batch of 4 padded to
+The same image evaluated alone in its own bucket and inside a batch of 8 padded to
 the quickstart's largest bucket must give the same pyramid on its valid cells and the
 same detections (boxes within 0.5 px, scores within 1e-3), for quickstart-size
 models with the TPN, BiFPN and DefEncoder necks (random weights: the property holds
@@ -63,7 +63,7 @@ def images_and_sizes():
     rng = np.random.default_rng(0)
     # smooth random images (blurred noise + a few rectangles) so features vary spatially
     images, sizes = [], [IMAGE_HW]
-    for i in range(4):
+    for i in range(8):
         img = rng.integers(0, 256, (BATCH_BUCKET[0], BATCH_BUCKET[1], 3)).astype(np.float32)
         for _ in range(3):
             y0, x0 = rng.integers(0, 200, 2)
