@@ -253,9 +253,9 @@ def export_workdir(config, workdir: str, out: str, *, step: Optional[int] = None
     """
     from msvision.train.loop import restore_for_inference
 
-    if not allow_triton or not any(p in ("cuda", "rocm") for p in platforms):
-        # No GPU platform: the Triton branch never runs, but lax.platform_dependent still
-        # traces it, and Pallas refuses a symbolic batch there; XLA is what CPU/TPU run anyway.
+    if not allow_triton:
+        # (Without a GPU platform the Triton branch is not traced at all: export_detector traces
+        # under msvision.ops.platforms.tracing_for(platforms).)
         config = with_msda_impl(config, "xla")
     classes = read_class_list(workdir)
     if panoptic_settings(config) is not None:  # the manifest carries label_is_thing for the post-processing

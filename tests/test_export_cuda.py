@@ -71,3 +71,8 @@ def test_cpu_export_of_an_msda_model_has_no_native_kernel():
                                            platforms=("cpu",))[(64, 64)]
     text = jax.export.deserialize(exported.serialize()).mlir_module()
     assert "msvision_msda_cpu" not in text and "stablehlo.gather" in text
+    # A symbolic batch too: the Triton branch (which refuses one) is not traced for a CPU export
+    symbolic = export_lib.export_detector(graphdef, params, rest, [(64, 64)], batch_size=None,
+                                          platforms=("cpu",))[(64, 64)]
+    text = jax.export.deserialize(symbolic.serialize()).mlir_module()
+    assert export_lib.TRITON_TARGET not in text and "msvision_msda_cpu" not in text
