@@ -40,23 +40,33 @@ def kernel_grad_im2col(x, output_grad, kernel_shape, stride: int, padding: Paddi
     """d(sum(conv(x, w) * output_grad))/dw by matmuls, in float32 -> ``kernel_shape``.
 
     ``dw[ky, kx, i, o] = sum_{b, y, x} xpad[b, s*y + d*ky, s*x + d*kx, i] * g[b, y, x, o]``.
+
+    The kernel rows run as a loop over a dynamic row offset (``lax.map``), so each
+    convolution shape compiles one window-copy kernel rather than one per row: the
+    R50-TPN(3,2) RetinaNet train step compiles ~8 s faster (trace + compile, 67–76 s
+    vs 75–85 s in interleaved runs) and steps as fast (R50-FPN: 9.3–11.4 vs
+    10.2–11.6 s on two cores).
     """
     kh, kw = kernel_shape[:2]
     batch, out_h, out_w, _ = output_grad.shape
     xp = jnp.pad(x, ((0, 0), padding[0], padding[1], (0, 0)))
+    channels = xp.shape[3]
     g = output_grad.reshape(-1, output_grad.shape[-1])
-    rows = []
-    for ky in range(kh):
+    span_h = stride * (out_h - 1) + 1
+
+    def row(ky):
+        band = lax.dynamic_slice_in_dim(xp, ky * dilation, span_h, axis=1)
         windows = [
-            lax.slice(xp, (0, ky * dilation, kx * dilation, 0),
-                      (batch, ky * dilation + stride * (out_h - 1) + 1, kx * dilation + stride * (out_w - 1) + 1,
-                       xp.shape[3]),
+            lax.slice(band, (0, 0, kx * dilation, 0), (batch, span_h, kx * dilation + stride * (out_w - 1) + 1, channels),
                       (1, stride, stride, 1))
             for kx in range(kw)
         ]
-        cols = jnp.concatenate(windows, axis=-1).reshape(-1, kw * xp.shape[3])  # [B*Ho*Wo, kw*I]
-        rows.append(jnp.matmul(cols.T, g, preferred_element_type=jnp.float32).reshape(kw, xp.shape[3], -1))
-    return jnp.stack(rows)
+        cols = jnp.concatenate(windows, axis=-1).reshape(-1, kw * channels)  # [B*Ho*Wo, kw*I]
+        return jnp.matmul(cols.T, g, preferred_element_type=jnp.float32).reshape(kw, channels, -1)
+
+    if kh == 1:
+        return row(0)[None]
+    return lax.map(row, jnp.arange(kh))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
