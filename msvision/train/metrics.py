@@ -18,6 +18,25 @@ import jax
 from tqdm.auto import tqdm
 
 
+def _summary_writer_class():
+    """``tensorboardX.SummaryWriter``, imported without torch where torch is installed.
+
+    tensorboardX imports torch (when present) only to accept torch tensors; that import
+    took 2.5 s of every ``train.py`` start here, and we log Python floats. So torch is
+    masked during the import unless something imported it already, and unmasked after.
+    """
+    if "torch" in sys.modules or "tensorboardX" in sys.modules:
+        from tensorboardX import SummaryWriter
+
+        return SummaryWriter
+    sys.modules["torch"] = None  # `import torch` raises ImportError: tensorboardX's fallback
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
+
 class MetricWriter:
     def __init__(self, workdir: str, *, tensorboard: bool = True):
         self.active = jax.process_index() == 0
@@ -26,9 +45,7 @@ class MetricWriter:
         if self.active:
             os.makedirs(workdir, exist_ok=True)
             if tensorboard:
-                from tensorboardX import SummaryWriter
-
-                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+                self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"))
 
     def write(self, step: int, metrics: Mapping[str, float]) -> None:
         if not self.active:

@@ -236,8 +236,11 @@ def assert_same_gradients(grads_a, grads_b):
         np.testing.assert_allclose(a[...], b[...], rtol=1e-3, atol=1e-4 * scale, err_msg=str(path))
 
 
-# BiFPN under -m slow: it goes through the same scan_layers as TPN
-@pytest.mark.parametrize("neck", ["tpn", pytest.param("bifpn", marks=pytest.mark.slow)])
+# Under -m slow: scanning is opt-in (off by default, it slows each step); the default
+# run checks scan_layers through ResNet's scan_blocks (test_resnet.py) and TPN's MAC
+# counts with scan_layers=True (tests/analysis/test_cost.py).
+@pytest.mark.slow
+@pytest.mark.parametrize("neck", ["tpn", "bifpn"])
 def test_scanned_layers_equal_the_python_loop(neck):
     """``scan_layers=True`` (TPN and BiFPN) runs the L layers as one lax.scan
     over stacked weights: same outputs and parameter gradients as the unrolled loop,
