@@ -41,7 +41,8 @@ Config schema (``config.data``, an ``ml_collections.ConfigDict``; defaults from
   (``[B, M, S, S] uint8`` coverage grids over each mask's box, boxes in
   ``Batch.mask_boxes``, S = ``box_mask_size``; :mod:`msvision.data.box_masks`).
 - ``synthetic``: the built-in synthetic dataset (``enabled``, ``root``,
-  ``num_train``, ``num_val``, ``image_size``, ``seed``); when enabled it is
+  ``num_train``, ``num_val``, ``image_size``, ``seed``, ``variant``: ``'shapes'`` or
+  ``'large'``, :mod:`msvision.data.synthetic`); when enabled it is
   generated if absent and ``train``/``val`` point at it
   (:mod:`msvision.train.data_setup`).
 
@@ -108,7 +109,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         mask_format="image",
         box_mask_size=128,
         # the built-in synthetic dataset (msvision.train.data_setup), generated when absent
-        synthetic=dict(enabled=False, root="data/shapes", num_train=600, num_val=100, image_size=224, seed=0),
+        synthetic=dict(enabled=False, root="data/shapes", num_train=600, num_val=100, image_size=224, seed=0,
+                       variant="shapes"),
     ))
 
 

@@ -28,6 +28,12 @@ byte-identical JSON. Command line::
 
     python -m msvision.data.synthetic --out data/shapes --num-train 600 \\
         --num-val 100 --image-size 256 --seed 0
+
+Variants (``variant``, ``data.synthetic.variant``): ``'shapes'`` (this module's objects,
+the quickstarts' data) and ``'large'`` (:mod:`msvision.data.synthetic_large`: objects
+96–400 px across with 1–4 px outline detail on ~448 px images, for comparing mask heads
+where a 112² mask has something to resolve). Both share the backgrounds, stuff classes,
+layout and determinism.
 """
 
 from __future__ import annotations
@@ -190,8 +196,24 @@ def _encode_rle(mask: np.ndarray) -> dict[str, Any]:
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
-def generate_split(out: Path, split: str, num_images: int, image_size: int, seed: int) -> None:
+VARIANTS = ("shapes", "large")
+
+
+def _variant(variant: str):
+    """``(draw_image, thing_classes)`` of a variant."""
+    if variant == "shapes":
+        return draw_image, THING_CLASSES
+    if variant == "large":
+        from msvision.data import synthetic_large
+
+        return synthetic_large.draw_image, synthetic_large.THING_CLASSES
+    raise ValueError(f"unknown synthetic variant {variant!r} ({' | '.join(VARIANTS)})")
+
+
+def generate_split(out: Path, split: str, num_images: int, image_size: int, seed: int,
+                   variant: str = "shapes") -> None:
     """Write one split (images, PNGs, instances.json, panoptic.json) under ``out/split``."""
+    draw, thing_classes = _variant(variant)
     split_dir = out / split
     (split_dir / "images").mkdir(parents=True, exist_ok=True)
     (split_dir / "panoptic").mkdir(parents=True, exist_ok=True)
@@ -199,7 +221,7 @@ def generate_split(out: Path, split: str, num_images: int, image_size: int, seed
     images, annotations, panoptic_annotations = [], [], []
     for index in range(num_images):
         rng = np.random.default_rng([seed, SPLITS[split], index])
-        image, things, stuff = draw_image(rng, image_size)
+        image, things, stuff = draw(rng, image_size)
         height, width = image.shape[:2]
         image_id = id_offset + index
         stem = f"{index:06d}"
@@ -211,7 +233,7 @@ def generate_split(out: Path, split: str, num_images: int, image_size: int, seed
         segments = []
         for thing in things:
             visible = thing["visible"]
-            unoccluded = bool(np.array_equal(visible, thing["mask"]))
+            unoccluded = thing["polygon"] is not None and bool(np.array_equal(visible, thing["mask"]))
             annotations.append({
                 "id": len(annotations) + 1, "image_id": image_id,
                 "category_id": thing["category_id"], "iscrowd": 0,
@@ -235,10 +257,10 @@ def generate_split(out: Path, split: str, num_images: int, image_size: int, seed
                                      "segments_info": segments_info})
 
     things_json = [{"id": i, "name": n, "supercategory": "shape", "isthing": 1,
-                    "color": list(c)} for i, n, c in THING_CLASSES]
+                    "color": list(c)} for i, n, c in thing_classes]
     stuff_json = [{"id": i, "name": n, "supercategory": "background", "isthing": 0,
                    "color": list(c)} for i, n, c, _ in STUFF_CLASSES]
-    info = {"description": "msvision synthetic shapes", "version": str(FORMAT_VERSION)}
+    info = {"description": f"msvision synthetic {variant}", "version": str(FORMAT_VERSION)}
     _write_json(split_dir / "instances.json", {
         "info": info, "images": images, "annotations": annotations,
         "categories": [{k: v for k, v in c.items() if k != "isthing"} for c in things_json]})
@@ -253,22 +275,25 @@ def _write_json(path: Path, data: Any) -> None:
 
 
 def generate_synthetic_dataset(out, *, num_train: int = 600, num_val: int = 100,
-                               image_size: int = 256, seed: int = 0) -> Path:
+                               image_size: int = 256, seed: int = 0, variant: str = "shapes") -> Path:
     """Write both splits under ``out`` (which may exist) and ``synthetic.json`` last."""
     out = Path(out)
-    generate_split(out, "train", num_train, image_size, seed)
-    generate_split(out, "val", num_val, image_size, seed)
-    _write_json(out / "synthetic.json", _parameters(num_train, num_val, image_size, seed))
+    generate_split(out, "train", num_train, image_size, seed, variant)
+    generate_split(out, "val", num_val, image_size, seed, variant)
+    _write_json(out / "synthetic.json", _parameters(num_train, num_val, image_size, seed, variant))
     return out
 
 
-def _parameters(num_train, num_val, image_size, seed) -> dict[str, int]:
-    return {"format_version": FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
-            "image_size": image_size, "seed": seed}
+def _parameters(num_train, num_val, image_size, seed, variant="shapes") -> dict[str, Any]:
+    parameters = {"format_version": FORMAT_VERSION, "num_train": num_train, "num_val": num_val,
+                  "image_size": image_size, "seed": seed}
+    if variant != "shapes":  # datasets generated before variants existed stay valid
+        parameters["variant"] = variant
+    return parameters
 
 
 def ensure_synthetic_dataset(root, *, num_train: int = 600, num_val: int = 100,
-                             image_size: int = 256, seed: int = 0) -> Path:
+                             image_size: int = 256, seed: int = 0, variant: str = "shapes") -> Path:
     """Generate the dataset at ``root`` unless it is already there; returns ``root``.
 
     Idempotent and crash-safe: the dataset is generated in a temporary sibling
@@ -278,13 +303,14 @@ def ensure_synthetic_dataset(root, *, num_train: int = 600, num_val: int = 100,
     or something that is not a synthetic dataset.
     """
     root = Path(root)
-    wanted = _parameters(num_train, num_val, image_size, seed)
+    _variant(variant)  # fail on an unknown variant before writing anything
+    wanted = _parameters(num_train, num_val, image_size, seed, variant)
     if not root.exists():
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:
             generate_synthetic_dataset(tmp, num_train=num_train, num_val=num_val,
-                                       image_size=image_size, seed=seed)
+                                       image_size=image_size, seed=seed, variant=variant)
             os.rename(tmp, root)
         except OSError:
             if not (root / "synthetic.json").exists():  # not a lost race: a real error
@@ -308,10 +334,11 @@ def main(argv=None) -> None:
     parser.add_argument("--num-val", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default="shapes", choices=VARIANTS)
     args = parser.parse_args(argv)
     start = time.perf_counter()
     root = ensure_synthetic_dataset(args.out, num_train=args.num_train, num_val=args.num_val,
-                                    image_size=args.image_size, seed=args.seed)
+                                    image_size=args.image_size, seed=args.seed, variant=args.variant)
     print(f"{root}: ready in {time.perf_counter() - start:.1f}s")
 
 

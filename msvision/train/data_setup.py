@@ -71,6 +71,7 @@ def prepare_synthetic(data_cfg) -> None:
         num_val=synthetic.num_val,
         image_size=synthetic.image_size,
         seed=synthetic.seed,
+        variant=synthetic.get("variant", "shapes"),
     )
     with data_cfg.unlocked():
         for split in ("train", "val"):
