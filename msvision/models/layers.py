@@ -256,6 +256,26 @@ def scan_layers(layers: Sequence[nnx.Module], apply: Callable[[nnx.Module, Any],
     return carry
 
 
+def halving_widths(channels: int, num_stages: int, min_channels: int = 1) -> tuple[int, ...]:
+    """Feature sizes ``(F_0, …, F_num_stages)`` of a coarse-to-fine mask head: halved at every
+    stage (thesis 5.3.3, "as done in RefineMask"), but never below ``min_channels``
+    (a scaled-down head keeps its finest stages at least that wide).
+
+    Raises:
+      ValueError: a halving would not be exact or would reach 0 channels.
+    """
+    widths = [int(channels)]
+    for _ in range(num_stages):
+        f = widths[-1]
+        if f // 2 >= min_channels:
+            if f % 2 or f < 2:
+                raise ValueError(f"{channels} channels cannot be halved {num_stages} times")
+            widths.append(f // 2)
+        else:
+            widths.append(min(f, int(min_channels)))
+    return tuple(widths)
+
+
 def max_pool_3x3_s2(x: Array) -> Array:
     """torch ``MaxPool2d(3, stride=2, padding=1)`` on NHWC (padding never wins)."""
     # A Python -inf (not an array) lets JAX recognise max pooling and differentiate it.

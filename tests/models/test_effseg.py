@@ -125,6 +125,33 @@ def test_sps_with_every_cell_active_equals_the_dense_head():
         np.testing.assert_allclose(a["ref"], b["ref"], rtol=1e-4, atol=1e-5)
 
 
+def test_per_roi_budget_equals_the_fixed_budget_of_the_rois_present():
+    """``selected_per_roi`` = ρ refines ρ · (valid RoIs) cells per image and stage: with padding
+    RoIs in the batch, every valid RoI's masks equal those of a fixed K = ρ · n_valid run on
+    the valid RoIs alone (the picks over the budget behave as passive cells), and K
+    differs per image."""
+    from msvision.models.heads.effseg.postprocess import assemble_mask_logits
+
+    rho = 12
+    graphdef, state = build(max_selected=10 ** 6, selected_per_roi=rho)
+    rng = np.random.default_rng(4)
+    pyramid = make_pyramid(5)
+    queries = jnp.asarray(rng.normal(size=(2, 3, C)), jnp.float32)
+    stages = run_head(graphdef, state, pyramid, queries, jnp.asarray(BOXES), jnp.asarray(ROI_VALID))
+    assert stages[1]["seg"].shape == (2, 4 * rho * 3)  # capacity ρ · R
+    budget = rho * ROI_VALID.sum(1)  # [24, 36]
+    for s in (1, 2, 3):  # the budget per image, counted in valid children
+        np.testing.assert_array_equal(stages[s]["valid"].sum(1), 4 * budget)
+    budgeted = assemble_mask_logits(stages, 3)
+    for b in range(2):
+        n = int(ROI_VALID[b].sum())
+        fixed_graphdef, _ = build(max_selected=rho * n)  # same parameters (same shapes and draws)
+        alone = run_head(fixed_graphdef, state, {l: p[b:b + 1] for l, p in pyramid.items()}, queries[b:b + 1, :n],
+                         jnp.asarray(BOXES[b:b + 1, :n]), jnp.ones((1, n), bool), image_sizes=IMAGE_SIZES[b:b + 1])
+        np.testing.assert_allclose(np.asarray(budgeted)[b, :n], np.asarray(assemble_mask_logits(alone, n))[0],
+                                   rtol=1e-4, atol=1e-5)
+
+
 # --- training RoIs --------------------------------------------------------------------------
 
 

@@ -49,3 +49,36 @@ def test_analysis_cli_prints_the_counts_by_part(capsys):
     parts = report["params"]["trainable_by_part"]
     assert report["params"]["trainable"] == total == sum(parts.values())
     assert parts["seg_head"] == head == 4_208_872
+
+
+@pytest.mark.parametrize("floor", [1, 64])
+def test_analytic_macs_follow_the_layer_shapes(floor):
+    """:func:`effseg_macs`' layer terms = Σ over the head's kernels of (kernel size × rows it is
+    applied to), read from the abstract thesis head; also with a width floor
+    (``min_stage_channels=64``: stage widths 256, 128, 64, 64)."""
+    from msvision.models.heads.effseg.cost import effseg_macs
+
+    config = load_config(str(CONFIGS / "r50_fpn_fqdet_effseg.py"))
+    config.model.seg_head.min_stage_channels = floor
+    head = abstract_model(config.model).seg_head
+    assert head.processors[-1].features == (64 if floor > 1 else 32)
+    k = lambda layer: layer.kernel.size  # noqa: E731
+    mlp = lambda m: k(m.hidden) + k(m.out)  # noqa: E731
+    r, actives = 5, [5 * 196, 400, 1200, 1200]
+    expected = k(head.query_fusion.query_proj) * r + mlp(head.query_fusion.fuse) * actives[0]
+    expected += sum(k(c) for c in head.fcn) * actives[0]
+    expected += (mlp(head.seg_mlps[0]) + mlp(head.ref_mlps[0])) * actives[0]
+    passives, previous = 0, actives[0]
+    for s in range(3):
+        active, parents = actives[s + 1], actives[s + 1] // 4
+        passives += previous - parents
+        child = head.children_nets[s]
+        expected += (k(child.expand) + 4 * k(child.out)) * parents
+        expected += mlp(head.neck_fusions[s].fuse) * active + k(head.transitions[s]) * (active + passives)
+        proc = head.processors[s]
+        expected += (k(proc.first) + k(proc.second) + k(proc.third) + proc.conv_weight.size) * active
+        expected += (mlp(head.seg_mlps[s + 1]) + mlp(head.ref_mlps[s + 1])) * active
+        previous = active
+    macs = effseg_macs(256, r, actives, min_stage_channels=floor)
+    sampling = 4 * 256 * sum(actives[1:])  # bilinear neck reads, 4 C per active
+    assert macs["total"] - macs["roi_align"] - sampling == expected

@@ -52,13 +52,18 @@ def test_quickstart_head_follows_the_same_formula():
         c=64, classes=config.model.num_classes, semantic_convs=2)
 
 
-def test_analytic_macs_follow_the_layer_shapes():
+@pytest.mark.parametrize("floor", [1, 64])
+def test_analytic_macs_follow_the_layer_shapes(floor):
     """:func:`refinemask_macs`' layer terms = Σ over the thesis head's kernels of (kernel size ×
     output cells it is applied to), read from the abstract module (one class per RoI for the
-    class-specific logits)."""
+    class-specific logits); also with a width floor (``min_stage_channels=64``: 256, 128, 64, 64)."""
     from msvision.models.heads.refinemask.cost import refinemask_macs
 
-    head = abstract_model(load_config(str(CONFIGS / "r50_fpn_fqdet_refinemask.py")).model).seg_head
+    config = load_config(str(CONFIGS / "r50_fpn_fqdet_refinemask.py"))
+    config.model.seg_head.min_stage_channels = floor
+    head = abstract_model(config.model).seg_head
+    if floor > 1:
+        assert head.stage_logits[-1].kernel.shape[0] == 64  # the floor, not 32
     r, p = 7, 200 * 304
     sizes = [14, 28, 56]
     cells = [r * s * s for s in sizes]
@@ -72,6 +77,6 @@ def test_analytic_macs_follow_the_layer_shapes():
         expected += sum(k(layer) for layer in layers) * cells[s]
         expected += k(head.stage_logits[s]) // head.stage_logits[s].num_classes * cells[s]
     expected += k(head.stage_logits[-1]) * cells[-1]
-    macs = refinemask_macs(256, r, p)
+    macs = refinemask_macs(256, r, p, min_stage_channels=floor)
     layer_terms = macs["total"] - macs["roi_align"] - macs["semantic_sampling"] - macs["upsampling"]
     assert layer_terms == expected

@@ -134,7 +134,8 @@ def sps_from_dense(features: jax.Array, roi_valid: jax.Array) -> SPS:
     )
 
 
-def select_and_split(sps: SPS, refine_logits: jax.Array, num_selected: int) -> tuple[SPS, jax.Array]:
+def select_and_split(sps: SPS, refine_logits: jax.Array, num_selected: int,
+                     limit: jax.Array | int | None = None) -> tuple[SPS, jax.Array]:
     """One SPS stage update: select, split into 2x2 children, remap and upsample the id map.
 
     Selection (T1352, spec §6 "Selection"): the K active cells with the highest
@@ -149,6 +150,10 @@ def select_and_split(sps: SPS, refine_logits: jax.Array, num_selected: int) -> t
         sps: the current state, A actives, P passives, resolution S.
         refine_logits: [A] float refinement logits of the actives.
         num_selected: static K <= A.
+        limit: optional dynamic bound (int32 scalar) on the cells actually refined: picks
+            of score rank >= ``limit`` keep their child slots but are marked invalid
+            (``act_valid`` False), which the head treats as passive cells (a budget
+            tied to the number of valid RoIs, ``EffSegHead(selected_per_roi=...)``).
 
     Returns:
         (new SPS with 4K actives, P + A - K passives, resolution 2S, whose ``act`` holds
@@ -160,8 +165,10 @@ def select_and_split(sps: SPS, refine_logits: jax.Array, num_selected: int) -> t
     if not 0 < k <= num_active:
         raise ValueError(f"cannot select {k} of {num_active} active cells")
     score = jnp.where(sps.act_valid, refine_logits.astype(jnp.float32), -jnp.inf)
-    _, top = jax.lax.top_k(score, k)
-    selected = jnp.sort(top).astype(jnp.int32)
+    _, top = jax.lax.top_k(score, k)  # descending score: position = rank
+    order = jnp.argsort(top)
+    selected = top[order].astype(jnp.int32)
+    within = jnp.ones((k,), bool) if limit is None else order < limit
     is_selected = jnp.zeros((num_active,), bool).at[selected].set(True)
     (rest,) = jnp.nonzero(~is_selected, size=num_active - k, fill_value=0)
     rest = rest.astype(jnp.int32)
@@ -187,7 +194,7 @@ def select_and_split(sps: SPS, refine_logits: jax.Array, num_selected: int) -> t
     act_xy = (2 * sps.act_xy[selected][:, None, :] + offsets[None]).reshape(4 * k, 2)
     new = SPS(
         act=jnp.repeat(sps.act[selected], 4, axis=0),
-        act_valid=jnp.repeat(sps.act_valid[selected], 4),
+        act_valid=jnp.repeat(sps.act_valid[selected] & within, 4),
         act_roi=jnp.repeat(sps.act_roi[selected], 4),
         act_xy=act_xy,
         pas=jnp.concatenate([sps.pas, sps.act[rest].astype(sps.pas.dtype)], axis=0),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from msvision.models.layers import halving_widths
 from msvision.ops.roi_align import roi_align_macs
 
 
@@ -25,7 +26,8 @@ def stage_counts(stages: list[dict], image: int = 0) -> dict:
 
 
 def effseg_macs(channels: int, num_rois: int, actives: list[int], base_resolution: int = 14, fcn_convs: int = 4,
-                processing: str = "sfm", num_dilations: int = 3, roi_sampling_ratio: int = 2) -> dict[str, int]:
+                processing: str = "sfm", num_dilations: int = 3, roi_sampling_ratio: int = 2,
+                min_stage_channels: int = 1) -> dict[str, int]:
     """MACs of one image by component.
 
     Args:
@@ -34,8 +36,10 @@ def effseg_macs(channels: int, num_rois: int, actives: list[int], base_resolutio
       actives: valid actives per stage ``[R·base², A_1, A_2, A_3]``; the passives and
         parents follow from them (P_1 = C0 − K, P_{s+1} = P_s + A_s − K; K = A_s / 4).
       processing: the processing module (its core's cost differs).
+      min_stage_channels: the head's width floor (:func:`~msvision.models.layers.halving_widths`).
     """
     c = f = channels
+    widths = halving_widths(channels, len(actives) - 1, min_stage_channels)
     cells = num_rois * base_resolution ** 2
     out = {
         "roi_align": roi_align_macs(num_rois, base_resolution, c, roi_sampling_ratio),
@@ -48,7 +52,7 @@ def effseg_macs(channels: int, num_rois: int, actives: list[int], base_resolutio
     for s, active in enumerate(actives[1:], start=1):
         parents = active // 4
         passives += previous - parents
-        half = f // 2
+        half = widths[s]
         out["children"] = out.get("children", 0) + parents * (f * 4 * f + 4 * f * f)
         out["neck_fusion"] = out.get("neck_fusion", 0) + active * ((f + c) * f + f * f + 4 * c)
         out["transition"] = out.get("transition", 0) + (active + passives) * f * half

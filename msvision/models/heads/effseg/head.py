@@ -25,6 +25,17 @@ the cell level: the selection picks the best K valid cells, and when an image ha
 fewer valid cells the leftover picks are invalid slots (the released code's "refine
 everything"), masked out of losses and inference.
 
+Refinement budget per RoI (``selected_per_roi`` = ρ > 0): the thesis's K = 10,000 serves
+up to 100 detections at inference, ρ = 100 cells per RoI and stage, and on COCO a similar
+share of every training RoI's cells (about 7 objects × up to 15 positives per image). A
+model scaled to fewer RoIs per image with a fixed K trains at one density and runs at
+another; with ρ set, each image refines ρ · (its number of valid RoIs) cells per stage
+(static capacity K = min(``max_selected``, ρ · R)), still ranked over all of the image's
+RoIs as in the thesis. The picks beyond an image's budget keep their child slots but are
+invalid and behave exactly as passive cells: they carry the transitioned parent feature,
+are read as such by the processing module's neighbours, and are not supervised or
+written into the mask.
+
 Padding-aware (``msvision/ops/padding.py``): RoIAlign applies its border rules at the
 image's valid map and the neck is sampled on maps zeroed outside the image, so an
 image's masks do not depend on its batch's padding.
@@ -35,7 +46,6 @@ Config (``model.seg_head``, name 'effseg'): the constructor keywords below;
 
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 import jax
@@ -46,9 +56,9 @@ from msvision.models.heads.effseg.criterion import EffSegCriterion
 from msvision.models.heads.effseg.modules import (ChildNetwork, NeckFusion, ProcessingModule, QueryFusion,
                                                   TwoLayerMLP, sine_position_encoding, torch_linear)
 from msvision.models.heads.effseg.postprocess import (EffSegPostProcess, assemble_mask_logits, score_and_sort,
-                                                      unique_queries)
+                                                      unique_queries, upsample2x)
 from msvision.models.heads.effseg.targets import mask_targets, select_train_rois
-from msvision.models.layers import Conv2d, kaiming_normal_fan_out
+from msvision.models.layers import Conv2d, halving_widths, kaiming_normal_fan_out
 from msvision.ops.padding import mask_padding
 from msvision.ops.roi_align import multilevel_roi_align, multilevel_sample_bilinear, roi_levels
 from msvision.ops.sps import SPS, select_and_split, sps_capacities, sps_from_dense
@@ -65,6 +75,8 @@ class EffSegHead(nnx.Module):
       channels: pyramid width = query width = F0.
       num_stages: sparse refinement stages (3: 14 → 112, T1350).
       base_resolution: stage-0 grid (14, T1342).
+      min_stage_channels: floor of the halved stage widths F_s = F0 / 2^s (1: the thesis's
+        halving; a scaled-down head keeps its finest stages this wide).
       fcn_convs: 3×3 convolutions of the stage-0 FCN (4, T1346).
       processing: table 5.7's processing module, 'sfm' | 'conv' | 'deform_conv' | 'mlp' |
         'dense_sfm' (:class:`~.modules.ProcessingModule`).
@@ -76,7 +88,11 @@ class EffSegHead(nnx.Module):
       roi_sampling_ratio: RoIAlign samples per bin and axis (fixed: mmcv's adaptive
         count is data-dependent, spec §6).
       max_selected: K, cells refined per image and stage (10,000, T1352).
+      selected_per_roi: ρ > 0 ties the budget to the RoIs: ρ · (valid RoIs) cells per image
+        and stage, at most ``max_selected`` (see the module docstring); 0: K = ``max_selected``.
       max_train_rois: training RoIs per image (capacity; :mod:`.targets`).
+      inference_stages: a diagnostic: the masks are assembled from stages 0..n only and
+        upsampled ×2 per skipped stage to the full resolution (None: every stage).
       sfm_impl: the SFM implementation (``msvision.ops.sps.sfm``).
       loss, inference: :class:`.EffSegCriterion`, :class:`.EffSegPostProcess`.
     """
@@ -88,6 +104,7 @@ class EffSegHead(nnx.Module):
         *,
         num_stages: int = 3,
         base_resolution: int = 14,
+        min_stage_channels: int = 1,
         fcn_convs: int = 4,
         processing: str = "sfm",
         dilations: tuple[int, ...] = (1, 3, 5),
@@ -96,7 +113,9 @@ class EffSegHead(nnx.Module):
         canonical_size: float = 56.0,
         roi_sampling_ratio: int = 2,
         max_selected: int = 10_000,
+        selected_per_roi: int = 0,
         max_train_rois: int = 128,
+        inference_stages: int | None = None,
         sfm_impl: str = "auto",
         loss: EffSegCriterion = EffSegCriterion(),
         inference: EffSegPostProcess = EffSegPostProcess(),
@@ -107,8 +126,7 @@ class EffSegHead(nnx.Module):
         missing = [l for l in range(first, last + 1) if l not in tuple(levels)]
         if missing:
             raise ValueError(f"EffSeg reads pyramid levels {first}..{last}; the neck has {tuple(levels)}")
-        if channels % (2 ** num_stages) or (channels // 2 ** num_stages) < 1:
-            raise ValueError(f"{channels} channels cannot be halved {num_stages} times")
+        widths = halving_widths(channels, num_stages, min_stage_channels)
         if len(loss.seg_weights) < num_stages + 1:
             raise ValueError(f"{num_stages + 1} stages need as many loss weights, got {loss.seg_weights}")
         self.levels = tuple(sorted(levels))
@@ -121,7 +139,13 @@ class EffSegHead(nnx.Module):
         self.canonical_size = float(canonical_size)
         self.roi_sampling_ratio = int(roi_sampling_ratio)
         self.max_selected = int(max_selected)
+        self.selected_per_roi = int(selected_per_roi)
+        if self.selected_per_roi < 0:
+            raise ValueError(f"selected_per_roi must be >= 0, got {selected_per_roi}")
         self.max_train_rois = int(max_train_rois)
+        if inference_stages is not None and not 0 <= inference_stages <= num_stages:
+            raise ValueError(f"inference_stages must be in 0..{num_stages}, got {inference_stages}")
+        self.inference_stages = inference_stages
         self.criterion = loss
         self.postprocess = inference
         self.dtype = dtype
@@ -138,11 +162,11 @@ class EffSegHead(nnx.Module):
         self.neck_fusions = nnx.List()
         self.transitions = nnx.List()
         self.processors = nnx.List()
-        for _ in range(num_stages):
+        for s in range(num_stages):
             self.children_nets.append(ChildNetwork(f, **kw))
             self.neck_fusions.append(NeckFusion(f, channels, **kw))
-            self.transitions.append(torch_linear(f, f // 2, **kw))
-            f //= 2
+            self.transitions.append(torch_linear(f, widths[s + 1], **kw))
+            f = widths[s + 1]
             self.processors.append(ProcessingModule(f, processing, dilations, sfm_impl, **kw))
             self.seg_mlps.append(TwoLayerMLP(f, f, 1, **kw))
             self.ref_mlps.append(TwoLayerMLP(f, f, 1, **kw))
@@ -154,7 +178,10 @@ class EffSegHead(nnx.Module):
         if self.processing == "dense_sfm":  # every cell active (table 5.7's DenseSFM)
             c0 = num_rois * self.base_resolution ** 2
             return tuple(c0 * 4 ** s for s in range(self.num_stages))
-        return sps_capacities(num_rois, self.max_selected, self.num_stages, self.base_resolution).selected
+        budget = self.max_selected
+        if self.selected_per_roi:
+            budget = min(budget, self.selected_per_roi * num_rois)
+        return sps_capacities(num_rois, budget, self.num_stages, self.base_resolution).selected
 
     # --- network ---------------------------------------------------------------------
 
@@ -199,17 +226,25 @@ class EffSegHead(nnx.Module):
 
         # Stages 1..num_stages (sparse). The neck is read with zeros outside each image.
         neck = {l: mask_padding(pyramid[l], image_sizes, 2 ** l) for l in range(first, last + 1)}
+        limit = None
+        if self.selected_per_roi:  # ρ cells per valid RoI (module docstring)
+            limit = self.selected_per_roi * jnp.sum(roi_valid, axis=1).astype(jnp.int32)  # [B]
         for s, k in enumerate(self.selected_per_stage(num_rois), start=1):
             parents_all = sps.act
-            sps, selected = jax.vmap(functools.partial(select_and_split, num_selected=k))(
-                sps, stages[-1]["ref"])
+            sps, selected = jax.vmap(lambda state, ref, cap: select_and_split(state, ref, k, cap))(
+                sps, stages[-1]["ref"], limit)
             parents = jnp.take_along_axis(parents_all, selected[..., None], axis=1)  # [B, K, F]
             act = self.children_nets[s - 1](parents)  # [B, 4K, F]
             key = self._neck_features(neck, boxes, k0, sps, s)
             act = self.neck_fusions[s - 1](act, key)
             act = jax.nn.relu(self.transitions[s - 1](act))
             pas = jax.nn.relu(self.transitions[s - 1](sps.pas))
-            act = self.processors[s - 1](act, pas, sps.id_map, sps.act_xy, sps.act_roi)
+            active = None
+            if limit is not None:  # picks over the budget: passive cells (the parent, transitioned)
+                active = sps.act_valid
+                held = jax.nn.relu(self.transitions[s - 1](jnp.repeat(parents, 4, axis=1)))
+                act = jnp.where(active[..., None], act, held)
+            act = self.processors[s - 1](act, pas, sps.id_map, sps.act_xy, sps.act_roi, active)
             sps = sps.replace(act=act, pas=pas)
             stages.append(self._cells(sps, s))
         return stages
@@ -268,7 +303,11 @@ class EffSegHead(nnx.Module):
         take = lambda x: jnp.take_along_axis(x, safe[..., None], axis=1)  # noqa: E731
         boxes = take(queries.boxes).astype(jnp.float32)
         stages = self(pyramid, batch.image_sizes, take(queries.queries), boxes, roi_valid)
-        probs = jax.nn.sigmoid(assemble_mask_logits(stages, num_dets, self.base_resolution))  # [B, R, S, S]
+        used = len(stages) if self.inference_stages is None else self.inference_stages + 1
+        logits = assemble_mask_logits(stages[:used], num_dets, self.base_resolution)
+        for _ in range(len(stages) - used):
+            logits = upsample2x(logits)
+        probs = jax.nn.sigmoid(logits)  # [B, R, S, S]
         per_det = lambda x: jnp.take_along_axis(x, inverse.reshape(inverse.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
         return score_and_sort(batch, dets, per_det(probs), per_det(boxes), self.postprocess)
 

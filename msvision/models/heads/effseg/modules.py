@@ -163,17 +163,23 @@ class ProcessingModule(nnx.Module):
         self.second = torch_linear(features, features, **kw)
         self.third = torch_linear(features, features, **kw)
 
-    def __call__(self, act: Array, pas: Array, id_map: Array, act_xy: Array, act_roi: Array) -> Array:
+    def __call__(self, act: Array, pas: Array, id_map: Array, act_xy: Array, act_roi: Array,
+                 act_active: Array | None = None) -> Array:
         """One image or a batch (leading dims ``[B]`` on every argument).
 
         Args:
           act: ``[(B,) A, F]`` active features; pas: ``[(B,) P, F]`` passive features.
           id_map: ``[(B,) R, S, S]`` int32; act_xy: ``[(B,) A, 2]`` int32 (x, y); act_roi: ``[(B,) A]``.
+          act_active: optional ``[(B,) A]`` bool; False marks slots that stand for passive
+            cells (a per-RoI refinement budget, :class:`EffSegHead`): neighbours read them
+            as passives (no first linear) and they are returned unchanged.
 
         Returns:
           ``[(B,) A, F]`` the new active features.
         """
         h = jax.nn.relu(self.first(act))
+        if act_active is not None:
+            h = jnp.where(act_active[..., None], h, act.astype(h.dtype))
         if self.kind == "mlp":
             core = jax.nn.relu(self.pointwise(h))
         else:
@@ -189,7 +195,10 @@ class ProcessingModule(nnx.Module):
                 core_one = jax.vmap(core_one)
             core = core_one(table, id_map, act_xy, act_roi)
         h = jax.nn.relu(self.second(core))
-        return jax.nn.relu(self.third(h))
+        out = jax.nn.relu(self.third(h))
+        if act_active is not None:
+            out = jnp.where(act_active[..., None], out, act.astype(out.dtype))
+        return out
 
     # --- cores on one image: table [N+1, F], id_map [R, S, S], act_xy [A, 2], act_roi [A] ---
 

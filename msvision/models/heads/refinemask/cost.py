@@ -10,12 +10,14 @@ the count depends only on the RoIs and the valid cells of the semantic map.
 
 from __future__ import annotations
 
+from msvision.models.layers import halving_widths
 from msvision.ops.roi_align import roi_align_macs
 
 
 def refinemask_macs(channels: int, num_rois: int, semantic_cells: int, *, num_stages: int = 3,
                     base_resolution: int = 14, instance_convs: int = 2, semantic_convs: int = 4,
-                    num_dilations: int = 3, roi_sampling_ratio: int = 2) -> dict[str, int]:
+                    num_dilations: int = 3, roi_sampling_ratio: int = 2,
+                    min_stage_channels: int = 1) -> dict[str, int]:
     """MACs of one image by component.
 
     Args:
@@ -24,6 +26,7 @@ def refinemask_macs(channels: int, num_rois: int, semantic_cells: int, *, num_st
       semantic_cells: valid cells of the semantic map (P2: ⌈h/4⌉·⌈w/4⌉).
     """
     c, r = channels, num_rois
+    widths = halving_widths(channels, num_stages, min_stage_channels)
     cells0 = r * base_resolution ** 2
     out = {
         "roi_align": roi_align_macs(r, base_resolution, c, roi_sampling_ratio),
@@ -37,12 +40,12 @@ def refinemask_macs(channels: int, num_rois: int, semantic_cells: int, *, num_st
         cells = r * size * size
         out["semantic_in"] += semantic_cells * c * f
         out["semantic_sampling"] += cells * 4 * f
-        out["fusion"] += cells * ((2 * f + 1) * f + num_dilations * 9 * f * f + f * f + f * (f // 2 - 1))
+        out["fusion"] += cells * ((2 * f + 1) * f + num_dilations * 9 * f * f + f * f + f * (widths[s + 1] - 1))
         out["logits"] += cells * f  # one class per RoI
         if s < num_stages - 1:
             size *= 2
-            out["upsampling"] += r * size * size * (f // 2) * 4
-        f //= 2
+            out["upsampling"] += r * size * size * widths[s + 1] * 4
+        f = widths[s + 1]
     out["logits"] += r * size * size * f
     out["upsampling"] += r * (2 * size) ** 2 * 4  # the last logits to 112²
     out["total"] = sum(out.values())

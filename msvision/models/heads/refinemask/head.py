@@ -50,6 +50,7 @@ from msvision.models.heads.effseg.targets import mask_targets, select_train_rois
 from msvision.models.heads.refinemask.boundary import upsample2x_corners
 from msvision.models.heads.refinemask.criterion import RefineMaskCriterion, semantic_loss
 from msvision.models.heads.refinemask.modules import ClassLogits, SFMStage, conv1x1, conv3x3
+from msvision.models.layers import halving_widths
 from msvision.models.heads.refinemask.postprocess import RefineMaskPostProcess, assemble_mask_logits
 from msvision.ops.padding import mask_padding, padding_mask, resize_bilinear
 from msvision.ops.roi_align import multilevel_roi_align, roi_levels, sample_bilinear
@@ -67,6 +68,8 @@ class RefineMaskHead(nnx.Module):
       num_classes: classes of the class-specific logits (supplied by the builder).
       num_stages: SFM stages (3: 14 → 28 → 56, then the last logits upsampled to 112).
       base_resolution: the first stage's grid (14).
+      min_stage_channels: floor of the halved stage widths (1: the thesis's halving, as
+        :class:`~msvision.models.heads.effseg.EffSegHead`'s).
       instance_convs, semantic_convs: 3×3 convolutions of the instance trunk (2) and of the
         semantic branch (4) (N§7).
       semantic_level: pyramid level the semantic branch reads (2: P2, stride 4, N§7).
@@ -87,6 +90,7 @@ class RefineMaskHead(nnx.Module):
         *,
         num_stages: int = 3,
         base_resolution: int = 14,
+        min_stage_channels: int = 1,
         instance_convs: int = 2,
         semantic_convs: int = 4,
         semantic_level: int = 2,
@@ -106,7 +110,8 @@ class RefineMaskHead(nnx.Module):
         missing = [l for l in needed if l not in tuple(levels)]
         if missing:
             raise ValueError(f"RefineMask++ reads pyramid levels {needed}; the neck has {tuple(levels)}")
-        if channels % (2 ** num_stages) or channels // 2 ** num_stages < 2:
+        widths = halving_widths(channels, num_stages, min_stage_channels)
+        if widths[-1] < 2:  # the stages output F/2 − 1 features and the probability
             raise ValueError(f"{channels} channels cannot be halved {num_stages} times")
         if len(loss.stage_weights) != num_stages + 1:
             raise ValueError(f"{num_stages + 1} stages need as many loss weights, got {loss.stage_weights}")
@@ -131,10 +136,10 @@ class RefineMaskHead(nnx.Module):
         self.semantic_convs = nnx.List([conv3x3(channels, channels, **kw) for _ in range(semantic_convs)])
         self.stages = nnx.List()
         self.stage_logits = nnx.List()
-        for _ in range(num_stages):
+        for s in range(num_stages):
             self.stage_logits.append(ClassLogits(f, self.num_classes, **kw))
-            self.stages.append(SFMStage(f, channels, tuple(dilations), **kw))
-            f //= 2
+            self.stages.append(SFMStage(f, channels, tuple(dilations), out_features=widths[s + 1], **kw))
+            f = widths[s + 1]
         self.stage_logits.append(ClassLogits(f, 1 if class_agnostic_last else self.num_classes, **kw))
         self.semantic_logits = conv1x1(channels, 1, **kw) if loss.semantic_weight > 0 else None
 

@@ -58,16 +58,18 @@ class SFMStage(nnx.Module):
     ``semantic_map``: ``ReLU(1×1_{C→F}(semantic features))`` on the whole semantic map
     (sampled per RoI by the head). ``__call__``: ``h = ReLU(1×1_{2F+1→F}([x, sem, σ(m)]))``,
     ``h = ReLU(MBFAvg(h))``, ``h = ReLU(1×1_{F→F/2−1}(h))``, output ``[h, σ(m)]`` (F/2
-    channels, "concat before upsampling, same as paper"). The head upsamples it ×2.
+    channels, "concat before upsampling, same as paper"; ``out_features`` instead of F/2
+    for a head with a width floor). The head upsamples it ×2.
     """
 
     def __init__(self, features: int, semantic_channels: int, dilations: Sequence[int] = (1, 3, 5), *,
-                 dtype=None, rngs: nnx.Rngs):
+                 out_features: int | None = None, dtype=None, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, rngs=rngs)
+        out_features = features // 2 if out_features is None else int(out_features)
         self.semantic_in = conv1x1(semantic_channels, features, **kw)
         self.fuse_in = conv1x1(2 * features + 1, features, **kw)
         self.fusion = MultiBranchFusionAvg(features, dilations, **kw)
-        self.fuse_out = conv1x1(features, features // 2 - 1, **kw)
+        self.fuse_out = conv1x1(features, out_features - 1, **kw)
 
     def semantic_map(self, semantic: Array) -> Array:
         """``[B, H, W, C]`` → ``[B, H, W, F]``."""
