@@ -15,6 +15,8 @@ def default_train_config() -> ml_collections.ConfigDict:
             eval_every=0,
             eval_at_end=True,
             async_checkpoint=True,
+            init_from="",
+            init_parts=("backbone", "neck", "head"),
         )
     )
 

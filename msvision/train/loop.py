@@ -15,6 +15,13 @@ Config section ``train``:
     when ``eval_at_end`` is set.
   eval_at_end: evaluate the final model on the validation split.
   async_checkpoint: write checkpoints in a background thread.
+  init_from: a work directory whose latest checkpoint initialises the model parts
+    ``init_parts`` (default backbone, neck and detection head) of a run that starts
+    fresh (a resumed run restores its own checkpoint instead); the other parts (e.g. a
+    new segmentation head), the optimizer state and the step start anew. Like
+    detectron2's ``MODEL.WEIGHTS``: fine-tune a trained detector into an instance
+    segmenter. The parts must have the same shapes in both models.
+  init_parts: the model parts (``params`` entries) read from ``init_from``.
 """
 
 from __future__ import annotations
@@ -279,6 +286,32 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     return final
 
 
+def initialize_from(state: dict, workdir: str, parts: tuple[str, ...]) -> dict:
+    """``state`` with ``params[part]`` for every ``part`` of ``parts`` read from the latest
+    checkpoint of ``workdir`` (``train.init_from``); everything else unchanged.
+
+    Raises:
+      NoCheckpointError: ``workdir`` has no checkpoint.
+      ValueError: a part is not in this model, or (from orbax) its shapes differ.
+    """
+    missing = [p for p in parts if p not in state["params"]]
+    if missing:
+        raise ValueError(f"train.init_parts {missing} are not parts of this model "
+                         f"(its parts: {sorted(state['params'])})")
+    step = find_checkpoint_step(workdir)
+    params = state["params"]
+    abstract = {"params": {p: checkpoint_lib.abstract_like(params[p]) for p in parts}}
+    source = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
+    try:
+        _, restored = source.restore_subtree(abstract, step=step)
+    finally:
+        source.close()
+    for part in parts:
+        params[part] = restored["params"][part]
+    log.info("initialised %s from step %d of %s", ", ".join(parts), step, workdir)
+    return dict(state, params=params)
+
+
 def resume(trainer: Trainer, ckpt: checkpoint_lib.Checkpointer) -> tuple[dict, int, Any]:
     """The train state, first step and this process's data iterator: from the latest
     checkpoint of ``ckpt`` if there is one, else fresh.
@@ -297,7 +330,10 @@ def resume(trainer: Trainer, ckpt: checkpoint_lib.Checkpointer) -> tuple[dict, i
                                              shard_count=jax.process_count(), start_step=start_step)
 
     if ckpt.latest_step is None:
-        return trainer.state, 0, data_iterator()
+        state = trainer.state
+        if config.train.init_from:
+            state = initialize_from(state, config.train.init_from, tuple(config.train.init_parts))
+        return state, 0, data_iterator()
     abstract = checkpoint_lib.abstract_like(trainer.state)
     meta = ckpt.read_meta()
     saved_batch = meta.get("batch_size", config.data.batch_size)
