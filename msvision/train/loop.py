@@ -42,6 +42,7 @@ from msvision.train import data_setup as data_lib
 from msvision.train import metrics as metrics_lib
 from msvision.train import optimizer as optimizer_lib
 from msvision.train import sharding as sharding_lib
+from msvision.train import workdir_lock
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +202,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     enable_compilation_cache()
     sharding_lib.initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
+    # One writer per work directory (msvision.train.workdir_lock): before anything is written.
+    lock = workdir_lock.acquire_for_run(workdir)
+    try:
+        return _train(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     dataset_info = data_lib.dataset_info(config.data)
     trainer = build_trainer(config, dataset_info)
     if jax.process_index() == 0:
