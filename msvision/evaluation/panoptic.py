@@ -33,7 +33,7 @@ import argparse
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
@@ -297,7 +297,10 @@ def evaluate_panoptic_files(
         from the ground truth, the images evaluated are its ``annotations``.
       gt_folder, pred_folder: PNG folders (default: the JSON path without ``.json``,
         as panopticapi).
-      workers: processes (images are split into contiguous chunks).
+      workers: threads (images are split into contiguous chunks). Threads, not
+        processes: PNG decoding and numpy's sorting release the GIL, so 2 threads
+        are as fast as 2 forked processes (``benchmarks/RESULTS.md``), and a process
+        that runs JAX must not fork.
 
     Raises:
       KeyError: an image of the ground truth has no prediction, or a prediction
@@ -340,7 +343,7 @@ def evaluate_panoptic_files(
         return _evaluate_chunk((jobs, categories))
     chunks = [list(c) for c in np.array_split(np.arange(len(jobs)), workers)]
     total = PanopticQuality(categories)
-    with ProcessPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         for part in pool.map(_evaluate_chunk, [([jobs[i] for i in c], categories) for c in chunks]):
             total.merge(part)
     return total
@@ -366,7 +369,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--gt-folder", help="ground-truth PNGs (default: --gt-json without .json)")
     parser.add_argument("--pred-json", required=True)
     parser.add_argument("--pred-folder", help="predicted PNGs (default: --pred-json without .json)")
-    parser.add_argument("--workers", type=int, default=1, help="processes")
+    parser.add_argument("--workers", type=int, default=1, help="threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object of fractions")
     args = parser.parse_args(argv)
     pq = evaluate_panoptic_files(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, workers=args.workers)
