@@ -138,9 +138,12 @@ class PanopticSource:
         image = decode_image(os.path.join(self.images_dir, entry["file_name"]))
         png = None
         if image is not None and self.with_masks:
-            png = decode_image(os.path.join(self.panoptic_dir, entry["png_name"]))
+            png = decode_image(os.path.join(self.panoptic_dir, entry["png_name"]), apply_orientation=False)
             if png is not None and png.shape != image.shape:
                 png = None
+        if image is not None and self.stats.check_size(entry["file_name"], entry["size"], image.shape[:2],
+                                                         rescalable=False) is not None:
+            return None  # the segments' boxes are in the annotated frame
         if image is None or (self.with_masks and png is None):
             self.stats.add("corrupt_image_reads")
             self.stats.add_bad_file("corrupt_images", entry["file_name"],
