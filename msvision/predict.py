@@ -650,9 +650,16 @@ def _report_skipped(item: dict, bar=None) -> dict:
 
 # ------------------------------------------------------------------ CLI
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from msvision import cli
+
+    return cli.run(_main, argv, prog="python -m msvision.predict")
+
+
+def _main(argv: list[str]) -> int:
+    from msvision import cli
     from msvision import config as config_lib
 
-    overrides, rest = config_lib.split_config_args(sys.argv[1:] if argv is None else list(argv))
+    overrides, rest = config_lib.split_config_args(argv)
     parser = argparse.ArgumentParser(prog="python -m msvision.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", help="image files and folders (walked for jpg/jpeg/png/bmp/webp)")
@@ -669,6 +676,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-pictures", action="store_true", help="write predictions.json only")
     parser.add_argument("--threads", type=int, default=4, help="image decoding threads")
     parser.add_argument("--log-level", default="WARNING")
+    cli.add_verbose_flag(parser)
     args = parser.parse_args(rest)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -684,16 +692,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         if not (args.config and args.workdir):
             parser.error("give --config and --workdir (or --exported)")
-        try:
-            predictor = Predictor.from_workdir(args.config, args.workdir, args.step, overrides=overrides,
-                                               batch_size=args.batch_size or 1,
-                                               score_threshold=args.score_threshold,
-                                               mask_threshold=args.mask_threshold)
-        except config_lib.ConfigError as e:
-            parser.error(str(e))
-        except FileNotFoundError as e:  # no checkpoint, no dataset.json: nothing was built
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        predictor = Predictor.from_workdir(args.config, args.workdir, args.step, overrides=overrides,
+                                           batch_size=args.batch_size or 1,
+                                           score_threshold=args.score_threshold,
+                                           mask_threshold=args.mask_threshold)
     summary = predictor.predict_files(args.images, args.out, visualize=not args.no_pictures,
                                       num_threads=args.threads)
     print(f"{summary['num_images']} images, {summary['num_detections']} detections with score >= "

@@ -31,6 +31,7 @@ from typing import Any, Optional
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from msvision.cli import check_records, read_json
 from msvision.data.annotations import clean_instances, xywh_to_xyxy
 from msvision.data.images import decode_image
 from msvision.data.stats import DataStats
@@ -83,8 +84,10 @@ class CocoSource:
         self.with_masks = with_masks
         self.max_instances = max_instances
         self.stats = DataStats()
-        with open(self.annotations_path) as f:
-            dataset = json.load(f)
+        dataset = read_json(self.annotations_path, "COCO instances annotations")
+        check_records(dataset, "images", ("id", "file_name", "height", "width"), self.annotations_path)
+        check_records(dataset, "annotations", ("image_id",), self.annotations_path, optional=True)
+        check_records(dataset, "categories", ("id",), self.annotations_path, optional=True)
         self._index(dataset)
 
     # ------------------------------------------------------------------ index

@@ -30,6 +30,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from msvision.cli import check_record_list, check_records, read_json
 from msvision.data.annotations import clean_instances, xywh_to_xyxy
 from msvision.data.images import decode_image
 from msvision.data.stats import DataStats
@@ -71,8 +72,14 @@ class PanopticSource:
         self.with_masks = with_masks
         self.max_instances = max_instances
         self.stats = DataStats()
-        with open(self.annotations_path) as f:
-            dataset = json.load(f)
+        dataset = read_json(self.annotations_path, "COCO panoptic annotations")
+        check_records(dataset, "images", ("id", "file_name", "height", "width"), self.annotations_path)
+        for k, annotation in enumerate(check_records(dataset, "annotations", ("image_id", "segments_info"),
+                                                     self.annotations_path)):
+            check_record_list(annotation["segments_info"], f"'annotations'[{k}]['segments_info']",
+                              ("id", "category_id", "bbox"), self.annotations_path)
+        if categories is None:
+            check_records(dataset, "categories", ("id",), self.annotations_path)
         categories = sorted(categories if categories is not None else dataset["categories"],
                             key=lambda c: c["id"])
         self.label_to_category: list[int] = [c["id"] for c in categories]
