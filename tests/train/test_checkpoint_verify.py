@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +43,9 @@ def _data_file(step_dir, array_shape):
 def _damage(path, how):
     if how == "flipped bytes":
         with open(path, "r+b") as f:
-            f.seek(os.path.getsize(path) // 2)
-            block = bytearray(f.read(64))
-            f.seek(os.path.getsize(path) // 2)
+            f.seek(os.path.getsize(path) // 4)
+            block = bytearray(f.read(4096))
+            f.seek(os.path.getsize(path) // 4)
             f.write(bytes(b ^ 0xFF for b in block))
     elif how == "truncated":
         with open(path, "r+b") as f:
@@ -158,3 +160,69 @@ def test_no_checkpoint_is_a_fresh_start_and_none_intact_stops(tmp_path):
     with pytest.raises(loop.NoCheckpointError, match=f"no intact checkpoint in {directory}"):
         loop.select_resume_step(ckpt)
     ckpt.close()
+
+
+def _launch(workdir, mode, **popen):
+    script = os.path.join(os.path.dirname(__file__), "checkpoint_processes.py")
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    for var in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "JAX_NUM_CPU_DEVICES"):
+        env.pop(var, None)
+    command = [sys.executable, "-m", "msvision.launch", "--num-processes=2", "--", script, str(workdir), mode]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.slow  # 3 launches of 2 JAX processes: ~35 s
+def test_two_processes_share_the_lock_and_the_checkpoint_choice(tmp_path):
+    # Process 0 takes the lock and picks the checkpoint; process 1 follows (no hang, no other choice).
+    proc = _launch(tmp_path, "save")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    state_dir = tmp_path / "checkpoints" / "2" / "state"
+    largest = max((os.path.join(r, f) for r, _, fs in os.walk(state_dir) for f in fs), key=os.path.getsize)
+    _damage(largest, "truncated")
+    proc = _launch(tmp_path, "resume")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    assert "[p0] resumed 1 [2]" in out and "[p1] resumed 1 []" in out
+    assert not os.path.exists(tmp_path / "train.lock")
+
+    holder = _launch(tmp_path, "hold")
+    try:
+        while "holding" not in (line := holder.stdout.readline()):
+            assert line, holder.stderr.read()[-3000:]
+        proc = _launch(tmp_path, "resume")
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode != 0 and "resumed" not in out
+        # Both processes of the second run refuse, naming the holder.
+        assert err.count("is in use by another training run") >= 2, err[-3000:]
+    finally:
+        (tmp_path / "stop").touch()
+        holder.communicate(timeout=300)
+    assert holder.returncode == 0 and not os.path.exists(tmp_path / "train.lock")
+
+
+@pytest.mark.slow  # two tiny training runs: ~1 min
+def test_training_resumes_from_the_newest_intact_checkpoint_and_counts_the_skipped(tmp_path, caplog):
+    sys.path.insert(0, os.path.dirname(__file__))
+    import tiny_config
+
+    from msvision.train.metrics import read_metrics
+
+    workdir = str(tmp_path / "run")
+    config = tiny_config.get_config(str(tmp_path / "shapes"))
+    loop.train(config, workdir)  # 8 steps, checkpoints 4 and 8
+    directory = os.path.join(workdir, "checkpoints")
+    step_dir = os.path.join(directory, "8")
+    largest = max((os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs), key=os.path.getsize)
+    _damage(largest, "flipped bytes")  # as the issue: 4 KiB flipped in the newest checkpoint's largest file
+    config = tiny_config.get_config(str(tmp_path / "shapes"))
+    config.train.num_steps = 12
+    with caplog.at_level(logging.INFO):
+        loop.train(config, workdir)
+    assert f"skipping checkpoint 8 in {directory}: file " in caplog.text
+    assert "restored checkpoint 4" in caplog.text and "restored checkpoint 8" not in caplog.text
+    rows = [r for r in read_metrics(workdir) if r["step"] > 8]
+    assert rows and all(r["checkpoint/skipped"] == 1 for r in rows)
+    assert checkpoint_lib.checkpoint_steps(directory) == [4, 8, 12]  # 8 written again after the resume
+    assert [d.split("-")[0] for d in os.listdir(os.path.join(directory, checkpoint_lib.SKIPPED_DIR))] == ["8"]
+    assert checkpoint_lib.select_checkpoint(directory) == (12, [])
