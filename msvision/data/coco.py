@@ -23,7 +23,6 @@ Bad data is skipped or clipped and counted in ``source.stats`` (see
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from typing import Any, Optional

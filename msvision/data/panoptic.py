@@ -23,7 +23,6 @@ builds; the released code's ``CocoDataset`` drops them).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any, Optional

@@ -31,7 +31,6 @@ detection, vectorised over the 4 area ranges × 10 thresholds.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from typing import Iterable, Optional, Sequence, Union
