@@ -30,7 +30,7 @@ def _holder(workdir):
     return proc
 
 
-def test_live_holder_refuses_a_second_run_and_a_killed_one_does_not_block(tmp_path):
+def test_live_holder_refuses_a_second_run_and_a_killed_one_does_not_block(tmp_path, capsys):
     proc = _holder(tmp_path)
     try:
         with pytest.raises(workdir_lock.WorkdirLockedError) as error:
@@ -45,6 +45,13 @@ def test_live_holder_refuses_a_second_run_and_a_killed_one_does_not_block(tmp_pa
         with pytest.raises(workdir_lock.WorkdirLockedError, match=f"pid {proc.pid}"):
             loop.train(tiny_config.get_config(str(tmp_path / "no_data")), str(tmp_path))
         assert sorted(os.listdir(tmp_path)) == ["train.lock", "train.lock.guard"]
+        # train.py: one line naming the holder, exit status 2.
+        import train as train_cli
+
+        config = os.path.join(ROOT, "tests", "train", "tiny_config.py")
+        assert train_cli.main([f"--config={config}:{tmp_path / 'no_data'}", f"--workdir={tmp_path}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("train.py: error: ") and f"pid {proc.pid}" in err[0]
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
