@@ -1,6 +1,6 @@
 """Evaluate a checkpoint: ``python eval.py --config=configs/X.py --workdir=DIR [--step N] [--visualize N]``.
 
-Restores the orbax checkpoint (latest unless ``--step``), runs inference on the
+Restores the orbax checkpoint (the newest intact one unless ``--step``), runs inference on the
 validation split, writes ``DIR/eval/results_<step>.json`` (COCO results) and
 ``DIR/eval/metrics_<step>.json`` (``bbox/AP``, ``bbox/AP50``, …; with a segmentation
 head also ``segm/...`` and, with ``eval.box_mask_baseline``, ``box_as_mask/...``), prints the
@@ -16,31 +16,30 @@ import argparse
 import logging
 import sys
 
+from msvision import cli
 from msvision import config as config_lib
 
 
 def main(argv=None) -> int:
-    overrides, rest = config_lib.split_config_args(sys.argv[1:] if argv is None else argv)
+    return cli.run(_main, argv, prog="eval.py")
+
+
+def _main(argv) -> int:
+    overrides, rest = config_lib.split_config_args(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--visualize", type=int, default=0, help="number of images to draw")
     parser.add_argument("--log-level", default="INFO")
+    cli.add_verbose_flag(parser)
     args = parser.parse_args(rest)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
-    try:
-        config = config_lib.load_config(args.config, overrides)
-    except config_lib.ConfigError as e:
-        parser.error(str(e))
+    config = config_lib.load_config(args.config, overrides)  # a ConfigError: one line (msvision.cli)
     from msvision.train import loop
 
-    try:
-        trainer, state, step = loop.restore_for_eval(config, args.workdir, args.step)
-    except loop.NoCheckpointError as e:
-        logging.error("%s", e)
-        return 2
+    trainer, state, step = loop.restore_for_eval(config, args.workdir, args.step)  # no intact checkpoint: one line
     loop.evaluate_state(trainer, state, args.workdir, step, visualize_count=args.visualize)
     return 0
 

@@ -3,7 +3,8 @@
 PQ on the real COCO panoptic sample (2 images, 640×427 and 640×360), replicated
 ``--replicas`` times with shifted + eroded predictions written as PNGs:
 
-- ``msvision files``: :func:`evaluate_panoptic_files` (PNG decoding included),
+- ``msvision files``: :func:`evaluate_panoptic_files` (PNG decoding included), in this
+  process and with ``--workers`` workers (their start-up included),
 - ``msvision in-memory``: :meth:`PanopticQuality.add` on decoded id maps,
 - reference: panopticapi's per-image algorithm written plainly (``np.unique`` of the
   combined uint64 ids, then Python dictionaries over segment pairs) on the same
@@ -15,7 +16,7 @@ truth + random boxes of random COCO categories, as a detector would emit):
 :func:`evaluate_lvis` against the ``lvis`` 0.5.3 package (segm) and the same package
 with boundary-iou-api's cv2 boundary IoU (boundary), when ``lvis`` is installed.
 
-    python benchmarks/bench_metrics.py [--replicas 100] [--lvis-replicas 4] [--dets 100]
+    python benchmarks/bench_metrics.py [--replicas 100] [--lvis-replicas 4] [--dets 100] [--workers 2]
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def _timed(fn, repeats):
     return best, out
 
 
-def bench_pq(replicas: int, repeats: int):
+def bench_pq(replicas: int, repeats: int, workers: int = 2):
     from scipy import ndimage
 
     with open(os.path.join(PANOPTIC, "panoptic_examples.json")) as f:
@@ -134,6 +135,10 @@ def bench_pq(replicas: int, repeats: int):
     def files():
         return evaluate_panoptic_files(gt_json, pred_json, os.path.join(PANOPTIC, "panoptic"), tmp).summary()
 
+    def files_workers():
+        return evaluate_panoptic_files(gt_json, pred_json, os.path.join(PANOPTIC, "panoptic"), tmp,
+                                       workers=workers).summary()
+
     def in_memory():
         pq = PanopticQuality(gt["categories"])
         for m in maps:
@@ -159,6 +164,9 @@ def bench_pq(replicas: int, repeats: int):
 
     t_ref_files, _ = _timed(reference_files, repeats)
     t_files, summary = _timed(files, repeats)
+    t_workers, summary_workers = _timed(files_workers, repeats)
+    for key, value in summary.items():  # the same counts; sums merged in another order
+        assert abs(summary_workers[key] - value) < 1e-9, (key, summary_workers[key], value)
     t_mem, pq = _timed(in_memory, repeats)
     t_ref, stats = _timed(reference, repeats)
     per_category = pq.per_category()
@@ -166,6 +174,7 @@ def bench_pq(replicas: int, repeats: int):
         assert (tp, fp, fn) == tuple(per_category[cat][k] for k in ("TP", "FP", "FN")), cat
     times = {
         "msvision files (PNG decoding included)": t_files,
+        f"msvision files, --workers {workers}": t_workers,
         "reference files (panopticapi's PNG reading)": t_ref_files,
         "msvision in-memory": t_mem,
         "reference in-memory": t_ref,
@@ -248,13 +257,14 @@ def main() -> None:
     parser.add_argument("--lvis-replicas", type=int, default=2, help="copies of the 57 LVIS images")
     parser.add_argument("--dets", type=int, default=100, help="detections per LVIS image")
     parser.add_argument("--repeats", type=int, default=3, help="best of N runs of every implementation")
+    parser.add_argument("--workers", type=int, default=2, help="--workers of the second PQ files row")
     args = parser.parse_args()
     import logging
 
     logging.getLogger("lvis").setLevel(logging.ERROR)
     print(f"numpy {np.__version__}, {len(os.sched_getaffinity(0))} CPU threads, load average {os.getloadavg()[0]:.2f}")
 
-    n, summary, times = bench_pq(args.replicas, args.repeats)
+    n, summary, times = bench_pq(args.replicas, args.repeats, args.workers)
     print(f"\nPQ: {n} images (2 COCO panoptic images × {args.replicas}), PQ {summary['PQ']:.4f}, best of {args.repeats}")
     print("| PQ implementation | s | images/s | 5,000 images | vs reference (same input) |\n|---|---|---|---|---|")
     for name, t in times.items():

@@ -277,9 +277,16 @@ def _parse_buckets(text: str) -> list[Bucket]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from msvision import cli
+
+    return cli.run(_main, argv, prog="python -m msvision.export")
+
+
+def _main(argv: list[str]) -> int:
+    from msvision import cli
     from msvision import config as config_lib
 
-    overrides, rest = config_lib.split_config_args(sys.argv[1:] if argv is None else list(argv))
+    overrides, rest = config_lib.split_config_args(argv)
     parser = argparse.ArgumentParser(prog="python -m msvision.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -294,20 +301,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-triton", action="store_true",
                         help="MSDA on XLA everywhere: no Triton kernels, an artefact not tied to this jax version")
     parser.add_argument("--log-level", default="WARNING")
+    cli.add_verbose_flag(parser)
     args = parser.parse_args(rest)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
     platforms = [p.strip() for item in (args.platform or ["cpu"]) for p in item.split(",") if p.strip()]
-    try:
-        config = config_lib.load_config(args.config, overrides)
-    except config_lib.ConfigError as e:
-        parser.error(str(e))
-    try:
-        manifest = export_workdir(config, args.workdir, args.out, step=args.step, platforms=platforms,
-                                  batch_size=args.batch_size, buckets=args.buckets, allow_triton=not args.no_triton)
-    except FileNotFoundError as e:  # no checkpoint, no dataset.json: nothing was built
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    config = config_lib.load_config(args.config, overrides)  # a ConfigError: one line (msvision.cli)
+    manifest = export_workdir(config, args.workdir, args.out, step=args.step, platforms=platforms,
+                              batch_size=args.batch_size, buckets=args.buckets, allow_triton=not args.no_triton)
     size = os.path.getsize(args.out)
     batch = "symbolic" if manifest["batch_size"] is None else manifest["batch_size"]
     print(f"exported checkpoint step {manifest['step']} for {','.join(manifest['platforms'])}: "

@@ -13,11 +13,15 @@ input order::
     {"file_name": "imgs/a.jpg", "width": 640, "height": 480, "picture": "a.jpg",
      "detections": [{"bbox": [x, y, w, h], "score": 0.93, "category_id": 18, "category": "dog"}, ...]}
 
-(``bbox`` in pixels of the image file, COCO's ``(x, y, width, height)``;
+(``bbox`` in pixels of the image as people see it: the EXIF orientation of a photo
+stored sideways is applied, and ``width``/``height`` are in that orientation; COCO's
+``(x, y, width, height)``;
 ``category_id`` is the dataset's id, ``category`` its name), one picture per
 image with the detections drawn (``picture``; not with ``--no-pictures``), and
 ``OUT/summary.json`` with the files that were skipped because they could not be
-read (``skipped``: ``[{"file_name", "error"}]``, also reported on stderr), the
+read (``skipped``: ``[{"file_name", "error"}]`` with the reason, e.g. ``"no such file"``,
+``"not an image file Pillow can read"``, ``"cannot decode it (Truncated File Read)"``;
+also reported on stderr, so ``num_images + len(skipped)`` accounts for every input), the
 number of compiled input shapes and the timing.
 
 A model with a segmentation head (``model.seg_head``) adds to each detection its
@@ -71,7 +75,7 @@ import numpy as np
 
 from msvision.data.batching import Bucket, choose_bucket, collate
 from msvision.data.image_files import list_image_files
-from msvision.data.images import decode_image, read_image_size
+from msvision.data.images import read_image, read_image_size
 from msvision.data.transforms import resized_size
 from msvision.train.data_setup import ClassList, read_class_list
 
@@ -525,7 +529,8 @@ class Predictor:
         for path in files:
             size = read_image_size(path)
             if size is None or min(size) < 1:
-                skipped.append(_report_skipped({"file_name": path, "error": "not a readable image"}))
+                reason = read_image(path)[1] if size is None else "an image without pixels"
+                skipped.append(_report_skipped({"file_name": path, "error": reason or "not a readable image"}))
             else:
                 sizes[path] = self.preprocessing.network_size(size)
         readable = [p for p in files if p in sizes]
@@ -545,9 +550,8 @@ class Predictor:
                     pending = [pool.submit(_load, self.preprocessing, p) for p in chunks[c + 1]]
                 good = [(p, image, record) for p, (image, record) in zip(chunk, loaded) if record is not None]
                 for p, (image, record) in zip(chunk, loaded):
-                    if record is None:
-                        skipped.append(_report_skipped({"file_name": p, "error": "cannot decode the image"},
-                                                       bar))
+                    if record is None:  # image holds the reason
+                        skipped.append(_report_skipped({"file_name": p, "error": image}, bar))
                 if good:
                     for (path, image, record), dets in zip(good, self._run([g[2] for g in good])):
                         has_masks |= "masks" in dets
@@ -627,10 +631,11 @@ def _save_panoptic(ids: np.ndarray, segments: list[dict], path: str, out_dir: st
     return {"file_name": name, "segments_info": segments}
 
 
-def _load(preprocessing: Preprocessing, path: str) -> tuple[Optional[np.ndarray], Optional[dict]]:
-    image = decode_image(path)
+def _load(preprocessing: Preprocessing, path: str) -> tuple[Any, Optional[dict]]:
+    """``(image, record)``, or ``(why not, None)`` for a file that cannot be decoded."""
+    image, reason = read_image(path)
     if image is None or min(image.shape[:2]) < 1:
-        return None, None
+        return reason or "an image without pixels", None
     return image, preprocessing.record(image)
 
 
@@ -645,9 +650,16 @@ def _report_skipped(item: dict, bar=None) -> dict:
 
 # ------------------------------------------------------------------ CLI
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from msvision import cli
+
+    return cli.run(_main, argv, prog="python -m msvision.predict")
+
+
+def _main(argv: list[str]) -> int:
+    from msvision import cli
     from msvision import config as config_lib
 
-    overrides, rest = config_lib.split_config_args(sys.argv[1:] if argv is None else list(argv))
+    overrides, rest = config_lib.split_config_args(argv)
     parser = argparse.ArgumentParser(prog="python -m msvision.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", help="image files and folders (walked for jpg/jpeg/png/bmp/webp)")
@@ -664,6 +676,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-pictures", action="store_true", help="write predictions.json only")
     parser.add_argument("--threads", type=int, default=4, help="image decoding threads")
     parser.add_argument("--log-level", default="WARNING")
+    cli.add_verbose_flag(parser)
     args = parser.parse_args(rest)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)
@@ -679,16 +692,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     else:
         if not (args.config and args.workdir):
             parser.error("give --config and --workdir (or --exported)")
-        try:
-            predictor = Predictor.from_workdir(args.config, args.workdir, args.step, overrides=overrides,
-                                               batch_size=args.batch_size or 1,
-                                               score_threshold=args.score_threshold,
-                                               mask_threshold=args.mask_threshold)
-        except config_lib.ConfigError as e:
-            parser.error(str(e))
-        except FileNotFoundError as e:  # no checkpoint, no dataset.json: nothing was built
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+        predictor = Predictor.from_workdir(args.config, args.workdir, args.step, overrides=overrides,
+                                           batch_size=args.batch_size or 1,
+                                           score_threshold=args.score_threshold,
+                                           mask_threshold=args.mask_threshold)
     summary = predictor.predict_files(args.images, args.out, visualize=not args.no_pictures,
                                       num_threads=args.threads)
     print(f"{summary['num_images']} images, {summary['num_detections']} detections with score >= "

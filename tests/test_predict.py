@@ -88,6 +88,26 @@ def test_cli_predictions_json_pictures_and_skipped_files(tmp_path, inference_wor
     assert len({p["picture"] for p in predictions}) == 5
 
 
+def test_photo_stored_sideways_is_predicted_as_people_see_it(tmp_path, live_predictor):
+    # EXIF orientation 6 (a phone held upright): stored 64 wide x 48 high, seen 48 wide x 64 high.
+    stored = np.asarray(Image.open(coco_mini_images(1)[0]).convert("RGB").resize((64, 48), Image.BILINEAR))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(stored).save(folder / "phone.jpg", quality=100, exif=exif.tobytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    summary = live_predictor.predict_files([str(folder)], str(tmp_path / "out"), visualize=False, progress=False)
+    (entry,) = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert (entry["width"], entry["height"]) == (48, 64)
+    with Image.open(folder / "phone.jpg") as raw:  # what a viewer shows: the stored pixels turned clockwise
+        seen = np.rot90(np.asarray(raw.convert("RGB")), -1)
+    assert_same_detections(live_predictor(np.ascontiguousarray(seen)), entry["detections"])
+    # Every input is accounted for: predicted, or skipped with the reason.
+    assert summary["num_images"] + len(summary["skipped"]) == 2
+    assert summary["skipped"] == [{"file_name": str(folder / "broken.png"), "error": "not an image file Pillow can read"}]
+
+
 def test_boxes_are_in_original_pixels(live_predictor):
     # A 48x64 image is resized to the network's 96x128 with PIL bilinear; its 2x copy made the same
     # way needs no resizing: the network sees the same pixels, and the boxes must scale exactly by 2.

@@ -22,11 +22,15 @@ import sys
 
 from msvision.analysis.cost import abstract_model, analyse, count_parameters, format_report
 from msvision.analysis.lowering import PLATFORMS, force_cpu_devices, lower_config
+from msvision import cli
 from msvision.config import load_config, split_config_args
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    return cli.run(_main, argv, prog="python -m msvision.analysis")
+
+
+def _main(argv) -> int:
     overrides, rest = split_config_args(argv)
     parser = argparse.ArgumentParser(prog="python -m msvision.analysis", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="config file with get_config()")
@@ -39,6 +43,7 @@ def main(argv=None) -> int:
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations after one warm-up")
     parser.add_argument("--lower-for", choices=PLATFORMS, help="lower for this platform instead of measuring")
     parser.add_argument("--devices", type=int, default=1, help="forced CPU devices of the mesh (--lower-for)")
+    cli.add_verbose_flag(parser)
     args = parser.parse_args(rest)
     if args.lower_for:
         force_cpu_devices(args.devices)  # before JAX's first use

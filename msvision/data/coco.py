@@ -8,7 +8,7 @@ multiprocessing workers can receive it.
 
 Record format (numpy), shared by every source in ``msvision.data``:
 
-- ``image``: ``[h, w, 3] uint8`` RGB as stored on disk.
+- ``image``: ``[h, w, 3] uint8`` RGB as seen (EXIF orientation applied, :mod:`msvision.data.images`).
 - ``boxes``: ``[n, 4] float32`` ``(x0, y0, x1, y1)`` in original pixels, clipped
   to the image.
 - ``labels``: ``[n] int32`` contiguous labels ``0 … K-1`` (categories sorted by
@@ -23,7 +23,6 @@ Bad data is skipped or clipped and counted in ``source.stats`` (see
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from typing import Any, Optional
@@ -31,6 +30,7 @@ from typing import Any, Optional
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from msvision.cli import check_records, read_json
 from msvision.data.annotations import clean_instances, xywh_to_xyxy
 from msvision.data.images import decode_image
 from msvision.data.stats import DataStats
@@ -83,8 +83,10 @@ class CocoSource:
         self.with_masks = with_masks
         self.max_instances = max_instances
         self.stats = DataStats()
-        with open(self.annotations_path) as f:
-            dataset = json.load(f)
+        dataset = read_json(self.annotations_path, "COCO instances annotations")
+        check_records(dataset, "images", ("id", "file_name", "height", "width"), self.annotations_path)
+        check_records(dataset, "annotations", ("image_id",), self.annotations_path, optional=True)
+        check_records(dataset, "categories", ("id",), self.annotations_path, optional=True)
         self._index(dataset)
 
     # ------------------------------------------------------------------ index
@@ -165,13 +167,12 @@ class CocoSource:
             self.stats.add_bad_file("corrupt_images", path, "unreadable image %s: replaced by the next readable one")
             return None
         boxes = entry["boxes"]
-        if image.shape[:2] != entry["size"]:
-            # The annotation file disagrees with the file: trust the pixels and
-            # rescale the ground truth (masks are decoded at the annotated size).
-            self.stats.warn("size_mismatch", "%s: size %s on disk, %s in the annotations",
-                            path, image.shape[:2], entry["size"])
-            scale = np.array([image.shape[1] / entry["size"][1],
-                              image.shape[0] / entry["size"][0]] * 2, np.float32)
+        scale = self.stats.check_size(path, entry["size"], image.shape[:2])
+        if scale is not None:
+            if not scale.size:  # e.g. annotated in a photo's stored frame, read in its EXIF orientation
+                return None
+            # A resized copy: trust the pixels and rescale the ground truth (masks
+            # are decoded at the annotated size and resized below).
             boxes = boxes * scale
         record = {
             "image": image,

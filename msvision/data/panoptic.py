@@ -23,13 +23,13 @@ builds; the released code's ``CocoDataset`` drops them).
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any, Optional
 
 import numpy as np
 
+from msvision.cli import check_record_list, check_records, read_json
 from msvision.data.annotations import clean_instances, xywh_to_xyxy
 from msvision.data.images import decode_image
 from msvision.data.stats import DataStats
@@ -71,8 +71,14 @@ class PanopticSource:
         self.with_masks = with_masks
         self.max_instances = max_instances
         self.stats = DataStats()
-        with open(self.annotations_path) as f:
-            dataset = json.load(f)
+        dataset = read_json(self.annotations_path, "COCO panoptic annotations")
+        check_records(dataset, "images", ("id", "file_name", "height", "width"), self.annotations_path)
+        for k, annotation in enumerate(check_records(dataset, "annotations", ("image_id", "segments_info"),
+                                                     self.annotations_path)):
+            check_record_list(annotation["segments_info"], f"'annotations'[{k}]['segments_info']",
+                              ("id", "category_id", "bbox"), self.annotations_path)
+        if categories is None:
+            check_records(dataset, "categories", ("id",), self.annotations_path)
         categories = sorted(categories if categories is not None else dataset["categories"],
                             key=lambda c: c["id"])
         self.label_to_category: list[int] = [c["id"] for c in categories]
@@ -138,9 +144,12 @@ class PanopticSource:
         image = decode_image(os.path.join(self.images_dir, entry["file_name"]))
         png = None
         if image is not None and self.with_masks:
-            png = decode_image(os.path.join(self.panoptic_dir, entry["png_name"]))
+            png = decode_image(os.path.join(self.panoptic_dir, entry["png_name"]), apply_orientation=False)
             if png is not None and png.shape != image.shape:
                 png = None
+        if image is not None and self.stats.check_size(entry["file_name"], entry["size"], image.shape[:2],
+                                                         rescalable=False) is not None:
+            return None  # the segments' boxes are in the annotated frame
         if image is None or (self.with_masks and png is None):
             self.stats.add("corrupt_image_reads")
             self.stats.add_bad_file("corrupt_images", entry["file_name"],

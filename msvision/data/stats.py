@@ -5,8 +5,8 @@ clipped, logged as a ``logging`` warning naming the file, and counted here so th
 trainer can log the counts as metrics (``stats.as_dict()``).
 
 Annotation problems are counted once, when a source indexes its annotation file
-(deterministic, independent of workers). Unreadable images are only discovered
-when an image is decoded: ``corrupt_images`` counts distinct unreadable files (each
+(deterministic, independent of workers). Unreadable images and size mismatches are
+only discovered when an image is decoded: ``corrupt_images`` counts distinct unreadable files (each
 named once in the log and in :attr:`DataStats.bad_files`), ``corrupt_image_reads``
 every failed read, in *this* process: with multiprocessing workers
 (``data.num_workers > 0``) those reads happen in the workers, whose warnings still
@@ -18,6 +18,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+from typing import Optional
+
+import numpy as np
 
 logger = logging.getLogger("msvision.data")
 
@@ -49,6 +52,11 @@ class DataStats:
         readable image.
       corrupt_image_reads: failed reads (a bad file is met again every epoch).
       crowd_segments_dropped: crowd segments left out of panoptic training (N§6.5).
+      size_mismatches: distinct images whose size on disk (EXIF orientation applied)
+        disagrees with the annotation file's ``height``/``width``. One of the same
+        aspect ratio (a resized copy) is used with its ground truth rescaled; any
+        other (e.g. a photo annotated in its stored, unrotated frame) is replaced by
+        the next readable image like an unreadable one.
     """
 
     images: int = 0
@@ -63,6 +71,7 @@ class DataStats:
     corrupt_images: int = 0
     corrupt_image_reads: int = 0
     crowd_segments_dropped: int = 0
+    size_mismatches: int = 0
 
     def __post_init__(self):
         self._lock = threading.Lock()
@@ -97,6 +106,27 @@ class DataStats:
             logger.warning(message, *args)
         elif seen == MAX_WARNINGS_PER_KIND:
             logger.warning("further '%s' warnings suppressed (see DataStats)", kind)
+
+    def check_size(self, path: str, annotated: tuple[int, int], actual: tuple[int, int], *,
+                   rescalable: bool = True) -> Optional[np.ndarray]:
+        """Compares an image's size on disk with its annotated ``(h, w)``.
+
+        Returns None when they agree; else counts the image (once) in ``size_mismatches``
+        and returns the ``[4]`` scale ``(sx, sy, sx, sy)`` for its boxes when the aspect
+        ratios agree within 1 % (a resized copy) and ``rescalable``, or an empty array when
+        the image must not be used.
+        """
+        if tuple(actual) == tuple(annotated):
+            return None
+        (ah, aw), (h, w) = annotated, actual
+        usable = rescalable and ah > 0 and aw > 0 and abs(h / ah - w / aw) <= 0.01 * max(h / ah, w / aw)
+        what = "ground truth rescaled to the file" if usable else \
+            "not used: replaced by the next readable image"
+        self.add_bad_file("size_mismatches", f"{path} ({ah}x{aw} annotated, {h}x{w} on disk)",
+                          "image size disagrees with the annotations (h x w, EXIF orientation applied): %s; " + what)
+        if not usable:
+            return np.zeros((0,), np.float32)
+        return np.array([w / aw, h / ah] * 2, np.float32)
 
     def as_dict(self, prefix: str = "data/") -> dict[str, int]:
         """The counters as ``{prefix + name: count}``, ready to log as metrics."""

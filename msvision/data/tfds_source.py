@@ -45,7 +45,7 @@ from typing import Any, Optional
 import numpy as np
 
 from msvision.data.annotations import clean_instances
-from msvision.data.images import decode_image, read_image_size
+from msvision.data.images import decode_image, exif_orientation, read_image_size
 from msvision.data.stats import DataStats
 
 # COCO ids of the 80 detection categories, in the order of coco/2017's labels.
@@ -125,7 +125,9 @@ class TfdsSource:
                 self._headers = tfds.data_source(
                     self.name, split=self.split, data_dir=self.data_dir, download=False,
                     decoders={"image": tfds.decode.SkipDecoding()})
-            size = read_image_size(self._headers[index]["image"])
+            # As TFDS decodes it: its decoder ignores EXIF orientation (the offline
+            # conversion stores every image as seen, see _jpeg_bytes).
+            size = read_image_size(self._headers[index]["image"], apply_orientation=False)
             self._sizes[index] = size if size is not None else (1, 1)
         return self._sizes[index]
 
@@ -178,14 +180,15 @@ class TfdsSource:
 
 # ---------------------------------------------------------------- conversion
 def _jpeg_bytes(path: str) -> Optional[bytes]:
-    """The file's bytes if it is a readable JPEG; else re-encoded as JPEG; None if
-    unreadable."""
+    """The file's bytes if it is a readable JPEG stored as seen; else (another format, or
+    an EXIF orientation to apply, which TFDS's decoder ignores) re-encoded as JPEG; None
+    if unreadable."""
     image = decode_image(path)
     if image is None:
         return None
     with open(path, "rb") as f:
         data = f.read()
-    if data[:3] == b"\xff\xd8\xff":
+    if data[:3] == b"\xff\xd8\xff" and exif_orientation(data) == 1:
         return data
     from PIL import Image
     buffer = io.BytesIO()

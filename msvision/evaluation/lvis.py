@@ -21,6 +21,7 @@ import sys
 from collections.abc import Mapping
 from typing import Optional, Sequence
 
+from msvision.cli import add_verbose_flag, check_records, read_json, require, run
 from msvision.evaluation.lvis_eval import IOU_THRESHOLDS, evaluate_lvis
 
 _CATEGORY_LISTS = ("not_exhaustive_category_ids", "neg_category_ids")
@@ -99,6 +100,10 @@ def format_table(metrics: dict[str, float], iou_type: str, max_dets: int) -> str
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run(_main, argv, prog="python -m msvision.evaluation.lvis")
+
+
+def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m msvision.evaluation.lvis",
         description=__doc__,
@@ -116,13 +121,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--max-dets", type=int, default=300)
     p.add_argument("--dilation-ratio", type=float, default=0.02, help="boundary width / image diagonal")
     p.add_argument("--json", action="store_true", help="print one JSON object of fractions")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
 
     if args.command == "cocofy":
-        with open(args.lvis) as f:
-            lvis = json.load(f)
-        with open(args.synsets) as f:
-            synsets = json.load(f)
+        lvis = read_json(args.lvis, "LVIS annotations")
+        for key, fields in (("images", ("id",)), ("annotations", ("category_id",)), ("categories", ("id", "synset"))):
+            check_records(lvis, key, fields, args.lvis)
+        synsets = read_json(args.synsets, "coco_to_synset.json")
+        require(isinstance(synsets, dict), args.synsets, "expected an object {coco name: {coco_cat_id, synset}}")
         cocofied = cocofy_lvis(lvis, synsets)
         with open(args.out, "w") as f:
             json.dump(cocofied, f)

@@ -31,7 +31,6 @@ detection, vectorised over the 4 area ranges × 10 thresholds.
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from typing import Iterable, Optional, Sequence, Union
@@ -47,10 +46,11 @@ FREQUENCY_GROUPS = ("r", "c", "f")  # rare / common / frequent (LVIS ``frequency
 SUMMARY_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
 
 
-def _load_json(obj):
+def _load_json(obj, what: str = ""):
     if isinstance(obj, (str, os.PathLike)):
-        with open(obj) as f:
-            return json.load(f)
+        from msvision.cli import read_json
+
+        return read_json(obj, what)
     return obj
 
 
@@ -152,8 +152,19 @@ class LvisEvaluation:
         self.iou_type = iou_type
         self.max_dets = max_dets
         self.dilation_ratio = dilation_ratio
-        gt = _load_json(gt)
-        results = list(_load_json(results))
+        if isinstance(gt, (str, os.PathLike)):
+            from msvision.cli import check_records
+
+            name, gt = gt, _load_json(gt, "LVIS ground truth")
+            check_records(gt, "images", ("id", "height", "width"), name)
+            check_records(gt, "annotations", ("image_id", "category_id", "segmentation"), name)
+            check_records(gt, "categories", ("id",), name)
+        if isinstance(results, (str, os.PathLike)):
+            from msvision.cli import check_record_list
+
+            name, results = results, _load_json(results, "COCO results")
+            check_record_list(results, "the results", ("image_id", "category_id", "segmentation", "score"), name)
+        results = list(results)
         self.images = {img["id"]: img for img in gt["images"]}
         self.image_ids = sorted(self.images)
         self.categories = {cat["id"]: cat for cat in gt["categories"]}

@@ -33,10 +33,12 @@ import argparse
 import json
 import os
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
+
+from msvision.cli import InputError, add_verbose_flag, check_record_list, check_records, read_json, run
 
 VOID = 0
 MATCH_IOU = 0.5  # thesis T478: segments match when IoU > 0.5
@@ -297,18 +299,26 @@ def evaluate_panoptic_files(
         from the ground truth, the images evaluated are its ``annotations``.
       gt_folder, pred_folder: PNG folders (default: the JSON path without ``.json``,
         as panopticapi).
-      workers: processes (images are split into contiguous chunks).
+      workers: threads (images are split into contiguous chunks). Threads, not
+        processes: PNG decoding and numpy's sorting release the GIL, so 2 threads
+        are as fast as 2 forked processes (``benchmarks/RESULTS.md``), and a process
+        that runs JAX must not fork.
 
     Raises:
       KeyError: an image of the ground truth has no prediction, or a prediction
         is inconsistent (see :meth:`PanopticQuality.add`).
+      msvision.cli.InputError: a JSON file is missing, not JSON, or not COCO panoptic.
     """
 
-    def load(obj):
-        if isinstance(obj, (str, os.PathLike)):
-            with open(obj) as f:
-                return json.load(f)
-        return obj
+    def load(obj, what):
+        if not isinstance(obj, (str, os.PathLike)):
+            return obj, "<dict>"
+        data = read_json(obj, what)
+        for k, annotation in enumerate(check_records(data, "annotations", ("image_id", "file_name", "segments_info"),
+                                                     obj)):
+            check_record_list(annotation["segments_info"], f"'annotations'[{k}]['segments_info']",
+                              ("id", "category_id"), obj)
+        return data, os.fspath(obj)
 
     def folder(folder, json_path):
         if folder is not None:
@@ -317,7 +327,9 @@ def evaluate_panoptic_files(
             raise ValueError("a PNG folder is required when the JSON is given as a dict")
         return os.fspath(json_path)[: -len(".json")] if os.fspath(json_path).endswith(".json") else os.fspath(json_path)
 
-    gt, pred = load(gt_json), load(pred_json)
+    (gt, gt_name), (pred, _) = load(gt_json, "ground truth"), load(pred_json, "predictions")
+    if isinstance(gt_json, (str, os.PathLike)):
+        check_records(gt, "categories", ("id",), gt_name)
     gt_dir, pred_dir = folder(gt_folder, gt_json), folder(pred_folder, pred_json)
     predictions = {a["image_id"]: a for a in pred["annotations"]}
     jobs = []
@@ -340,7 +352,7 @@ def evaluate_panoptic_files(
         return _evaluate_chunk((jobs, categories))
     chunks = [list(c) for c in np.array_split(np.arange(len(jobs)), workers)]
     total = PanopticQuality(categories)
-    with ProcessPoolExecutor(workers) as pool:
+    with ThreadPoolExecutor(workers) as pool:
         for part in pool.map(_evaluate_chunk, [([jobs[i] for i in c], categories) for c in chunks]):
             total.merge(part)
     return total
@@ -358,6 +370,10 @@ def format_table(summary: dict[str, float]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run(_main, argv, prog="python -m msvision.evaluation.panoptic")
+
+
+def _main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m msvision.evaluation.panoptic",
         description="Panoptic Quality of COCO panoptic predictions (panopticapi's pq_compute rules).",
@@ -366,10 +382,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--gt-folder", help="ground-truth PNGs (default: --gt-json without .json)")
     parser.add_argument("--pred-json", required=True)
     parser.add_argument("--pred-folder", help="predicted PNGs (default: --pred-json without .json)")
-    parser.add_argument("--workers", type=int, default=1, help="processes")
+    parser.add_argument("--workers", type=int, default=1, help="threads")
     parser.add_argument("--json", action="store_true", help="print one JSON object of fractions")
+    add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    pq = evaluate_panoptic_files(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder, workers=args.workers)
+    try:
+        pq = evaluate_panoptic_files(args.gt_json, args.pred_json, args.gt_folder, args.pred_folder,
+                                     workers=args.workers)
+    except (KeyError, ValueError) as e:  # a prediction that does not fit the ground truth
+        if isinstance(e, InputError):
+            raise
+        raise InputError(f"{args.pred_json}: {e.args[0] if e.args else e}") from e
     summary = pq.summary()
     print(json.dumps(summary) if args.json else format_table(summary))
     return 0

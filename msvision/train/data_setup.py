@@ -148,8 +148,9 @@ def _read_dataset_file(workdir: str) -> dict:
             f"{path} not found: train.py writes the class list of a run there. Point --workdir at a "
             "training run's work directory (one written before dataset.json existed needs it added: "
             '{"class_names": [...], "label_to_category": [...]}).')
-    with open(path) as f:
-        return json.load(f)
+    from msvision.cli import read_json
+
+    return read_json(path, "the run's class list")
 
 
 def read_class_list(workdir: str) -> ClassList:

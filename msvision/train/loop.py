@@ -49,12 +49,13 @@ from msvision.train import data_setup as data_lib
 from msvision.train import metrics as metrics_lib
 from msvision.train import optimizer as optimizer_lib
 from msvision.train import sharding as sharding_lib
+from msvision.train import workdir_lock
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+    """Training produced a NaN or infinite loss; the message names the last verified checkpoint."""
 
 
 @dataclasses.dataclass
@@ -208,6 +209,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     enable_compilation_cache()
     sharding_lib.initialize_distributed()
     os.makedirs(workdir, exist_ok=True)
+    # One writer per work directory (msvision.train.workdir_lock): before anything is written.
+    lock = workdir_lock.acquire_for_run(workdir)
+    try:
+        return _train(config, workdir)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     dataset_info = data_lib.dataset_info(config.data)
     trainer = build_trainer(config, dataset_info)
     if jax.process_index() == 0:
@@ -243,14 +254,17 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
             if must_log or must_save:
                 last_metrics = _fetch(metrics)
                 if not math.isfinite(last_metrics["train/loss"]):
+                    verified = ckpt.latest_intact_step()
+                    last = (f"The last verified checkpoint is step {verified} in {ckpt.directory}"
+                            if verified is not None else f"No checkpoint in {ckpt.directory} passes verification")
                     raise NonFiniteLossError(
                         f"loss is {last_metrics['train/loss']} at step {step}; stopping without saving. "
-                        f"The last good checkpoint is step {ckpt.latest_step} in {ckpt.directory}. "
-                        "Lower the learning rate, enable optim.clip_norm, or check the data."
+                        f"{last}. Lower the learning rate, enable optim.clip_norm, or check the data."
                     )
                 timing = progress.update(step, last_metrics)
                 row = dict(last_metrics, **timing)
                 row["perf/compiled_train_shapes"] = len(shapes_seen)
+                row["checkpoint/skipped"] = len(ckpt.skipped)
                 row.update(data_lib.data_stats_metrics(dataset_info))
                 writer.write(step, row)
             else:
@@ -329,29 +343,61 @@ def resume(trainer: Trainer, ckpt: checkpoint_lib.Checkpointer) -> tuple[dict, i
         return data_lib.build_train_iterator(info, seed=config.seed, shard_index=jax.process_index(),
                                              shard_count=jax.process_count(), start_step=start_step)
 
-    if ckpt.latest_step is None:
+    step = select_resume_step(ckpt)
+    if step is None:
         state = trainer.state
         if config.train.init_from:
             state = initialize_from(state, config.train.init_from, tuple(config.train.init_parts))
         return state, 0, data_iterator()
     abstract = checkpoint_lib.abstract_like(trainer.state)
-    meta = ckpt.read_meta()
+    meta = ckpt.read_meta(step)
     saved_batch = meta.get("batch_size", config.data.batch_size)
     if saved_batch != config.data.batch_size:
         log.warning("the checkpoint was trained with global batch size %d, this run uses %d: the data "
                     "stream (batch k = images k·B … (k+1)·B − 1) differs from an uninterrupted run",
                     saved_batch, config.data.batch_size)
-    if ckpt.data_restorable():
+    if ckpt.data_restorable(step):
         train_iter = data_iterator()
-        start_step, state, _ = ckpt.restore(abstract, train_iter)
+        start_step, state, _ = ckpt.restore(abstract, train_iter, step=step)
         log.info("resuming from step %d", start_step)
     else:
-        start_step, state, _ = ckpt.restore(abstract)
+        start_step, state, _ = ckpt.restore(abstract, step=step)
         train_iter = data_iterator(start_step)
         log.info("resuming from step %d, written by %s processes: %d processes now, data stream "
                  "repositioned to batch %d", start_step, meta.get("data_processes"), jax.process_count(),
                  start_step)
     return state, start_step, train_iter
+
+
+def select_resume_step(ckpt: checkpoint_lib.Checkpointer) -> Optional[int]:
+    """The checkpoint training resumes from: the newest intact one (None: no checkpoint, a
+    fresh start). Newer checkpoints that fail verification are recorded in ``ckpt.skipped``
+    and moved to ``checkpoints/skipped/`` (the run will write those steps again).
+    Process 0 decides; the others follow it.
+
+    Raises:
+      NoCheckpointError: there are checkpoints but none is intact (the message names the
+        directory and what is wrong with each).
+    """
+    choice, error = -1, ""
+    if jax.process_index() == 0 and checkpoint_lib.checkpoint_steps(ckpt.directory):
+        try:
+            choice, skipped = checkpoint_lib.select_checkpoint(ckpt.directory)
+            ckpt.skipped += skipped
+        except checkpoint_lib.NoCheckpointError as e:
+            choice, error = -2, str(e)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        choice = int(multihost_utils.broadcast_one_to_all(np.int32(choice)))
+    if choice == -2:
+        raise NoCheckpointError(error or f"no intact checkpoint in {ckpt.directory} (see process 0's log)")
+    if choice == -1:
+        return None
+    newer = [s for s in checkpoint_lib.checkpoint_steps(ckpt.directory) if s > choice]
+    if newer or jax.process_count() > 1:  # every process joins set_aside's barrier
+        ckpt.set_aside(newer)
+    return choice
 
 
 def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, visualize_count: int = 0) -> dict:
@@ -369,29 +415,26 @@ def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, vi
     )
 
 
-class NoCheckpointError(FileNotFoundError):
-    """The work directory has no checkpoint to restore; the message says where it looked."""
+NoCheckpointError = checkpoint_lib.NoCheckpointError
 
 
 def find_checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
-    """The checkpoint step to restore from ``workdir`` (latest by default), checked before
-    anything is built.
+    """The checkpoint step to restore from ``workdir``: the newest intact one (checked against
+    its checksums, see :mod:`msvision.train.checkpoint`; newer ones that fail are logged
+    and skipped) or ``step``, which must be intact. Checked before anything is built.
 
     Raises:
-      NoCheckpointError: no checkpoint (or not ``step``) under ``WORKDIR/checkpoints``.
+      NoCheckpointError: no checkpoint, none intact, or ``step`` absent or not intact.
     """
     directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
-    if not steps:
+    if not checkpoint_lib.checkpoint_steps(directory):
         what = "no such directory" if not os.path.isdir(directory) else "no step folders (orbax checkpoints)"
         raise NoCheckpointError(
             f"no checkpoint to restore in {os.path.abspath(workdir)}: looked for orbax checkpoints in {directory} "
             f"and found {what}. Train first (python train.py --config=... --workdir={workdir}) or point "
             "--workdir at a training run."
         )
-    if step is not None and step not in steps:
-        raise NoCheckpointError(f"no checkpoint of step {step} in {directory}; available steps: {steps}")
-    return steps[-1] if step is None else step
+    return checkpoint_lib.select_checkpoint(directory, step)[0]
 
 
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None):

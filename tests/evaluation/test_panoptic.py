@@ -3,6 +3,7 @@ per-segment loop written from the definitions (thesis eqs. 2.4–2.5, panopticap
 
 import copy
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -319,6 +320,23 @@ def test_folders_and_json(sample, tmp_path):
     missing = {"annotations": preds[:1]}
     with pytest.raises(KeyError, match="no prediction"):
         evaluate_panoptic_files(gt_json, missing, os.path.join(SAMPLE, "panoptic"), pred_folder)
+
+
+def test_workers_never_fork(sample, tmp_path, monkeypatch):
+    # A process that runs JAX must not fork (Python warns that it can deadlock): the
+    # workers are threads.
+    gt, _, images = sample
+    pred_json, pred_folder = write_prediction(tmp_path, gt, images, np.random.default_rng(5))
+    gt_json = os.path.join(SAMPLE, "panoptic_examples.json")
+    one = evaluate_panoptic_files(gt_json, pred_json, os.path.join(SAMPLE, "panoptic"), pred_folder)
+
+    def no_fork(*args, **kwargs):
+        raise AssertionError("the panoptic evaluator started a process")
+
+    monkeypatch.setattr(os, "fork", no_fork)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", no_fork)  # any start method
+    two = evaluate_panoptic_files(gt_json, pred_json, os.path.join(SAMPLE, "panoptic"), pred_folder, workers=2)
+    assert two.summary() == pytest.approx(one.summary(), abs=1e-12)
 
 
 def test_command_prints_table_and_json(sample, tmp_path):

@@ -45,7 +45,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     config.train.checkpoint_every = 4
     config.train.log_every = 2
     config.optim.lr = config.optim.backbone_lr = 1e35
-    with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint is step 4"):
+    with pytest.raises(loop.NonFiniteLossError, match="last verified checkpoint is step 4"):
         loop.train(config, workdir)
     ckpt_dir = os.path.join(workdir, "checkpoints")
     assert sorted(int(d) for d in os.listdir(ckpt_dir) if d.isdigit()) == [4]
