@@ -21,6 +21,15 @@ configs in this folder have the full-size head on P2–P7):
 - 8 epochs (600 steps, batch 8), learning-rate drops after epochs 6 and 7, instead of
   the FQDet quickstart's 12 (900 steps): the head roughly doubles the CPU cost of a step.
 
+What it can and cannot show: it is a fast smoke run of the whole instance-segmentation
+path (data with masks, the head, its losses, mask AP, Boundary AP, pictures). It cannot
+rank the chapter 5 heads: every synthetic object is under 96² px, so a 112² mask has
+cells smaller than an image pixel and the refinement stages have nothing to resolve, the
+pyramid stops at P3, the finest stage is 8 channels wide and K = 500 cells are shared by
+up to 100 detections at inference (5 per RoI against ~62 in training). The comparison of
+the heads is ``configs/effseg/large_*.py`` (``benchmarks/RESULTS.md``, "Mask heads on
+large objects"); the quickstarts' side-by-side table ranks EffSeg last and says why.
+
 Same data and optimiser as the FQDet quickstart, with masks in the batch; the mask loss weights, targets and every other
 head setting are the thesis's. Evaluation also scores the boxes filled as masks
 (``eval.box_mask_baseline``, ``box_as_mask/...`` metrics).

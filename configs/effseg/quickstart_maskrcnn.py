@@ -1,8 +1,8 @@
 """Mask R-CNN++ on the built-in synthetic dataset: the EffSeg quickstart with the head swapped.
 
 ``configs/effseg/quickstart_effseg.py`` (narrow ResNet-18 with GroupNorm, 64-wide FPN on
-P3–P7, small improved FQDet with 100 queries; same data, one 320² bucket, 900 steps,
-optimiser) with Mask R-CNN++ (``msvision/models/heads/mask_baselines/maskrcnn.py``) scaled
+P3–P7, small improved FQDet with 100 queries; same data, one 320² bucket, 600 steps
+(8 epochs), optimiser) with Mask R-CNN++ (``msvision/models/heads/mask_baselines/maskrcnn.py``) scaled
 down as the EffSeg quickstart's head is:
 
 - the pyramid stays P3–P7, so eq. 5.1 reads P3–P5 with P3 as the finest level

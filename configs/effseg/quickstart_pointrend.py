@@ -1,7 +1,7 @@
 """PointRend++ on the built-in synthetic dataset: the EffSeg quickstart with the head swapped.
 
-``configs/effseg/quickstart_effseg.py`` (same detector, data, one 320² bucket, 900 steps,
-optimiser) with PointRend++ (``msvision/models/heads/mask_baselines/pointrend.py``) scaled
+``configs/effseg/quickstart_effseg.py`` (same detector, data, one 320² bucket, 600 steps
+(8 epochs), optimiser) with PointRend++ (``msvision/models/heads/mask_baselines/pointrend.py``) scaled
 down as the EffSeg quickstart's head is:
 
 - the pyramid stays P3–P7, so the coarse 14² samples and the fine-grained point

@@ -1,7 +1,7 @@
 """RefineMask++ on the built-in synthetic dataset: the EffSeg quickstart with the head swapped.
 
 ``configs/effseg/quickstart_effseg.py`` (narrow ResNet-18 with GroupNorm, 64-wide FPN on P3–P7,
-small improved FQDet head with 100 queries, one 320 × 320 bucket, 12 epochs = 900 steps at
+small improved FQDet head with 100 queries, one 320 × 320 bucket, 8 epochs = 600 steps at
 batch 8) with the RefineMask++ head scaled like EffSeg's there:
 
 - the pyramid is P3–P7, so the RoIAlign reads P3–P5 (``roi_levels=(3, 5)``: boxes under

@@ -403,6 +403,10 @@ class Checkpointer:
         logging.info("restored %s of checkpoint %d from %s", sorted(abstract_subtree), step, self.directory)
         return step, restored["state"]
 
+    def state_metadata(self, step: int) -> Any:
+        """The saved ``state`` item's tree with ``shape`` / ``dtype`` metadata leaves (nothing read)."""
+        return ocp.StandardCheckpointer().metadata(os.path.join(self.directory, str(step), "state")).item_metadata
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
         self._finish_manifest()
@@ -418,6 +422,18 @@ def _sync_processes(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def path_name(path) -> str:
+    """``'head/heads/0/cls/kernel/value'``: a pytree key path as one string, the same for an
+    ``nnx.State`` and for the checkpoint's metadata tree of it."""
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
 
 
 def abstract_like(tree: Any) -> Any:

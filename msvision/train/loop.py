@@ -302,27 +302,54 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 def initialize_from(state: dict, workdir: str, parts: tuple[str, ...]) -> dict:
     """``state`` with ``params[part]`` for every ``part`` of ``parts`` read from the latest
-    checkpoint of ``workdir`` (``train.init_from``); everything else unchanged.
+    intact checkpoint of ``workdir`` (``train.init_from``); everything else unchanged.
+
+    Parameters whose shape differs in the source (e.g. class-specific layers of a detector
+    trained on other classes) or that it lacks keep this run's initialisation and are
+    logged, as detectron2 does when it loads ``MODEL.WEIGHTS``.
 
     Raises:
-      NoCheckpointError: ``workdir`` has no checkpoint.
-      ValueError: a part is not in this model, or (from orbax) its shapes differ.
+      NoCheckpointError: ``workdir`` has no (intact) checkpoint.
+      ValueError: a part is not in this model or not in the source.
     """
     missing = [p for p in parts if p not in state["params"]]
     if missing:
         raise ValueError(f"train.init_parts {missing} are not parts of this model "
                          f"(its parts: {sorted(state['params'])})")
     step = find_checkpoint_step(workdir)
-    params = state["params"]
-    abstract = {"params": {p: checkpoint_lib.abstract_like(params[p]) for p in parts}}
     source = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
     try:
+        saved = source.state_metadata(step)["params"]
+        absent = [p for p in parts if p not in saved]
+        if absent:
+            raise ValueError(f"train.init_parts {absent} are not in the checkpoint of {workdir} "
+                             f"(its parts: {sorted(saved)})")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = {"params": {p: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                               saved[p]) for p in parts}}
         _, restored = source.restore_subtree(abstract, step=step)
     finally:
         source.close()
+    params = state["params"]
+    kept = []
     for part in parts:
-        params[part] = restored["params"][part]
+        values = {checkpoint_lib.path_name(path): value
+                  for path, value in jax.tree_util.tree_flatten_with_path(restored["params"][part])[0]}
+
+        def take(path, mine):
+            name = checkpoint_lib.path_name(path)
+            value = values.get(name)
+            if value is None or value.shape != mine.shape:
+                kept.append(f"{part}/{name} {tuple(mine.shape)}"
+                            + ("" if value is None else f" (checkpoint {tuple(value.shape)})"))
+                return mine
+            return jax.device_put(value.astype(mine.dtype), mine.sharding)
+
+        params[part] = jax.tree_util.tree_map_with_path(take, params[part])
     log.info("initialised %s from step %d of %s", ", ".join(parts), step, workdir)
+    if kept:
+        log.warning("%d parameters keep their initialisation (absent or of another shape in %s): %s",
+                    len(kept), workdir, "; ".join(kept))
     return dict(state, params=params)
 
 

@@ -33,3 +33,27 @@ def test_clear_errors(tmp_path):
         initialize_from(dict(params=params), source, ("backbone", "decoder"))
     with pytest.raises(NoCheckpointError, match="no checkpoint"):
         initialize_from(dict(params=params), str(tmp_path / "nowhere"), ("backbone",))
+
+
+def test_parameters_of_another_shape_keep_their_initialisation(tmp_path, caplog):
+    """A detector trained on 6 classes initialises one with 10: every parameter but the
+    class-specific ones comes from the checkpoint, those keep this run's values (logged)."""
+    _, source, data_root = make_inference_workdir(tmp_path, TINY_EFFSEG_CONFIG, (), seed=0)
+    config = tiny_inference_config(data_root, TINY_EFFSEG_CONFIG, ())
+    saved = random_model_state(config, 6, seed=0)[1]
+    fresh = jax.device_put(random_model_state(config, 10, seed=1)[1])
+    before = jax.tree.map(np.asarray, fresh["head"])
+    with caplog.at_level("WARNING"):
+        state = initialize_from(dict(params=fresh), source, ("head",))
+    head = jax.tree.map(np.asarray, state["params"]["head"])
+    from_checkpoint = kept = 0
+    for (path, mine), saved_leaf, init in zip(jax.tree_util.tree_flatten_with_path(head)[0],
+                                              jax.tree.leaves(saved["head"]), jax.tree.leaves(before)):
+        if mine.shape == saved_leaf.shape:
+            np.testing.assert_array_equal(mine, saved_leaf)
+            from_checkpoint += 1
+        else:
+            np.testing.assert_array_equal(mine, init)
+            kept += 1
+    assert kept >= 2 and from_checkpoint > 10 * kept
+    assert f"{kept} parameters keep their initialisation" in caplog.text
