@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The chapter 5 comparison on large objects, end to end (benchmarks/RESULTS.md, "Mask heads on
+# large objects"): the shared detector, then every head × seed, then the panoptic runs.
+#
+#   benchmarks/run_mask_heads_large.sh [RUNS]            # RUNS defaults to runs/large
+#   SEEDS="0 1 2" HEADS="effseg refinemask maskrcnn pointrend" PARALLEL=2 benchmarks/run_mask_heads_large.sh
+#
+# A run whose final evaluation exists is skipped, so the script can be restarted after an
+# interruption (train.py resumes a run from its last checkpoint). With PARALLEL=2 two
+# trainings share the machine (wall times are then not the idle ones). After every run the
+# table is rewritten to RUNS/summary.md (benchmarks/mask_heads_large.py).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${1:-runs/large}
+SEEDS=${SEEDS:-0 1 2}
+HEADS=${HEADS:-effseg refinemask maskrcnn pointrend}
+PARALLEL=${PARALLEL:-1}
+PANOPTIC=${PANOPTIC:-1}
+mkdir -p "$RUNS"
+
+finished() {  # the run's last evaluation is at its last step
+  [ -f "$1/metrics.jsonl" ] && python - "$1" <<'EOF'
+import json, os, sys
+rows = [json.loads(l) for l in open(os.path.join(sys.argv[1], "metrics.jsonl"))]
+cfg = json.load(open(os.path.join(sys.argv[1], "config.json")))
+last = max((r["step"] for r in rows if any(k.startswith("eval/") for k in r)), default=-1)
+sys.exit(0 if last >= cfg["train"]["num_steps"] else 1)
+EOF
+}
+
+run() {  # run CONFIG WORKDIR [overrides...]
+  local config=$1 workdir=$2; shift 2
+  if [ -d "$workdir" ] && finished "$workdir"; then echo "done: $workdir"; return 0; fi
+  echo "$(date -u +%FT%TZ) start $workdir"
+  /usr/bin/time -v python train.py --config="$config" --workdir="$workdir" "$@" > "$workdir.log" 2>&1
+  echo "$(date -u +%FT%TZ) end $workdir (exit $?)"
+  python benchmarks/mask_heads_large.py --runs "$RUNS" > "$RUNS/summary.md" 2>/dev/null
+}
+
+[ -d "$RUNS/detector" ] && finished "$RUNS/detector" || \
+  run configs/effseg/large_detector.py "$RUNS/detector"
+
+jobs_running=0
+for seed in $SEEDS; do
+  for head in $HEADS; do
+    run "configs/effseg/large_$head.py" "$RUNS/${head}_s$seed" --config.seed="$seed" \
+      --config.train.init_from="$RUNS/detector" &
+    jobs_running=$((jobs_running + 1))
+    if [ "$jobs_running" -ge "$PARALLEL" ]; then wait -n; jobs_running=$((jobs_running - 1)); fi
+  done
+done
+wait
+if [ "$PANOPTIC" = 1 ]; then
+  jobs_running=0
+  for head in $HEADS; do
+    run "configs/panoptic/large_panoptic.py:$head" "$RUNS/panoptic_$head" --config.train.init_from="$RUNS/detector" &
+    jobs_running=$((jobs_running + 1))
+    if [ "$jobs_running" -ge "$PARALLEL" ]; then wait -n; jobs_running=$((jobs_running - 1)); fi
+  done
+  wait
+fi
+python benchmarks/mask_heads_large.py --runs "$RUNS" --curves "$RUNS/curves.png" --figure "$RUNS/masks.png"
