@@ -17,8 +17,8 @@ cannot follow the outline and a 112² one can. This file is what they share:
 Trained alone (boxes only) it is the common starting point of the four head runs, as
 the thesis starts every head from the same ImageNet-pretrained backbone: on two CPU
 cores a from-scratch detector does not converge in a head run's 30 minutes, and
-sharing it keeps detector differences out of the mask comparison. Every part keeps
-training in the head runs (``train.init_from``).
+sharing it keeps detector differences out of the mask comparison. The head runs read it
+(``train.init_from``) and keep it fixed (``optim.frozen_parts``).
 
     python train.py --config=configs/effseg/large_detector.py --workdir=runs/large/detector
 

@@ -102,11 +102,20 @@ def init_model_state(config: ml_collections.ConfigDict, num_classes: int):
     return graphdef, params, rest
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, schedules: dict) -> Callable:
-    """The pure train step ``(state, batch) -> (state, metrics)``."""
+def make_train_step(graphdef, tx: optax.GradientTransformation, schedules: dict,
+                    frozen_parts: tuple = ()) -> Callable:
+    """The pure train step ``(state, batch) -> (state, metrics)``.
+
+    The parameters of ``frozen_parts`` (``optim.frozen_parts``) are constants of the loss:
+    their gradients are zeros and the backward pass through them is not run.
+    """
 
     def train_step(state: dict, batch) -> tuple[dict, dict]:
         def loss_fn(params):
+            if frozen_parts:
+                params = jax.tree_util.tree_map_with_path(
+                    lambda path, x: jax.lax.stop_gradient(x) if optimizer_lib.part_name(path) in frozen_parts else x,
+                    params)
             model = nnx.merge(graphdef, params, state["rest"], copy=True)
             # one key per step for training-time randomness (Swin's stochastic depth)
             loss, metrics = model.losses(batch, rng=jax.random.fold_in(state["rng"], state["step"]))
@@ -166,12 +175,13 @@ def build_trainer(config: ml_collections.ConfigDict, dataset_info) -> Trainer:
         rng=jax.random.PRNGKey(config.seed),  # folded with the step: training-time randomness (drop path)
     )
     state = jax.device_put(state, replicated)
-    train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state)
+    train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state,
+                                                 frozen_parts=tuple(config.optim.get("frozen_parts", ())))
     return Trainer(config, mesh, graphdef, state, train_step, predict_step, schedules, dataset_info)
 
 
 def jit_sharded_steps(graphdef, tx: optax.GradientTransformation, schedules: dict, mesh: jax.sharding.Mesh,
-                      state: dict) -> tuple[Callable, Callable]:
+                      state: dict, frozen_parts: tuple = ()) -> tuple[Callable, Callable]:
     """The jitted train and predict steps with the data-parallel shardings of :func:`train`.
 
     ``state`` (arrays or ``ShapeDtypeStruct``s; only its tree structure is used) is
@@ -182,7 +192,7 @@ def jit_sharded_steps(graphdef, tx: optax.GradientTransformation, schedules: dic
     state_sharding = jax.tree.map(lambda _: replicated, state)
     batch_sharding = sharding_lib.batch_sharded(mesh)
     train_step = jax.jit(
-        make_train_step(graphdef, tx, schedules),
+        make_train_step(graphdef, tx, schedules, frozen_parts),
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),

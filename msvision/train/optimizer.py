@@ -18,6 +18,10 @@ Config section ``optim``:
   decay_factor: the drop factor, 0.1.
   warmup_steps: linear warm-up from ``warmup_factor`` × lr, 0 disables.
   warmup_factor: start of the warm-up, 0.001.
+  frozen_parts: model parts (top-level ``params`` entries, e.g. ``("backbone", "neck",
+    "head")``) that do not train: their gradients are not computed (the train step stops
+    them, so their backward pass is not run) and they are not updated, weight decay
+    included. E.g. a new head trained on a fixed detector. Default none.
   flatten: run each group's AdamW on one vector holding all its parameters
     (:func:`flattened`), False. Same updates; the traced step has one set of Adam
     operations per group instead of one per weight array (R50-TPN(3,2) train step:
@@ -38,7 +42,7 @@ import ml_collections
 import numpy as np
 import optax
 
-BACKBONE, OFFSETS, DEFAULT = "backbone", "offsets", "default"
+BACKBONE, OFFSETS, DEFAULT, FROZEN = "backbone", "offsets", "default", "frozen"
 
 
 def default_optim_config() -> ml_collections.ConfigDict:
@@ -58,6 +62,7 @@ def default_optim_config() -> ml_collections.ConfigDict:
             warmup_steps=0,
             warmup_factor=0.001,
             flatten=False,
+            frozen_parts=(),
         )
     )
 
@@ -80,8 +85,16 @@ def apply_schedule(optim_cfg: ml_collections.ConfigDict, name: str) -> ml_collec
     return optim_cfg
 
 
-def parameter_group(path: tuple) -> str:
+def part_name(path: tuple) -> str:
+    """The model part (top-level entry: ``backbone``, ``neck``, ``head``, ...) of a parameter's key path."""
+    key = path[0]
+    return str(getattr(key, "key", getattr(key, "name", key)))
+
+
+def parameter_group(path: tuple, frozen_parts: tuple = ()) -> str:
     """The optimizer group of the parameter at ``path`` (a jax key path)."""
+    if path and part_name(path) in frozen_parts:
+        return FROZEN
     names = jax.tree_util.keystr(path)
     # Offsets first: an MSDA layer inside the backbone (none today) still gets the
     # offset rate, as in the author's code where the first matching name wins.
@@ -148,13 +161,20 @@ def build_optimizer(
     """
     rates = {BACKBONE: cfg.backbone_lr, OFFSETS: cfg.offset_lr, DEFAULT: cfg.lr}
     schedules = {name: learning_rate_schedule(lr, cfg, steps_per_epoch) for name, lr in rates.items()}
-    labels = jax.tree_util.tree_map_with_path(lambda path, _: parameter_group(path), params)
+    frozen = tuple(cfg.get("frozen_parts", ()))
+    parts = {part_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+    if set(frozen) - parts:
+        raise ValueError(f"optim.frozen_parts {sorted(set(frozen) - parts)} are not parts of this model "
+                         f"(its parts: {sorted(parts)})")
+    labels = jax.tree_util.tree_map_with_path(lambda path, _: parameter_group(path, frozen), params)
 
     def adamw(schedule):
         tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
         return flattened(tx) if cfg.get("flatten", False) else tx
 
-    tx = optax.multi_transform({name: adamw(s) for name, s in schedules.items()}, labels)
+    transforms = {name: adamw(s) for name, s in schedules.items()}
+    transforms[FROZEN] = optax.set_to_zero()
+    tx = optax.multi_transform(transforms, labels)
     if cfg.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)
     return tx, schedules

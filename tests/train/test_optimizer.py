@@ -112,3 +112,53 @@ def test_flattened_refuses_mixed_dtypes():
     tx = optimizer_lib.flattened(optax.sgd(0.1))
     with pytest.raises(ValueError, match="several dtypes"):
         tx.init({"a": jnp.zeros(3, jnp.float32), "b": jnp.zeros(2, jnp.bfloat16)})
+
+
+class _Detector(nnx.Module):
+    """backbone → head; ``losses`` as the models have it."""
+
+    def __init__(self, rngs):
+        self.backbone = nnx.Linear(4, 4, rngs=rngs)
+        self.head = nnx.Linear(4, 1, rngs=rngs)
+
+    def losses(self, batch, rng=None):
+        loss = jnp.mean((self.head(jnp.tanh(self.backbone(batch["x"]))) - batch["y"]) ** 2)
+        return loss, {}
+
+
+def _train_state(frozen_parts):
+    from msvision.train.loop import make_train_step
+
+    graphdef, params, rest = nnx.split(_Detector(nnx.Rngs(0)), nnx.Param, ...)
+    tx, schedules = optimizer_lib.build_optimizer(_config(weight_decay=0.1, frozen_parts=frozen_parts), params,
+                                                  steps_per_epoch=10)
+    state = dict(step=jnp.zeros((), jnp.int32), params=params, rest=rest, opt_state=tx.init(params),
+                 rng=jax.random.PRNGKey(0))
+    batch = dict(x=jnp.arange(8.0).reshape(2, 4) / 8, y=jnp.ones((2, 1)))
+    return make_train_step(graphdef, tx, schedules, frozen_parts), state, batch
+
+
+def test_frozen_parts_do_not_change_and_their_backward_pass_is_not_run():
+    step, state, batch = _train_state(("backbone",))
+    before = jax.tree.map(np.asarray, state["params"])
+    new_state, metrics = step(state, batch)
+    after = jax.tree.map(np.asarray, new_state["params"])
+    # weight decay 0.1 would move a trained weight: the frozen backbone is bit-identical
+    jax.tree.map(np.testing.assert_array_equal, after["backbone"], before["backbone"])
+    assert not np.array_equal(after["head"]["kernel"], before["head"]["kernel"])
+    # Forward: 2 matrix products; backward of the head's weights: 1. Trained, the
+    # backbone adds the head's input gradient and its own weight gradient: 2 more.
+    def products(frozen):
+        fn, st, b = _train_state(frozen)
+        return str(jax.make_jaxpr(fn)(st, b)).count("dot_general")
+    assert products(("backbone",)) == 3
+    assert products(()) == 5
+    # the frozen run's head update equals the trained run's (same loss, same head gradient)
+    trained, _ = _train_state(())[0](*_train_state(())[1:])
+    np.testing.assert_allclose(after["head"]["kernel"], np.asarray(trained["params"]["head"]["kernel"]), rtol=1e-6)
+
+
+def test_frozen_parts_must_exist():
+    params = nnx.state(_Model(nnx.Rngs(0)), nnx.Param)
+    with pytest.raises(ValueError, match="not parts of this model"):
+        optimizer_lib.build_optimizer(_config(frozen_parts=("neck",)), params, steps_per_epoch=10)
