@@ -53,7 +53,7 @@ def with_head(seg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.eval_batch_size = 4
     config.train.init_from = "runs/large/detector"
     config.optim.frozen_parts = ("backbone", "neck", "head")  # the detector; the new head trains
-    config.train.num_steps = 1000
+    config.train.num_steps = 1500
     config.optim.epochs = 4  # the decays below, stretched over num_steps
     config.optim.decay_epochs = (3,)
     config.optim.warmup_steps = 50
