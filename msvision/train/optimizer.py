@@ -173,7 +173,8 @@ def build_optimizer(
         return flattened(tx) if cfg.get("flatten", False) else tx
 
     transforms = {name: adamw(s) for name, s in schedules.items()}
-    transforms[FROZEN] = optax.set_to_zero()
+    if frozen:  # only then: the optimizer state of runs without frozen parts keeps its layout
+        transforms[FROZEN] = optax.set_to_zero()
     tx = optax.multi_transform(transforms, labels)
     if cfg.clip_norm > 0:
         tx = optax.chain(optax.clip_by_global_norm(cfg.clip_norm), tx)

@@ -158,7 +158,10 @@ def test_frozen_parts_do_not_change_and_their_backward_pass_is_not_run():
     np.testing.assert_allclose(after["head"]["kernel"], np.asarray(trained["params"]["head"]["kernel"]), rtol=1e-6)
 
 
-def test_frozen_parts_must_exist():
+def test_frozen_parts_must_exist_and_change_nothing_when_there_are_none():
     params = nnx.state(_Model(nnx.Rngs(0)), nnx.Param)
+    # the optimizer state of a run without frozen parts has the layout of earlier versions
+    tx, _ = optimizer_lib.build_optimizer(_config(), params, steps_per_epoch=10)
+    assert set(tx.init(params).inner_states) == {"backbone", "offsets", "default"}
     with pytest.raises(ValueError, match="not parts of this model"):
         optimizer_lib.build_optimizer(_config(frozen_parts=("neck",)), params, steps_per_epoch=10)
