@@ -150,6 +150,12 @@ def main(argv=None) -> int:
     report: dict = dict(config=args.config, workdir=args.workdir, step=step,
                         trained_selected_per_roi=seg.selected_per_roi, max_selected=seg.max_selected)
     base = os.path.join(args.workdir, "diagnostics")
+    full = None  # the metrics of the unchanged head (all stages, the trained budget), evaluated once
+
+    def save():  # after every part: a finished part survives an interruption
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(report, f, indent=2)
 
     if "truncation" not in skip:
         rows = []
@@ -158,7 +164,9 @@ def main(argv=None) -> int:
             metrics = evaluate_variant(config, info, graphdef, params, rest, os.path.join(base, f"stages_{n}"), step)
             rows.append((f"stages 0–{n}" if n else "stage 0", metrics))
             print(table(rows[-1:]), flush=True)
+        full = rows[-1][1]
         report["truncation"] = {name: m for name, m in rows}
+        save()
         print("\nTruncation (masks from stages 0..n, upsampled to 112²):\n" + table(rows), flush=True)
 
     if "accuracy" not in skip:
@@ -169,22 +177,24 @@ def main(argv=None) -> int:
                  "|---|---|---|---|---|"]
         lines += [f"| {a['stage']} | {a['cells']} | {a['own_acc']:.3f} | {a['upsampled_acc']:.3f} | "
                   f"{a['boundary_share']:.3f} |" for a in accuracy]
+        save()
         print("\nPer-stage accuracy on the refined cells (validation images, positive queries):\n"
               + "\n".join(lines), flush=True)
 
     if "budget" not in skip:
         rows = []
         for rho in [int(b) for b in args.budgets.split(",") if b]:
-            graphdef = variant_graphdef(config, selected_per_roi=rho, max_selected=rho * 100)
-            metrics = evaluate_variant(config, info, graphdef, params, rest, os.path.join(base, f"rho_{rho}"), step)
+            if rho == seg.selected_per_roi and full is not None:
+                metrics = full  # the truncation's last row: the same head
+            else:
+                graphdef = variant_graphdef(config, selected_per_roi=rho, max_selected=rho * 100)
+                metrics = evaluate_variant(config, info, graphdef, params, rest, os.path.join(base, f"rho_{rho}"),
+                                           step)
             rows.append((f"ρ = {rho}" + (" (trained)" if rho == seg.selected_per_roi else ""), metrics))
             print(table(rows[-1:]), flush=True)
         report["budget"] = {name: m for name, m in rows}
         print("\nRefined cells per RoI and stage at inference:\n" + table(rows), flush=True)
-
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        save()
     return 0
 
 
