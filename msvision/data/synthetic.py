@@ -175,20 +175,32 @@ def draw_image(rng: np.random.Generator, image_size: int):
         polygon[:, 1] = np.clip(polygon[:, 1], 0, height)
         flat = [round(float(v), 2) for v in polygon.reshape(-1)]
         mask = rasterize_polygon(flat, height, width)
-        if mask.sum() < MIN_VISIBLE_AREA:
-            continue
-        if any((t["visible"] & mask).sum() > MAX_OCCLUSION * t["visible"].sum() for t in things):
-            continue
-        for t in things:
-            t["visible"] = t["visible"] & ~mask
-        shade = (np.array(colour, np.float32) + rng.uniform(-20, 20, 3)).astype(np.float32)
-        gradient = rng.uniform(-0.6, 0.6, 2)
-        ys, xs = np.nonzero(mask)
-        light = (xs - cx) * gradient[0] + (ys - cy) * gradient[1]
-        image[ys, xs] = shade + light[:, None] + rng.normal(0, 4, (len(ys), 3))
-        things.append({"category_id": category_id, "polygon": flat, "mask": mask,
-                       "visible": mask.copy()})
+        paint_object(image, things, mask, rng, category_id, colour, (cx, cy), flat, gradient=0.6,
+                     min_area=MIN_VISIBLE_AREA, max_occlusion=MAX_OCCLUSION)
     return np.clip(image, 0, 255).round().astype(np.uint8), things, stuff
+
+
+def paint_object(image: np.ndarray, things: list[dict], mask: np.ndarray, rng: np.random.Generator,
+                 category_id: int, colour, centre: tuple[float, float], polygon, *, gradient: float,
+                 min_area: int, max_occlusion: float) -> bool:
+    """Paints the object ``mask`` over ``image`` and appends it to ``things`` (the older ones
+    lose the pixels it covers), unless it shows fewer than ``min_area`` pixels or covers more
+    than ``max_occlusion`` of an older object's visible pixels: then nothing changes and it
+    returns False. Colour: ``colour`` with a random shade, a linear light ``gradient`` per
+    pixel from ``centre`` and pixel noise."""
+    if mask.sum() < min_area:
+        return False
+    if any((t["visible"] & mask).sum() > max_occlusion * t["visible"].sum() for t in things):
+        return False
+    for t in things:
+        t["visible"] = t["visible"] & ~mask
+    shade = (np.array(colour, np.float32) + rng.uniform(-20, 20, 3)).astype(np.float32)
+    slope = rng.uniform(-gradient, gradient, 2)
+    ys, xs = np.nonzero(mask)
+    light = (xs - centre[0]) * slope[0] + (ys - centre[1]) * slope[1]
+    image[ys, xs] = shade + light[:, None] + rng.normal(0, 4, (len(ys), 3))
+    things.append({"category_id": category_id, "polygon": polygon, "mask": mask, "visible": mask.copy()})
+    return True
 
 
 def _encode_rle(mask: np.ndarray) -> dict[str, Any]:

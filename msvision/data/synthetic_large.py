@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from msvision.data.synthetic import EMPTY_IMAGE_PROB, draw_background
+from msvision.data.synthetic import EMPTY_IMAGE_PROB, draw_background, paint_object
 
 # (COCO id, name, RGB colour): the default variant's colours, new outlines.
 THING_CLASSES = [
@@ -214,16 +214,6 @@ def draw_image(rng: np.random.Generator, image_size: int):
         cx = rng.uniform(0.1, 0.9) * width
         cy = rng.uniform(0.1, 0.9) * height
         mask = object_mask(name, rng, height, width, cx, cy, radius, rng.uniform(0, 2 * np.pi))
-        if mask.sum() < MIN_VISIBLE_AREA:
-            continue
-        if any((t["visible"] & mask).sum() > MAX_OCCLUSION * t["visible"].sum() for t in things):
-            continue
-        for t in things:
-            t["visible"] = t["visible"] & ~mask
-        shade = (np.array(colour, np.float32) + rng.uniform(-20, 20, 3)).astype(np.float32)
-        gradient = rng.uniform(-0.25, 0.25, 2)
-        ys, xs = np.nonzero(mask)
-        light = (xs - cx) * gradient[0] + (ys - cy) * gradient[1]
-        image[ys, xs] = shade + light[:, None] + rng.normal(0, 4, (len(ys), 3))
-        things.append({"category_id": category_id, "polygon": None, "mask": mask, "visible": mask.copy()})
+        paint_object(image, things, mask, rng, category_id, colour, (cx, cy), None, gradient=0.25,
+                     min_area=MIN_VISIBLE_AREA, max_occlusion=MAX_OCCLUSION)
     return np.clip(image, 0, 255).round().astype(np.uint8), things, stuff
