@@ -176,7 +176,8 @@ def lower_config(
     with_masks = config.model.get("seg_head", {}).get("name", "none") != "none"
     batch = _abstract(synthetic_batch(batch_size, image_size, num_objects, config.model.num_classes,
                                       with_masks=with_masks))
-    train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state)
+    train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state,
+                                                 frozen_parts=tuple(optim_cfg.get("frozen_parts", ())))
 
     results = {
         "train": _lower(train_step, (state, batch), platform),
