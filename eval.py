@@ -3,7 +3,8 @@
 Restores the orbax checkpoint (the newest intact one unless ``--step``), runs inference on the
 validation split, writes ``DIR/eval/results_<step>.json`` (COCO results) and
 ``DIR/eval/metrics_<step>.json`` (``bbox/AP``, ``bbox/AP50``, …; with a segmentation
-head also ``segm/...`` and, with ``eval.box_mask_baseline``, ``box_as_mask/...``), prints the
+head also ``segm/...`` and, with ``eval.box_mask_baseline``, ``box_as_mask/...``;
+``checkpoint/skipped``: newer checkpoints that failed verification), prints the
 standard COCO table, and with ``--visualize N`` writes N PNGs with predicted boxes (and
 masks) and ground-truth boxes to ``DIR/eval/vis_<step>/``. On a panoptic dataset
 (``data.source='coco_panoptic'``) it also writes the COCO panoptic predictions
@@ -39,8 +40,11 @@ def _main(argv) -> int:
     config = config_lib.load_config(args.config, overrides)  # a ConfigError: one line (msvision.cli)
     from msvision.train import loop
 
-    trainer, state, step = loop.restore_for_eval(config, args.workdir, args.step)  # no intact checkpoint: one line
-    loop.evaluate_state(trainer, state, args.workdir, step, visualize_count=args.visualize)
+    trainer, state, step, skipped = loop.restore_for_eval(config, args.workdir, args.step)  # none intact: one line
+    # Newer checkpoints that failed verification were logged and passed over; the count goes
+    # into the metrics, as train.py's ``checkpoint/skipped``.
+    loop.evaluate_state(trainer, state, args.workdir, step, visualize_count=args.visualize,
+                        extra_metrics={"checkpoint/skipped": float(len(skipped))})
     return 0
 
 

@@ -8,7 +8,11 @@
 # A run whose final evaluation exists is skipped, so the script can be restarted after an
 # interruption (train.py resumes a run from its last checkpoint). With PARALLEL=2 two
 # trainings share the machine (wall times are then not the idle ones). After every run the
-# table is rewritten to RUNS/summary.md (benchmarks/mask_heads_large.py).
+# table is rewritten to RUNS/summary.md (benchmarks/mask_heads_large.py), and the run's
+# numbers (metrics.jsonl, config.json, eval/metrics_<step>.json: a few hundred KB) are copied
+# to ARCHIVE/<run>/ (default benchmarks/results/large, in the repository), so they outlive the
+# work directory: `mask_heads_large.py --runs benchmarks/results/large` gives the table and
+# the curves from them (the masks figure and --cost need the checkpoints).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs/large}
@@ -16,7 +20,16 @@ SEEDS=${SEEDS:-0 1 2}
 HEADS=${HEADS:-effseg refinemask maskrcnn pointrend}
 PARALLEL=${PARALLEL:-1}
 PANOPTIC=${PANOPTIC:-1}
+ARCHIVE=${ARCHIVE:-benchmarks/results/large}
 mkdir -p "$RUNS"
+
+archive() {  # archive WORKDIR: its numbers into ARCHIVE/<name>/
+  local dest="$ARCHIVE/$(basename "$1")"
+  mkdir -p "$dest/eval"
+  cp "$1/metrics.jsonl" "$1/config.json" "$dest/" 2>/dev/null
+  cp "$1"/eval/metrics_*.json "$dest/eval/" 2>/dev/null
+  return 0
+}
 
 finished() {  # the run's last evaluation is at its last step
   [ -f "$1/metrics.jsonl" ] && python - "$1" <<'EOF'
@@ -34,6 +47,7 @@ run() {  # run CONFIG WORKDIR [overrides...]
   echo "$(date -u +%FT%TZ) start $workdir"
   /usr/bin/time -v python train.py --config="$config" --workdir="$workdir" "$@" > "$workdir.log" 2>&1
   echo "$(date -u +%FT%TZ) end $workdir (exit $?)"
+  archive "$workdir"
   python benchmarks/mask_heads_large.py --runs "$RUNS" > "$RUNS/summary.md" 2>/dev/null
 }
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Callable
+from typing import Callable, Mapping, Optional
 
 import jax
 import ml_collections
@@ -60,10 +60,13 @@ def evaluate_detector(
     step: int,
     *,
     visualize_count: int = 0,
+    extra_metrics: Optional[Mapping[str, float]] = None,
 ) -> dict[str, float]:
     """Runs ``predict`` over the whole validation split; returns ``{"eval/bbox/AP": …}``.
 
-    ``visualize_count`` images get a PNG with their predictions and ground truth.
+    ``visualize_count`` images get a PNG with their predictions and ground truth;
+    ``extra_metrics`` (e.g. ``checkpoint/skipped`` from ``eval.py``) are added to the
+    metrics written and returned.
     """
     eval_iter = data_setup.build_eval_iterator(
         dataset_info, shard_index=jax.process_index(), shard_count=jax.process_count()
@@ -149,6 +152,7 @@ def evaluate_detector(
             print(panoptic_metric.format_table(summary))
             metrics.update({f"panoptic/{k}": float(v) for k, v in summary.items()})
         metrics["num_images"] = float(len(seen))
+        metrics.update(extra_metrics or {})
         with open(os.path.join(out_dir, f"metrics_{step}.json"), "w") as f:
             json.dump(dict(metrics, step=step), f, indent=2)
     return {f"eval/{k}": v for k, v in metrics.items()}

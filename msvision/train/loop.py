@@ -437,8 +437,10 @@ def select_resume_step(ckpt: checkpoint_lib.Checkpointer) -> Optional[int]:
     return choice
 
 
-def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, visualize_count: int = 0) -> dict:
-    """Runs inference over the validation split and COCO evaluation; see ``msvision.train.evaluate``."""
+def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, visualize_count: int = 0,
+                   extra_metrics: Optional[dict] = None) -> dict:
+    """Runs inference over the validation split and COCO evaluation; see ``msvision.train.evaluate``
+    (``extra_metrics`` are written into the step's metrics file too)."""
     from msvision.train.evaluate import evaluate_detector
 
     return evaluate_detector(
@@ -449,6 +451,7 @@ def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, vi
         workdir,
         step,
         visualize_count=visualize_count,
+        extra_metrics=extra_metrics,
     )
 
 
@@ -475,14 +478,17 @@ def find_checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
 
 
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None):
-    """Restores a checkpoint (latest by default) for evaluation: ``(trainer, state, step)``.
+    """Restores a checkpoint (latest by default) for evaluation: ``(trainer, state, step,
+    skipped)``, ``skipped`` the newer checkpoints that failed verification and were passed
+    over (:class:`msvision.train.checkpoint.SkippedCheckpoint`, logged).
 
     Checks that the checkpoint exists before building anything, initialises
     multi-process mode like :func:`train`, and reads only the validation split (the
     class list comes from ``WORKDIR/dataset.json``, written at training time, or from
     the validation annotations).
     """
-    step = find_checkpoint_step(workdir, step)
+    find_checkpoint_step(workdir, step)  # no checkpoint at all: one clear error, before anything is built
+    step, skipped = checkpoint_lib.select_checkpoint(os.path.abspath(os.path.join(workdir, "checkpoints")), step)
     enable_compilation_cache()
     sharding_lib.initialize_distributed()
     dataset_info = data_lib.eval_dataset_info(config.data, workdir)
@@ -490,7 +496,7 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Opti
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
     step, state, _ = ckpt.restore(checkpoint_lib.abstract_like(trainer.state), step=step)
     ckpt.close()
-    return trainer, state, step
+    return trainer, state, step, skipped
 
 
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_classes: int,

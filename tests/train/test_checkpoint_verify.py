@@ -226,3 +226,14 @@ def test_training_resumes_from_the_newest_intact_checkpoint_and_counts_the_skipp
     assert checkpoint_lib.checkpoint_steps(directory) == [4, 8, 12]  # 8 written again after the resume
     assert [d.split("-")[0] for d in os.listdir(os.path.join(directory, checkpoint_lib.SKIPPED_DIR))] == ["8"]
     assert checkpoint_lib.select_checkpoint(directory) == (12, [])
+
+    # Evaluation passes over a damaged newest checkpoint too, and counts it in its metrics.
+    step_dir = os.path.join(directory, "12")
+    largest = max((os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs), key=os.path.getsize)
+    _damage(largest, "flipped bytes")
+    trainer, state, step, skipped = loop.restore_for_eval(config, workdir)
+    assert step == 8 and [s.step for s in skipped] == [12]
+    metrics = loop.evaluate_state(trainer, state, workdir, step, extra_metrics={"checkpoint/skipped": len(skipped)})
+    assert metrics["eval/checkpoint/skipped"] == 1
+    with open(os.path.join(workdir, "eval", "metrics_8.json")) as f:
+        assert json.load(f)["checkpoint/skipped"] == 1
