@@ -2,6 +2,8 @@
 
 - ``msda_cpu/``: the native CPU MSDA kernel, built on first use
   (:mod:`msvision.ops.msda.cpu_ffi`).
+- ``onednn_conv/``: the oneDNN convolution kernel, built on first use
+  (:mod:`msvision.ops.onednn`).
 - ``xla/``: JAX's persistent compilation cache, turned on by ``train.py``,
   ``eval.py`` and ``predict.py`` (:func:`enable_compilation_cache`): a resumed or
   repeated run of a config loads its compiled steps instead of compiling them
