@@ -27,7 +27,9 @@ checkpoint with a changed, truncated or missing file, or without ``checksums.jso
 the newest intact one, logs which step it skipped and why, and records it in
 :attr:`Checkpointer.skipped` (the train loop logs their number as
 ``checkpoint/skipped``). With none intact, :class:`NoCheckpointError` names the
-directory and every reason. Readers (``eval.py``, ``predict``) can therefore run while
+directory and every reason — except when training resumes and every checkpoint is
+only a save that never finished (a run killed during its first save): then there is
+nothing complete to lose, and training starts from step 0 (``loop.select_resume_step``). Readers (``eval.py``, ``predict``) can therefore run while
 training writes: a checkpoint is theirs only once its checksums are written.
 
 Checkpoints of older versions have no ``checksums.json``. The first save of this
@@ -64,16 +66,23 @@ UNVERIFIED_STEPS = "unverified_steps.json"  # in the checkpoint directory: steps
 SKIPPED_DIR = "skipped"  # in the checkpoint directory: checkpoints training moved out of the way
 
 
-class NoCheckpointError(FileNotFoundError):
-    """No (intact) checkpoint to restore; the message names the directory and why."""
-
-
 @dataclasses.dataclass(frozen=True)
 class SkippedCheckpoint:
-    """A checkpoint restore passed over: its step and why."""
+    """A checkpoint restore passed over: its step, why, and whether it is only a save that
+    never finished (no ``checksums.json``; a run stopped mid-save) rather than damaged."""
 
     step: int
     reason: str
+    unfinished: bool = False
+
+
+class NoCheckpointError(FileNotFoundError):
+    """No (intact) checkpoint to restore; the message names the directory and why
+    (``skipped``: the checkpoints that were there but could not be used)."""
+
+    def __init__(self, message: str, skipped: tuple[SkippedCheckpoint, ...] = ()):
+        super().__init__(message)
+        self.skipped = tuple(skipped)
 
 
 def checkpoint_steps(directory: str) -> list[int]:
@@ -192,12 +201,14 @@ def select_checkpoint(directory: str, step: Optional[int] = None) -> tuple[int, 
             _warn_if_unverified(directory, candidate, unverified)
             return candidate, skipped
         log.warning("skipping checkpoint %d in %s: %s", candidate, directory, reason)
-        skipped.append(SkippedCheckpoint(candidate, reason))
+        unfinished = not os.path.exists(os.path.join(directory, str(candidate), MANIFEST)) and os.path.isdir(
+            os.path.join(directory, str(candidate)))
+        skipped.append(SkippedCheckpoint(candidate, reason, unfinished))
     if not steps:
         what = "no such directory" if not os.path.isdir(directory) else "no step folders"
         raise NoCheckpointError(f"no checkpoint in {directory} ({what})")
     raise NoCheckpointError(f"no intact checkpoint in {directory}: "
-                            + "; ".join(f"step {s.step}: {s.reason}" for s in skipped))
+                            + "; ".join(f"step {s.step}: {s.reason}" for s in skipped), skipped)
 
 
 def _warn_if_unverified(directory: str, step: int, unverified: Optional[set[int]]) -> None:

@@ -406,34 +406,48 @@ def resume(trainer: Trainer, ckpt: checkpoint_lib.Checkpointer) -> tuple[dict, i
     return state, start_step, train_iter
 
 
+FRESH, NONE_INTACT, FRESH_OVER_UNFINISHED = -1, -2, -3  # select_resume_step's choices besides a step
+
+
 def select_resume_step(ckpt: checkpoint_lib.Checkpointer) -> Optional[int]:
     """The checkpoint training resumes from: the newest intact one (None: no checkpoint, a
     fresh start). Newer checkpoints that fail verification are recorded in ``ckpt.skipped``
-    and moved to ``checkpoints/skipped/`` (the run will write those steps again).
-    Process 0 decides; the others follow it.
+    and moved to ``checkpoints/skipped/`` (the run will write those steps again). When
+    every checkpoint is a save that never finished (a run killed during its first save),
+    there is nothing complete to lose: they are set aside the same way and training
+    starts from step 0. Process 0 decides; the others follow it.
 
     Raises:
-      NoCheckpointError: there are checkpoints but none is intact (the message names the
-        directory and what is wrong with each).
+      NoCheckpointError: there are checkpoints, none intact, and at least one of them
+        complete but damaged (the message names the directory and what is wrong with each):
+        starting afresh over it is the user's decision.
     """
-    choice, error = -1, ""
+    choice, error = FRESH, ""
     if jax.process_index() == 0 and checkpoint_lib.checkpoint_steps(ckpt.directory):
         try:
             choice, skipped = checkpoint_lib.select_checkpoint(ckpt.directory)
             ckpt.skipped += skipped
         except checkpoint_lib.NoCheckpointError as e:
-            choice, error = -2, str(e)
+            if e.skipped and all(s.unfinished for s in e.skipped):
+                choice = FRESH_OVER_UNFINISHED
+                ckpt.skipped += list(e.skipped)
+            else:
+                choice, error = NONE_INTACT, str(e)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
         choice = int(multihost_utils.broadcast_one_to_all(np.int32(choice)))
-    if choice == -2:
+    if choice == NONE_INTACT:
         raise NoCheckpointError(error or f"no intact checkpoint in {ckpt.directory} (see process 0's log)")
-    if choice == -1:
+    if choice == FRESH:
         return None
     newer = [s for s in checkpoint_lib.checkpoint_steps(ckpt.directory) if s > choice]
     if newer or jax.process_count() > 1:  # every process joins set_aside's barrier
         ckpt.set_aside(newer)
+    if choice == FRESH_OVER_UNFINISHED:
+        log.warning("no checkpoint in %s was complete (the run stopped during its first save): "
+                    "starting from step 0", ckpt.directory)
+        return None
     return choice
 
 

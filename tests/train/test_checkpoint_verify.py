@@ -162,6 +162,27 @@ def test_no_checkpoint_is_a_fresh_start_and_none_intact_stops(tmp_path):
     ckpt.close()
 
 
+def test_a_run_killed_during_its_first_save_starts_afresh(tmp_path, caplog):
+    """The only checkpoint never got its checksums (the run was killed after orbax renamed
+    the folder, before the manifest): nothing complete is lost, so training starts from step
+    0 with the unfinished save set aside, instead of refusing to start."""
+    directory = tmp_path / "checkpoints"
+    ckpt = checkpoint_lib.Checkpointer(str(directory), every_steps=1)
+    ckpt.save(4, _state(4))
+    ckpt.wait()
+    os.remove(directory / "4" / checkpoint_lib.MANIFEST)
+    with caplog.at_level(logging.WARNING):
+        assert loop.select_resume_step(ckpt) is None
+    assert "starting from step 0" in caplog.text
+    assert [s.step for s in ckpt.skipped] == [4] and ckpt.skipped[0].unfinished
+    assert checkpoint_lib.checkpoint_steps(str(directory)) == []
+    assert [d.split("-")[0] for d in os.listdir(directory / checkpoint_lib.SKIPPED_DIR)] == ["4"]
+    ckpt.save(4, _state(4))  # the step is written again
+    ckpt.wait()
+    assert checkpoint_lib.select_checkpoint(str(directory)) == (4, [])
+    ckpt.close()
+
+
 def _launch(workdir, mode, **popen):
     script = os.path.join(os.path.dirname(__file__), "checkpoint_processes.py")
     env = dict(os.environ, JAX_PLATFORMS="cpu")
