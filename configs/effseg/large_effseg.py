@@ -30,8 +30,16 @@ down from the thesis's in the same way and not below its design:
 Evaluation: ``bbox``, ``segm`` (AP_L defined), ``boundary`` (Boundary AP, dilation 2 % of
 the image diagonal) and ``box_as_mask`` metrics, every ``eval_every`` steps (the curves).
 
-    python train.py --config=configs/effseg/large_detector.py --workdir=runs/large/detector
     python train.py --config=configs/effseg/large_effseg.py --workdir=runs/large/effseg
+
+The detector comes with the repository: ``benchmarks/weights/large_detector`` holds the
+weights of a ``large_detector.py`` run (``python -m msvision.train.publish``; box AP and
+provenance in ``benchmarks/RESULTS.md``), the default ``train.init_from``. To train it
+yourself (85–90 min on two CPU cores) and use your own:
+
+    python train.py --config=configs/effseg/large_detector.py --workdir=runs/large/detector
+    python train.py --config=configs/effseg/large_effseg.py --workdir=runs/large/effseg \
+        --config.train.init_from=runs/large/detector
 
 Results: ``benchmarks/RESULTS.md``, "Mask heads on large objects".
 """
@@ -52,7 +60,7 @@ def with_head(seg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.data.with_masks = True
     config.data.batch_size = 2
     config.data.eval_batch_size = 4
-    config.train.init_from = "runs/large/detector"
+    config.train.init_from = "benchmarks/weights/large_detector"  # the published detector (docstring)
     config.optim.frozen_parts = ("backbone", "neck", "head")  # the detector; the new head trains
     config.train.num_steps = 1500
     config.optim.epochs = 4  # the decays below, stretched over num_steps

@@ -65,7 +65,7 @@ def publish(workdir: str, out: str, step: Optional[int] = None) -> int:
         source.close()
     target = checkpoint_lib.Checkpointer(out_dir, every_steps=0, keep=1, async_save=False)
     try:
-        target.save(step, model, meta=dict(published_from=os.path.abspath(workdir), parts=sorted(model)))
+        target.save(step, model, meta=dict(published_from=workdir, parts=sorted(model)))
     finally:
         target.close()
     for name in COPIED:
