@@ -65,9 +65,19 @@ def publish(workdir: str, out: str, step: Optional[int] = None) -> int:
         source.close()
     target = checkpoint_lib.Checkpointer(out_dir, every_steps=0, keep=1, async_save=False)
     try:
-        target.save(step, model, meta=dict(published_from=workdir, parts=sorted(model)))
+        run = os.path.basename(os.path.normpath(workdir))  # its name only: the artefact travels
+        target.save(step, model, meta=dict(published_from=run, parts=sorted(model)))
     finally:
         target.close()
+    # orbax's commit markers hold the absolute path of the writing machine; a published
+    # checkpoint is meant to travel, so they keep only their message (orbax checks that
+    # they exist) and the checksums are taken again.
+    step_dir = os.path.join(out_dir, str(step))
+    for root, _, files in os.walk(step_dir):
+        if "commit_success.txt" in files:
+            with open(os.path.join(root, "commit_success.txt"), "w") as f:
+                f.write("Checkpoint commit was successful")
+    checkpoint_lib.write_manifest(step_dir)
     for name in COPIED:
         if os.path.exists(os.path.join(workdir, name)):
             shutil.copyfile(os.path.join(workdir, name), os.path.join(out, name))

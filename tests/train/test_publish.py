@@ -33,6 +33,10 @@ def test_published_weights_hold_the_model_only_and_serve_init_and_inference(tmp_
     # AdamW's two moments are gone: well under half the training checkpoint.
     assert _size(step_dir) < 0.5 * _size(os.path.join(source, "checkpoints", "5"))
     assert json.load(open(os.path.join(out, "dataset.json"))) == json.load(open(os.path.join(source, "dataset.json")))
+    for root, _, files in os.walk(out):  # nothing names the machine it was written on
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                assert str(tmp_path).encode() not in f.read(), os.path.join(root, name)
 
     fresh = jax.device_put(random_model_state(config, 6, seed=1)[1])
     state = initialize_from(dict(params=fresh), out, ("backbone", "neck", "head", "seg_head"))
