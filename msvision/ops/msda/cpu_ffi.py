@@ -41,13 +41,9 @@ shardings are all-gathered by the SPMD partitioner, which is correct but slow).
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
-import hashlib
 import os
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Sequence
 
 import jax
@@ -55,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental.xla_metadata import set_xla_metadata
 
+from msvision.ops import native_build
 from msvision.ops.msda import xla as xla_impl
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernel.cc")
@@ -75,20 +72,13 @@ DISABLE_ENV = "MSVISION_MSDA_NATIVE"  # "off" / "0" / "false" / "no": never buil
 
 def disabled() -> bool:
     """Whether ``MSVISION_MSDA_NATIVE`` turns the native kernel off."""
-    return os.environ.get(DISABLE_ENV, "").strip().lower() in ("off", "0", "false", "no")
+    return native_build.env_disabled(DISABLE_ENV)
 
 
 def cache_dir() -> str:
     from msvision.cache import cache_root
 
     return os.path.join(cache_root(), "msda_cpu")
-
-
-def _compiler() -> str:
-    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if candidate and shutil.which(candidate):
-            return shutil.which(candidate)
-    raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
 
 
 def _native_target(compiler: str) -> str | None:
@@ -109,38 +99,10 @@ def _native_target(compiler: str) -> str | None:
     return " ".join(machine)
 
 
-def _build_key(compiler: str, flags: Sequence[str], native_target: str | None) -> str:
-    import jaxlib
-
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    digest = hashlib.sha256()
-    for part in (open(SOURCE, "rb").read().decode(), compiler, version, " ".join(flags), native_target or "",
-                 jaxlib.__version__):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:20]
-
-
 def _compile_cached(compiler: str, flags: Sequence[str], native_target: str | None) -> str:
-    directory = cache_dir()
-    os.makedirs(directory, exist_ok=True)
-    library = os.path.join(directory, f"msda_cpu_{_build_key(compiler, flags, native_target)}.so")
-    if os.path.exists(library):
-        return library
-    with open(os.path.join(directory, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
-        if os.path.exists(library):
-            return library
-        fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=directory)
-        os.close(fd)
-        command = [compiler, *flags, f"-I{jax.ffi.include_dir()}", SOURCE, "-o", partial]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            os.unlink(partial)
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-        os.chmod(partial, 0o755)  # mkstemp made it private; the cache may be shared
-        os.replace(partial, library)  # atomic: readers never see a half-written library
-    return library
+    key = native_build.build_key(SOURCE, compiler, flags, native_target or "")
+    return native_build.compile_cached(cache_dir(), f"msda_cpu_{key}.so",
+                                       [compiler, *flags, f"-I{jax.ffi.include_dir()}", SOURCE])
 
 
 def build() -> str:
@@ -149,7 +111,7 @@ def build() -> str:
     With ``-march=native`` unless ``MSVISION_MSDA_MARCH_NATIVE=0`` or the compiler
     rejects it (then the baseline ISA of the compiler's target).
     """
-    compiler = _compiler()
+    compiler = native_build.find_compiler()
     if os.environ.get("MSVISION_MSDA_MARCH_NATIVE", "1") != "0":
         native_target = _native_target(compiler)
         if native_target is not None:

@@ -10,19 +10,16 @@ why, how the kernel is built, how to turn it off and what has been verified.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import functools
-import hashlib
 import os
-import shutil
-import subprocess
-import tempfile
 from importlib import metadata
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental.xla_metadata import set_xla_metadata
+
+from msvision.ops import native_build
 
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "conv_kernel.cc")
 # No -march=native: the kernel only wraps oneDNN, which picks its code for the CPU at run time.
@@ -46,7 +43,7 @@ DISABLE_ENV = "MSVISION_ONEDNN"  # "off" / "0" / "false" / "no": never build or 
 
 def disabled() -> bool:
     """Whether ``MSVISION_ONEDNN`` turns the oneDNN kernel off."""
-    return os.environ.get(DISABLE_ENV, "").strip().lower() in ("off", "0", "false", "no")
+    return native_build.env_disabled(DISABLE_ENV)
 
 
 def cache_dir() -> str:
@@ -85,13 +82,6 @@ def locate_onednn() -> tuple[str, str]:
     return os.path.dirname(os.path.dirname(os.path.dirname(header))), os.path.dirname(library)
 
 
-def _compiler() -> str:
-    for candidate in (os.environ.get("CXX"), "c++", "g++", "clang++"):
-        if candidate and shutil.which(candidate):
-            return shutil.which(candidate)
-    raise RuntimeError("no C++ compiler found ($CXX, c++, g++, clang++)")
-
-
 def _compile_flags(include_dir: str) -> tuple[str, ...]:
     return (*CXX_FLAGS, f"-I{include_dir}", f"-I{jax.ffi.include_dir()}")
 
@@ -102,52 +92,22 @@ def _link_flags(library_dir: str) -> tuple[str, ...]:
     return (f"-L{library_dir}", f"-l:{LIBRARY_NAME}", f"-Wl,-rpath,{library_dir}")
 
 
-def _build_key(compiler: str, flags: tuple[str, ...], include_dir: str) -> str:
-    """Hash of what the library depends on: source, compiler and version, flags
-    (which name the oneDNN and jaxlib paths), the oneDNN headers' version, jaxlib's version."""
-    import jaxlib
-
-    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=True).stdout
-    with open(os.path.join(include_dir, "oneapi", "dnnl", "dnnl_version.h")) as header:
-        onednn_version = header.read()
-    digest = hashlib.sha256()
-    for part in (open(SOURCE, "rb").read().decode(), compiler, version, " ".join(flags), onednn_version,
-                 jaxlib.__version__):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:20]
-
-
 def build() -> str:
     """Compile ``conv_kernel.cc`` against the oneDNN wheels if it is not cached; returns the library's path.
 
-    Keyed by :func:`_build_key` in :func:`cache_dir`; concurrent builds are
+    Keyed by the source, compiler, flags, oneDNN and jaxlib versions in :func:`cache_dir`
+    (:mod:`msvision.ops.native_build`); concurrent builds are
     serialised by a file lock and the library is published by an atomic rename.
     """
     include_dir, library_dir = locate_onednn()
-    compiler = _compiler()
+    compiler = native_build.find_compiler()
     compile_flags, link_flags = _compile_flags(include_dir), _link_flags(library_dir)
-    directory = cache_dir()
-    os.makedirs(directory, exist_ok=True)
-    key = _build_key(compiler, compile_flags + link_flags, include_dir)
-    library = os.path.join(directory, f"onednn_conv_{key}.so")
-    if os.path.exists(library):
-        return library
-    with open(os.path.join(directory, ".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another process may be building the same key
-        if os.path.exists(library):
-            return library
-        fd, partial = tempfile.mkstemp(suffix=".so.partial", dir=directory)
-        os.close(fd)
-        # The libraries after the source: the linker resolves symbols left to right.
-        command = [compiler, *compile_flags, SOURCE, *link_flags, "-o", partial]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            os.unlink(partial)
-            raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-4000:]}")
-        os.chmod(partial, 0o755)  # mkstemp made it private; the cache may be shared
-        os.replace(partial, library)  # atomic: readers never see a half-written library
-    return library
+    with open(os.path.join(include_dir, "oneapi", "dnnl", "dnnl_version.h")) as header:
+        onednn_version = header.read()  # the flags name the paths; this, the release
+    key = native_build.build_key(SOURCE, compiler, compile_flags + link_flags, onednn_version)
+    # The libraries after the source: the linker resolves symbols left to right.
+    return native_build.compile_cached(cache_dir(), f"onednn_conv_{key}.so",
+                                       [compiler, *compile_flags, SOURCE, *link_flags])
 
 
 @functools.cache
