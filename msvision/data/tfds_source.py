@@ -8,6 +8,14 @@ and any TFDS dataset with the same features: ``image``, ``image/id``,
 optionally ``objects/is_crowd`` and ``image/filename``. Boxes only: ``coco/2017``
 has no instance masks.
 
+Images are decoded as people see them (:mod:`msvision.data.images`: the EXIF orientation
+applied), not by TFDS's decoder, which ignores the orientation. The normalized boxes of
+a TFDS dataset are in the frame that decoder delivers, the image as stored (that is how
+every TFDS pipeline pairs them), so they are turned with the pixels
+(:func:`orient_normalized_boxes`): image and boxes stay aligned and come in the
+orientation a viewer shows. Datasets written by :func:`convert_coco_to_tfds` store every
+image already oriented.
+
 Writing: :func:`convert_coco_to_tfds` turns COCO-format splits (any
 :class:`~msvision.data.coco.CocoSource`) into a TFDS dataset in ArrayRecord
 format, readable by :class:`TfdsSource`::
@@ -45,7 +53,7 @@ from typing import Any, Optional
 import numpy as np
 
 from msvision.data.annotations import clean_instances
-from msvision.data.images import decode_image, exif_orientation, read_image_size
+from msvision.data.images import decode_image, exif_orientation, read_image, read_image_size
 from msvision.data.stats import DataStats
 
 # COCO ids of the 80 detection categories, in the order of coco/2017's labels.
@@ -67,6 +75,32 @@ def _tfds():
 
 def _as_list(value) -> list:
     return [] if value is None else list(value)
+
+
+# Where a point (x, y) of the stored image, in normalized coordinates, lands in the image
+# as seen, for each EXIF orientation (Pillow's ImageOps.exif_transpose: 3 turns it 180°,
+# 6 a quarter turn clockwise, 8 counter-clockwise, 2/4 mirror it, 5/7 transpose it).
+_ORIENTED_POINT = {
+    1: lambda x, y: (x, y),
+    2: lambda x, y: (1 - x, y),
+    3: lambda x, y: (1 - x, 1 - y),
+    4: lambda x, y: (x, 1 - y),
+    5: lambda x, y: (y, x),
+    6: lambda x, y: (1 - y, x),
+    7: lambda x, y: (1 - y, 1 - x),
+    8: lambda x, y: (y, 1 - x),
+}
+
+
+def orient_normalized_boxes(boxes: np.ndarray, orientation: int) -> np.ndarray:
+    """Normalized ``(ymin, xmin, ymax, xmax)`` boxes of the stored image, moved into the
+    image as seen under EXIF ``orientation`` (1–8; anything else is taken as 1)."""
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    point = _ORIENTED_POINT.get(int(orientation), _ORIENTED_POINT[1])
+    x1, y1 = point(boxes[:, 1], boxes[:, 0])
+    x2, y2 = point(boxes[:, 3], boxes[:, 2])
+    return np.stack([np.minimum(y1, y2), np.minimum(x1, x2),
+                     np.maximum(y1, y2), np.maximum(x1, x2)], axis=1).astype(np.float32)
 
 
 class TfdsSource:
@@ -95,9 +129,10 @@ class TfdsSource:
         self.max_instances = max_instances
         self.with_masks = False
         self.stats = DataStats()
+        # Images left encoded: decoded here, in their EXIF orientation (module docstring).
         self._source = tfds.data_source(name, split=split, data_dir=self.data_dir,
-                                        download=False)
-        self._headers = None  # lazily: same split, images left encoded
+                                        download=False,
+                                        decoders={"image": tfds.decode.SkipDecoding()})
         info = self._source.dataset_info
         self.class_names: list[str] = list(info.features["objects"]["label"].names)
         metadata = dict(info.metadata or {})
@@ -118,16 +153,10 @@ class TfdsSource:
         return f"TfdsSource({self.name!r}, split={self.split!r}, images={len(self)})"
 
     def image_size(self, index: int) -> tuple[int, int]:
-        """``(h, w)`` of image ``index`` from the JPEG header (no full decoding)."""
+        """``(h, w)`` of image ``index`` as seen (EXIF orientation applied), from the
+        image header (no full decoding)."""
         if index not in self._sizes:
-            if self._headers is None:
-                tfds = _tfds()
-                self._headers = tfds.data_source(
-                    self.name, split=self.split, data_dir=self.data_dir, download=False,
-                    decoders={"image": tfds.decode.SkipDecoding()})
-            # As TFDS decodes it: its decoder ignores EXIF orientation (the offline
-            # conversion stores every image as seen, see _jpeg_bytes).
-            size = read_image_size(self._headers[index]["image"], apply_orientation=False)
+            size = read_image_size(self._source[index]["image"])
             self._sizes[index] = size if size is not None else (1, 1)
         return self._sizes[index]
 
@@ -139,22 +168,26 @@ class TfdsSource:
             candidate = (index + attempt) % len(self)
             try:
                 example = self._source[candidate]
-                image = np.asarray(example["image"], np.uint8)
-                if image.ndim != 3 or image.shape[-1] != 3:
-                    raise ValueError(f"image of shape {image.shape}")
-            except Exception as error:  # noqa: BLE001 - any decoding failure
+                data = example["image"]
+                image, reason = read_image(data)
+                if image is None:
+                    raise ValueError(reason)
+                orientation = exif_orientation(data)
+            except Exception as error:  # noqa: BLE001 - any reading or decoding failure
                 self.stats.add("corrupt_image_reads")
                 self.stats.add_bad_file("corrupt_images", f"{self.name}[{self.split}] example {candidate} ({error})",
                                         "unreadable %s: replaced by the next readable one")
                 continue
-            return self._to_record(example, image, candidate)
+            return self._to_record(example, image, candidate, orientation)
         raise RuntimeError(f"no readable example in {self.name}[{self.split}]")
 
     def _to_record(self, example: Mapping[str, Any], image: np.ndarray,
-                   index: int) -> dict[str, Any]:
+                   index: int, orientation: int = 1) -> dict[str, Any]:
         h, w = image.shape[:2]
         objects = example.get("objects", {})
         bbox = np.asarray(_as_list(objects.get("bbox")), np.float32).reshape(-1, 4)
+        if orientation != 1:  # boxes of the stored frame, turned with the pixels
+            bbox = orient_normalized_boxes(bbox, orientation)
         boxes = bbox[:, [1, 0, 3, 2]] * np.array([w, h, w, h], np.float32)
         labels = np.asarray(_as_list(objects.get("label")), np.int64).reshape(-1)
         labels = np.where((labels >= 0) & (labels < len(self.class_names)), labels, -1)
