@@ -4,6 +4,8 @@
 #
 #   benchmarks/run_mask_heads_large.sh [RUNS]            # RUNS defaults to runs/large
 #   SEEDS="0 1 2" HEADS="effseg refinemask maskrcnn pointrend" PARALLEL=2 benchmarks/run_mask_heads_large.sh
+#   TAG=_neck OVERRIDES="--config.optim.frozen_parts=('backbone','head')" HEADS=effseg SEEDS=0 \
+#     benchmarks/run_mask_heads_large.sh      # a variant: runs named <head><TAG>_s<seed>
 #
 # A run whose final evaluation exists is skipped, so the script can be restarted after an
 # interruption (train.py resumes a run from its last checkpoint). With PARALLEL=2 two
@@ -20,6 +22,8 @@ SEEDS=${SEEDS:-0 1 2}
 HEADS=${HEADS:-effseg refinemask maskrcnn pointrend}
 PARALLEL=${PARALLEL:-1}
 PANOPTIC=${PANOPTIC:-1}
+TAG=${TAG:-}              # suffix of the head runs' names, for a variant given by OVERRIDES
+OVERRIDES=${OVERRIDES:-}  # extra train.py flags of every head run (word-split on spaces)
 ARCHIVE=${ARCHIVE:-benchmarks/results/large}
 mkdir -p "$RUNS"
 
@@ -66,8 +70,9 @@ echo "detector: $DETECTOR"
 jobs_running=0
 for seed in $SEEDS; do
   for head in $HEADS; do
-    run "configs/effseg/large_$head.py" "$RUNS/${head}_s$seed" --config.seed="$seed" \
-      --config.train.init_from="$DETECTOR" &
+    # shellcheck disable=SC2086
+    run "configs/effseg/large_$head.py" "$RUNS/${head}${TAG}_s$seed" --config.seed="$seed" \
+      --config.train.init_from="$DETECTOR" $OVERRIDES &
     jobs_running=$((jobs_running + 1))
     if [ "$jobs_running" -ge "$PARALLEL" ]; then wait -n; jobs_running=$((jobs_running - 1)); fi
   done
