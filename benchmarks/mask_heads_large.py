@@ -48,18 +48,19 @@ def last_metrics(workdir: str) -> tuple[int, dict] | None:
         return step, json.load(f)
 
 
-def find_runs(runs_dir: str) -> dict[str, dict[int, str]]:
-    """``{head: {seed: workdir}}`` of the ``<head>_s<seed>`` directories."""
+def find_runs(runs_dir: str, tag: str = "") -> dict[str, dict[int, str]]:
+    """``{head: {seed: workdir}}`` of the ``<head><tag>_s<seed>`` directories (``tag``: a
+    variant's suffix, ``run_mask_heads_large.sh``'s TAG, e.g. ``_neck``)."""
     found: dict[str, dict[int, str]] = {}
     for path in sorted(glob.glob(os.path.join(runs_dir, "*_s*"))):
-        match = re.fullmatch(r"(\w+?)_s(\d+)", os.path.basename(path))
+        match = re.fullmatch(r"(\w+?)" + re.escape(tag) + r"_s(\d+)", os.path.basename(path))
         if match and match.group(1) in dict(HEADS):
             found.setdefault(match.group(1), {})[int(match.group(2))] = path
     return found
 
 
-def summary_table(runs_dir: str) -> str:
-    runs = find_runs(runs_dir)
+def summary_table(runs_dir: str, tag: str = "") -> str:
+    runs = find_runs(runs_dir, tag)
     lines = ["| head | seeds | step | " + " | ".join(t for _, t in COLUMNS) + " |",
              "|---|---|---|" + "---|" * len(COLUMNS)]
     for key, title in HEADS:
@@ -88,13 +89,13 @@ def summary_table(runs_dir: str) -> str:
     return "\n".join(lines)
 
 
-def curves(runs_dir: str, out: str) -> None:
+def curves(runs_dir: str, out: str, tag: str = "") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = find_runs(runs_dir)
+    runs = find_runs(runs_dir, tag)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     colors = dict(zip(dict(HEADS), ("tab:red", "tab:blue", "tab:green", "tab:purple")))
     for key, title in HEADS:
@@ -170,7 +171,7 @@ def _show(ax, image, mask, gt, window=None):
     ax.set_yticks([])
 
 
-def heads_figure(runs_dir: str, out: str, objects: int = 3) -> None:
+def heads_figure(runs_dir: str, out: str, objects: int = 3, tag: str = "") -> None:
     """Rows: ``objects`` large validation objects, each whole and zoomed; columns: the heads."""
     import matplotlib
 
@@ -179,7 +180,7 @@ def heads_figure(runs_dir: str, out: str, objects: int = 3) -> None:
     from PIL import Image
     from pycocotools.coco import COCO
 
-    runs = find_runs(runs_dir)
+    runs = find_runs(runs_dir, tag)
     heads = [(k, t) for k, t in HEADS if 0 in runs.get(k, {}) and last_metrics(runs[k][0]) is not None]
     if not heads:
         raise SystemExit(f"no evaluated <head>_s0 runs under {runs_dir}")
@@ -260,7 +261,7 @@ def dataset_figure(root: str, out: str, images: int = 4) -> None:
     plt.close(fig)
 
 
-def head_costs(runs_dir: str, num_images: int, repeats: int = 3) -> list[dict]:
+def head_costs(runs_dir: str, num_images: int, repeats: int = 3, tag: str = "") -> list[dict]:
     """Per head (seed-0 run): mean analytic MACs of the head over the first ``num_images``
     validation images with the RoIs its own detector gives (the thesis's counting, valid
     cells only) and the median CPU latency of the jitted head alone (its ``predict``:
@@ -279,7 +280,7 @@ def head_costs(runs_dir: str, num_images: int, repeats: int = 3) -> list[dict]:
     from msvision.train import sharding as sharding_lib
     from msvision.train.loop import restore_for_inference
 
-    runs = find_runs(runs_dir)
+    runs = find_runs(runs_dir, tag)
     rows = []
     for key, title in HEADS:
         if 0 not in runs.get(key, {}):
@@ -374,24 +375,25 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="data/shapes_large", help="the large synthetic dataset")
     parser.add_argument("--cost", type=int, default=0, help="head MACs and CPU latency on this many val images")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per image (--cost)")
+    parser.add_argument("--tag", default="", help="a variant's runs, <head><TAG>_s<seed> (run_mask_heads_large.sh's TAG)")
     args = parser.parse_args(argv)
     if args.dataset_figure:
         dataset_figure(args.data, args.dataset_figure)
         print(f"data → {args.dataset_figure}")
-    if not find_runs(args.runs):
+    if not find_runs(args.runs, args.tag):
         if args.dataset_figure:
             return 0
-        print(f"no <head>_s<seed> runs under {args.runs!r}", file=sys.stderr)
+        print(f"no <head>{args.tag}_s<seed> runs under {args.runs!r}", file=sys.stderr)
         return 1
-    print(summary_table(args.runs))
+    print(summary_table(args.runs, args.tag))
     if args.curves:
-        curves(args.runs, args.curves)
+        curves(args.runs, args.curves, args.tag)
         print(f"curves → {args.curves}")
     if args.figure:
-        heads_figure(args.runs, args.figure)
+        heads_figure(args.runs, args.figure, tag=args.tag)
         print(f"masks → {args.figure}")
     if args.cost:
-        print(costs_table(head_costs(args.runs, args.cost, args.repeats)))
+        print(costs_table(head_costs(args.runs, args.cost, args.repeats, args.tag)))
     return 0
 
 
