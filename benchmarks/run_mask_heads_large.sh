@@ -52,7 +52,7 @@ run() {  # run CONFIG WORKDIR [overrides...]
   /usr/bin/time -v python train.py --config="$config" --workdir="$workdir" "$@" > "$workdir.log" 2>&1
   echo "$(date -u +%FT%TZ) end $workdir (exit $?)"
   archive "$workdir"
-  python benchmarks/mask_heads_large.py --runs "$RUNS" > "$RUNS/summary.md" 2>/dev/null
+  python benchmarks/mask_heads_large.py --runs "$RUNS" --tag "$TAG" > "$RUNS/summary$TAG.md" 2>/dev/null
 }
 
 # The shared detector: DETECTOR if set, else a finished RUNS/detector, else the published
@@ -87,4 +87,4 @@ if [ "$PANOPTIC" = 1 ]; then
   done
   wait
 fi
-python benchmarks/mask_heads_large.py --runs "$RUNS" --curves "$RUNS/curves.png" --figure "$RUNS/masks.png"
+python benchmarks/mask_heads_large.py --runs "$RUNS" --tag "$TAG" --curves "$RUNS/curves$TAG.png" --figure "$RUNS/masks$TAG.png"

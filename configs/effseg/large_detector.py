@@ -18,7 +18,8 @@ Trained alone (boxes only) it is the common starting point of the four head runs
 the thesis starts every head from the same ImageNet-pretrained backbone: on two CPU
 cores a from-scratch detector does not converge in a head run's 30 minutes, and
 sharing it keeps detector differences out of the mask comparison. The head runs read it
-(``train.init_from``) and keep it fixed (``optim.frozen_parts``).
+(``train.init_from``), keep its backbone and detection head fixed and train its pyramid
+with the mask head (``optim.frozen_parts``).
 
     python train.py --config=configs/effseg/large_detector.py --workdir=runs/large/detector
 

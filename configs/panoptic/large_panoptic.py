@@ -7,8 +7,8 @@ start, head scaling, optimiser and schedule; its docstring) on the panoptic spli
 ("things") and sky / grass / water / sand ("stuff"), every segment a box + mask instance
 (thesis section 5.4.1). The detector starts from ``configs/effseg/large_detector.py``
 (6 classes): its class-specific layers keep their initialisation (``train.init_from``),
-so its detection head trains with the segmentation head here (the backbone and the
-pyramid stay fixed, ``optim.frozen_parts``).
+so its detection head trains with the segmentation head and the pyramid here (the
+backbone stays fixed, ``optim.frozen_parts``).
 
 Panoptic inference as the thesis's (section 5.4.1, as ``configs/panoptic/quickstart_panoptic.py``):
 one label per query (its best class, score = that sigmoid), class-aware box NMS at 0.5,
@@ -31,7 +31,7 @@ def get_config(head: str = "effseg") -> ml_collections.ConfigDict:
         raise ValueError(f"large_panoptic.py:HEAD with HEAD one of {HEADS}, got {head!r}")
     config = sibling_config(__file__, f"../effseg/large_{head}.py")
     config.data.source = "coco_panoptic"
-    config.optim.frozen_parts = ("backbone", "neck")  # the detection head learns the stuff classes  # the synthetic panoptic split (data_setup.prepare_synthetic)
+    config.optim.frozen_parts = ("backbone",)  # the detection head learns the stuff classes
     inference = config.model.head.inference
     inference.strategy = "old"  # one label per query, score = its sigmoid
     inference.nms_iou = 0.5
