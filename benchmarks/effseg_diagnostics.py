@@ -60,7 +60,8 @@ def variant_graphdef(config, **seg_overrides):
     with model_cfg.unlocked():
         model_cfg.backbone.pretrained = ""
         for key, value in seg_overrides.items():
-            model_cfg.seg_head[key] = value
+            with model_cfg.seg_head.ignore_type():  # e.g. an int budget given per stage
+                model_cfg.seg_head[key] = value
     abstract = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
     return nnx.split(abstract, nnx.Param, ...)[0]
 

@@ -25,7 +25,11 @@ way and not below its design:
 - refinement budgets at the thesis's per-RoI density, in training as at inference:
   EffSeg refines 100 cells per RoI and stage (``selected_per_roi``; the thesis's K =
   10,000 cells for up to 100 detections), PointRend++ 196 training points and 2 × 784
-  subdivision points per RoI (112² masks), RefineMask++ every cell;
+  subdivision points per RoI (112² masks), RefineMask++ every cell. On these outlines
+  (1.7–2.7× longer in cells than COCO's) the thesis's budgets refine 14 % of the 112²
+  outline cells for EffSeg and 27 % for PointRend++, which is why PointRend++ leads here
+  (``benchmarks/RESULTS.md``, "Why PointRend++ leads"); EffSeg's budget can be given per
+  stage, e.g. ``--config.model.seg_head.selected_per_roi=(100,150,300)``;
 - at most ``MAX_TRAIN_ROIS`` training RoIs per image for every head (the positives of
   up to 4 objects, the best queries of every object first; ``train/seg/dropped_rois``);
 - 50 detections per image at inference (the images hold at most 4 objects).
@@ -54,6 +58,7 @@ from msvision.models.build import module_config
 
 MAX_TRAIN_ROIS = 24
 MIN_STAGE_CHANNELS = 16
+STAGE_BUDGETS = (100, 100, 100)
 
 
 def with_head(seg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -84,7 +89,11 @@ def with_head(seg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 def get_config() -> ml_collections.ConfigDict:
     seg = module_config("seg_head", "effseg")
     seg.min_stage_channels = MIN_STAGE_CHANNELS
-    seg.selected_per_roi = 100  # the thesis's K = 10,000 for up to 100 detections
-    seg.max_selected = 100 * 100
+    # Cells refined per RoI at stages 1, 2, 3: the thesis's K = 10,000 for up to 100
+    # detections at every stage (module docstring). Given per stage, so that a budget that
+    # grows with the stage is one override away: selected_per_roi=(100,150,300).
+    with seg.ignore_type():  # the signature's default is one ρ for every stage
+        seg.selected_per_roi = STAGE_BUDGETS
+    seg.max_selected = 1_000_000  # no cap: the budget is ρ · (RoIs), at most 50 · 300 here
     seg.max_train_rois = MAX_TRAIN_ROIS
     return with_head(seg)

@@ -152,6 +152,31 @@ def test_per_roi_budget_equals_the_fixed_budget_of_the_rois_present():
                                    rtol=1e-4, atol=1e-5)
 
 
+def test_per_stage_budget_refines_its_own_count_at_every_stage():
+    """``selected_per_roi`` per stage, (ρ_1, ρ_2, ρ_3): stage s refines ρ_s · (valid RoIs) cells
+    per image; the stages before the first differing budget equal the single-ρ head's, and
+    a per-stage budget of equal values is the single-ρ head."""
+    rhos = (12, 20, 30)
+    graphdef, state = build(max_selected=10 ** 6, selected_per_roi=rhos)
+    single, _ = build(max_selected=10 ** 6, selected_per_roi=12)
+    same, _ = build(max_selected=10 ** 6, selected_per_roi=(12, 12, 12))
+    rng = np.random.default_rng(5)
+    pyramid = make_pyramid(6)
+    queries = jnp.asarray(rng.normal(size=(2, 3, C)), jnp.float32)
+    args = (pyramid, queries, jnp.asarray(BOXES), jnp.asarray(ROI_VALID))
+    staged = run_head(graphdef, state, *args)
+    flat = run_head(single, state, *args)
+    for s, rho in enumerate(rhos, start=1):
+        assert staged[s]["seg"].shape == (2, 4 * rho * 3)
+        np.testing.assert_array_equal(staged[s]["valid"].sum(1), 4 * rho * ROI_VALID.sum(1))
+    for key in ("seg", "ref", "xy", "valid"):
+        np.testing.assert_array_equal(staged[1][key], flat[1][key])
+    for a, b in zip(run_head(same, state, *args), flat):
+        np.testing.assert_array_equal(a["seg"], b["seg"])
+    with pytest.raises(ValueError, match="per stage"):
+        EffSegHead(levels=LEVELS, channels=C, selected_per_roi=(12, 20), rngs=nnx.Rngs(0))
+
+
 # --- training RoIs --------------------------------------------------------------------------
 
 

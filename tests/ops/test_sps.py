@@ -86,6 +86,11 @@ def test_capacities_follow_the_spec_table():
     assert caps.passive == (0, c0 - k, c0 - k + 3 * k, c0 - k + 6 * k)
     small = sps_capacities(2, max_selected=10_000)
     assert small.selected[0] == 2 * 196 and small.passive[1] == 0
+    staged = sps_capacities(10, max_selected=(500, 1_000, 3_000))
+    assert staged.selected == (500, 1_000, 3_000) and staged.active == (1960, 2000, 4000, 12000)
+    assert staged.passive == (0, 1460, 1460 + 2000 - 1_000, 1460 + 1000 + 4000 - 3_000)
+    with pytest.raises(ValueError, match="3 values"):
+        sps_capacities(10, max_selected=(500, 1_000))
 
 
 def random_sfm_weights(rng, channels, out_channels, scale=0.3):

@@ -25,7 +25,7 @@ it). Mask invalid slots out of losses; scatter them with ``mode='drop'``.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import flax.struct
 import jax
@@ -94,14 +94,19 @@ class SPSCapacities(NamedTuple):
     selected: tuple[int, ...]
 
 
-def sps_capacities(num_rois: int, max_selected: int = 10_000, num_stages: int = 3,
+def sps_capacities(num_rois: int, max_selected: int | Sequence[int] = 10_000, num_stages: int = 3,
                    base_resolution: int = 14) -> SPSCapacities:
-    """Capacities (spec §6 table): C0 = 196 R, K = min(K_max, C0), A = 4K, P_{s+1} = P_s + A_s - K."""
+    """Capacities (spec §6 table): C0 = 196 R, K = min(K_max, C0), A = 4K, P_{s+1} = P_s + A_s - K.
+
+    ``max_selected`` is K_max of every stage, or one K_max per stage."""
+    limits = (max_selected,) * num_stages if isinstance(max_selected, int) else tuple(max_selected)
+    if len(limits) != num_stages:
+        raise ValueError(f"{num_stages} stages need {num_stages} values of max_selected, got {max_selected}")
     active = [num_rois * base_resolution ** 2]
     passive = [0]
     selected = []
-    for _ in range(num_stages):
-        k = min(max_selected, active[-1])
+    for limit in limits:
+        k = min(int(limit), active[-1])
         selected.append(k)
         passive.append(passive[-1] + active[-1] - k)
         active.append(4 * k)

@@ -34,7 +34,10 @@ another; with ρ set, each image refines ρ · (its number of valid RoIs) cells 
 RoIs as in the thesis. The picks beyond an image's budget keep their child slots but are
 invalid and behave exactly as passive cells: they carry the transitioned parent feature,
 are read as such by the processing module's neighbours, and are not supervised or
-written into the mask.
+written into the mask. ρ may also be given per stage, ``(ρ_1, …, ρ_n)``: the thesis uses
+one K for every stage; a stage's cost per cell falls with its width (F_s halves), so a
+budget that grows with the stage refines more of a long outline at the fine stages for
+little cost (``benchmarks/RESULTS.md``, "Mask heads on large objects").
 
 Padding-aware (``msvision/ops/padding.py``): RoIAlign applies its border rules at the
 image's valid map and the neck is sampled on maps zeroed outside the image, so an
@@ -90,6 +93,7 @@ class EffSegHead(nnx.Module):
       max_selected: K, cells refined per image and stage (10,000, T1352).
       selected_per_roi: ρ > 0 ties the budget to the RoIs: ρ · (valid RoIs) cells per image
         and stage, at most ``max_selected`` (see the module docstring); 0: K = ``max_selected``.
+        A sequence gives ρ per stage (all ≥ 1).
       max_train_rois: training RoIs per image (capacity; :mod:`.targets`).
       inference_stages: a diagnostic: the masks are assembled from stages 0..n only and
         upsampled ×2 per skipped stage to the full resolution (None: every stage).
@@ -113,7 +117,7 @@ class EffSegHead(nnx.Module):
         canonical_size: float = 56.0,
         roi_sampling_ratio: int = 2,
         max_selected: int = 10_000,
-        selected_per_roi: int = 0,
+        selected_per_roi: int | Sequence[int] = 0,
         max_train_rois: int = 128,
         inference_stages: int | None = None,
         sfm_impl: str = "auto",
@@ -139,9 +143,15 @@ class EffSegHead(nnx.Module):
         self.canonical_size = float(canonical_size)
         self.roi_sampling_ratio = int(roi_sampling_ratio)
         self.max_selected = int(max_selected)
-        self.selected_per_roi = int(selected_per_roi)
-        if self.selected_per_roi < 0:
-            raise ValueError(f"selected_per_roi must be >= 0, got {selected_per_roi}")
+        if isinstance(selected_per_roi, int):
+            if selected_per_roi < 0:
+                raise ValueError(f"selected_per_roi must be >= 0, got {selected_per_roi}")
+            self.selected_per_roi = int(selected_per_roi)
+        else:
+            rhos = tuple(int(r) for r in selected_per_roi)
+            if len(rhos) != num_stages or min(rhos) < 1:
+                raise ValueError(f"selected_per_roi per stage needs {num_stages} values >= 1, got {selected_per_roi}")
+            self.selected_per_roi = rhos
         self.max_train_rois = int(max_train_rois)
         if inference_stages is not None and not 0 <= inference_stages <= num_stages:
             raise ValueError(f"inference_stages must be in 0..{num_stages}, got {inference_stages}")
@@ -178,10 +188,15 @@ class EffSegHead(nnx.Module):
         if self.processing == "dense_sfm":  # every cell active (table 5.7's DenseSFM)
             c0 = num_rois * self.base_resolution ** 2
             return tuple(c0 * 4 ** s for s in range(self.num_stages))
-        budget = self.max_selected
-        if self.selected_per_roi:
-            budget = min(budget, self.selected_per_roi * num_rois)
-        return sps_capacities(num_rois, budget, self.num_stages, self.base_resolution).selected
+        budgets = tuple(min(self.max_selected, rho * num_rois) if rho else self.max_selected
+                        for rho in self._stage_rhos())
+        return sps_capacities(num_rois, budgets, self.num_stages, self.base_resolution).selected
+
+    def _stage_rhos(self) -> tuple[int, ...]:
+        """ρ of each stage (0: no per-RoI budget)."""
+        if isinstance(self.selected_per_roi, tuple):
+            return self.selected_per_roi
+        return (self.selected_per_roi,) * self.num_stages
 
     # --- network ---------------------------------------------------------------------
 
@@ -226,10 +241,9 @@ class EffSegHead(nnx.Module):
 
         # Stages 1..num_stages (sparse). The neck is read with zeros outside each image.
         neck = {l: mask_padding(pyramid[l], image_sizes, 2 ** l) for l in range(first, last + 1)}
-        limit = None
-        if self.selected_per_roi:  # ρ cells per valid RoI (module docstring)
-            limit = self.selected_per_roi * jnp.sum(roi_valid, axis=1).astype(jnp.int32)  # [B]
-        for s, k in enumerate(self.selected_per_stage(num_rois), start=1):
+        num_valid = jnp.sum(roi_valid, axis=1).astype(jnp.int32)  # [B]
+        for s, (k, rho) in enumerate(zip(self.selected_per_stage(num_rois), self._stage_rhos()), start=1):
+            limit = rho * num_valid if rho else None  # ρ cells per valid RoI (module docstring)
             parents_all = sps.act
             sps, selected = jax.vmap(lambda state, ref, cap: select_and_split(state, ref, k, cap))(
                 sps, stages[-1]["ref"], limit)
