@@ -129,12 +129,18 @@ def table(rows: list[tuple[str, dict]], keys=KEYS) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    overrides, rest_args = config_lib.split_config_args(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments naming one trained run: ``--config``, ``--workdir``, ``--step``."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument("--workdir", required=True)
-    parser.add_argument("--step", type=int, default=None)
+    parser.add_argument("--step", type=int, default=None, help="the checkpoint (default: the newest)")
+    return parser
+
+
+def main(argv=None) -> int:
+    overrides, rest_args = config_lib.split_config_args(sys.argv[1:] if argv is None else argv)
+    parser = run_parser(__doc__)
     parser.add_argument("--budgets", default="25,50,100,200,400", help="refined cells per RoI and stage")
     parser.add_argument("--skip", default="", help="comma list of parts to skip: truncation,accuracy,budget")
     parser.add_argument("--json", default="", help="also write the results here")

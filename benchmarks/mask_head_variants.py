@@ -20,7 +20,6 @@ own head is evaluated first as the reference row. Evaluation outputs go to
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import logging
@@ -30,7 +29,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.effseg_diagnostics import evaluate_variant, table, variant_graphdef  # noqa: E402
+from benchmarks.effseg_diagnostics import evaluate_variant, run_parser, table, variant_graphdef  # noqa: E402
 from msvision import config as config_lib  # noqa: E402
 from msvision.train import data_setup  # noqa: E402
 from msvision.train.loop import find_checkpoint_step, restore_for_inference  # noqa: E402
@@ -52,10 +51,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 def main(argv=None) -> int:
     overrides, rest_args = config_lib.split_config_args(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--workdir", required=True)
-    parser.add_argument("--step", type=int, default=None)
+    parser = run_parser(__doc__)
     parser.add_argument("--variant", action="append", default=[], help="'name: key=value, ...' (repeatable)")
     parser.add_argument("--no-reference", action="store_true", help="skip the run's own head")
     parser.add_argument("--json", default="", help="also write the results here")
