@@ -261,11 +261,13 @@ def dataset_figure(root: str, out: str, images: int = 4) -> None:
     plt.close(fig)
 
 
-def head_costs(runs_dir: str, num_images: int, repeats: int = 3, tag: str = "") -> list[dict]:
+def head_costs(runs_dir: str, num_images: int, repeats: int = 3, tag: str = "",
+               overrides: dict[str, list[str]] | None = None) -> list[dict]:
     """Per head (seed-0 run): mean analytic MACs of the head over the first ``num_images``
     validation images with the RoIs its own detector gives (the thesis's counting, valid
     cells only) and the median CPU latency of the jitted head alone (its ``predict``:
-    the masks of every detection and the eq. 5.3 scores), batch 1."""
+    the masks of every detection and the eq. 5.3 scores), batch 1. ``overrides``: ``--config.``
+    overrides of a head's config (a variant run), by head key."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -286,7 +288,8 @@ def head_costs(runs_dir: str, num_images: int, repeats: int = 3, tag: str = "") 
         if 0 not in runs.get(key, {}):
             continue
         workdir = runs[key][0]
-        config = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "effseg", f"large_{key}.py"))
+        config = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "effseg", f"large_{key}.py"),
+                             (overrides or {}).get(key, []))
         with config.data.unlocked():
             config.data.eval_batch_size = 1
         info = data_setup.eval_dataset_info(config.data, workdir)
@@ -375,6 +378,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data", default="data/shapes_large", help="the large synthetic dataset")
     parser.add_argument("--cost", type=int, default=0, help="head MACs and CPU latency on this many val images")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per image (--cost)")
+    parser.add_argument("--set", action="append", default=[], metavar="HEAD:--config.KEY=VALUE",
+                        help="a config override of one head's runs (--cost of a variant; repeatable)")
     parser.add_argument("--tag", default="", help="a variant's runs, <head><TAG>_s<seed> (run_mask_heads_large.sh's TAG)")
     args = parser.parse_args(argv)
     if args.dataset_figure:
@@ -393,7 +398,14 @@ def main(argv=None) -> int:
         heads_figure(args.runs, args.figure, tag=args.tag)
         print(f"masks → {args.figure}")
     if args.cost:
-        print(costs_table(head_costs(args.runs, args.cost, args.repeats, args.tag)))
+        overrides: dict[str, list[str]] = {}
+        for item in args.set:
+            head, sep, override = item.partition(":")
+            if not sep or head not in dict(HEADS) or not override.startswith("--config."):
+                parser.error(f"--set wants HEAD:--config.KEY=VALUE with HEAD one of {', '.join(dict(HEADS))}, "
+                             f"got {item!r}")
+            overrides.setdefault(head, []).append(override)
+        print(costs_table(head_costs(args.runs, args.cost, args.repeats, args.tag, overrides)))
     return 0
 
 
