@@ -94,6 +94,6 @@ def get_config() -> ml_collections.ConfigDict:
     # grows with the stage is one override away: selected_per_roi=(100,150,300).
     with seg.ignore_type():  # the signature's default is one ρ for every stage
         seg.selected_per_roi = STAGE_BUDGETS
-    seg.max_selected = 1_000_000  # no cap: the budget is ρ · (RoIs), at most 50 · 300 here
+    seg.max_selected = 1_000_000  # no cap: the budget is ρ · (valid RoIs) per image
     seg.max_train_rois = MAX_TRAIN_ROIS
     return with_head(seg)
