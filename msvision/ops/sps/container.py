@@ -96,7 +96,7 @@ class SPSCapacities(NamedTuple):
 
 def sps_capacities(num_rois: int, max_selected: int | Sequence[int] = 10_000, num_stages: int = 3,
                    base_resolution: int = 14) -> SPSCapacities:
-    """Capacities (spec §6 table): C0 = 196 R, K = min(K_max, C0), A = 4K, P_{s+1} = P_s + A_s - K.
+    """Static SPS capacities per image: C0 = 196 R, K = min(K_max, C0), A = 4K, P_{s+1} = P_s + A_s - K.
 
     ``max_selected`` is K_max of every stage, or one K_max per stage."""
     limits = (max_selected,) * num_stages if isinstance(max_selected, int) else tuple(max_selected)
