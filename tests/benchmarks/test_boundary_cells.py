@@ -1,15 +1,12 @@
 """``benchmarks/boundary_cells.py``: the cell coverage is the exact area average of the mask."""
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "boundary_cells.py")
-_spec = importlib.util.spec_from_file_location("boundary_cells", _PATH)
-boundary_cells = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(boundary_cells)
+from benchmark_modules import load_benchmark
+
+boundary_cells = load_benchmark("boundary_cells")
 
 
 def test_coverage_is_the_area_average():

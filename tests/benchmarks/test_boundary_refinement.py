@@ -1,16 +1,13 @@
 """``benchmarks/boundary_refinement.py``: the outline counts equal a direct numpy count, and
 EffSeg's cells land where their (roi, x, y) say."""
 
-import importlib.util
-import os
 
 import jax.numpy as jnp
 import numpy as np
 
-_PATH = os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks", "boundary_refinement.py")
-_spec = importlib.util.spec_from_file_location("boundary_refinement", _PATH)
-br = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(br)
+from benchmark_modules import load_benchmark
+
+br = load_benchmark("boundary_refinement")
 
 
 def test_counts_equal_a_direct_count_and_skip_invalid_rois():

@@ -1,16 +1,13 @@
 """``benchmarks/mask_head_variants.py``: variants are parsed as Python literals and checked
 against the head's fields before any checkpoint is read."""
 
-import importlib.util
 import os
 
 import pytest
 
-_ROOT = os.path.join(os.path.dirname(__file__), "..", "..")
-_spec = importlib.util.spec_from_file_location("mask_head_variants",
-                                               os.path.join(_ROOT, "benchmarks", "mask_head_variants.py"))
-variants = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(variants)
+from benchmark_modules import ROOT, load_benchmark
+
+variants = load_benchmark("mask_head_variants")
 
 
 def test_values_are_literals_and_tuples_keep_their_commas():
@@ -28,7 +25,7 @@ def test_malformed_variants_are_refused(text):
 
 
 def test_a_field_the_head_does_not_have_is_refused_by_name(capsys, tmp_path):
-    config = os.path.join(_ROOT, "configs", "effseg", "large_pointrend.py")
+    config = os.path.join(ROOT, "configs", "effseg", "large_pointrend.py")
     with pytest.raises(SystemExit):
         variants.main([f"--config={config}", f"--workdir={tmp_path}", "--variant", "x: subdivison_steps=1"])
     assert "has no field subdivison_steps" in capsys.readouterr().err
