@@ -112,7 +112,7 @@ class Detections:
 
 @struct.dataclass
 class QueryOutputs:
-    """What a query-based detection head hands to a segmentation head (thesis T1338).
+    """What a query-based detection head hands to a segmentation head (thesis §5.3.3).
 
     Attributes:
       queries: ``[B, Q, D]`` query features after the last decoder layer.

@@ -1,6 +1,6 @@
 """Bucket shapes and collation of records into a padded :class:`~msvision.structures.Batch`.
 
-Static shapes (SPEC "Static shapes everywhere"): a batch's images are padded to
+Static shapes: a batch's images are padded to
 one of a small fixed set of bucket shapes ``(H, W)`` — the smallest (by area)
 that holds every image of the *global* batch — so a run compiles at most
 ``len(buckets)`` shapes. The default set is the square grid over the edge

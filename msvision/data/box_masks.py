@@ -1,7 +1,7 @@
 """Box-frame instance masks: a fixed-size coverage grid over each object's box.
 
 Training a RoI mask head needs, per object, the mask near its box only: the targets
-are sampled inside predicted boxes that overlap the object (thesis T1364). Padding
+are sampled inside predicted boxes that overlap the object (thesis §5.3.3). Padding
 full-image masks to ``[B, M, H, W]`` costs ``M·H·W`` bytes per image (COCO scale:
 100 × 1408² = 198 MB per image); a ``S × S`` grid over the tight box of each mask
 costs ``M·S²`` (1.6 MB at S = 128), independent of the image size.

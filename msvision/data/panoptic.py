@@ -15,7 +15,7 @@ Records have the format of :mod:`msvision.data.coco` (``image``, ``boxes``,
 Labels are contiguous over *all* panoptic categories (things and stuff), sorted
 by COCO id.
 
-Panoptic training (thesis T1610, N§6.5) treats stuff exactly like things: every
+Panoptic training (thesis §5.5; DetSeg ``tools/convert_coco_panoptic.py``) treats stuff exactly like things: every
 segment is one box + mask instance over all panoptic classes (133 on COCO), and
 crowd segments are dropped (``drop_crowd=True``, what ``data.source='coco_panoptic'``
 builds; the released code's ``CocoDataset`` drops them).
@@ -58,7 +58,7 @@ class PanopticSource:
         (pass e.g. the loaded ``panoptic_coco_categories.json`` otherwise).
       with_masks: decode the segment masks from the PNG.
       max_instances: keep at most this many segments per image (largest boxes).
-      drop_crowd: leave out the crowd segments (panoptic training, N§6.5); when False
+      drop_crowd: leave out the crowd segments (panoptic training, as the released code); when False
         they are kept with ``is_crowd`` set.
     """
 

@@ -7,7 +7,8 @@ Config schema (``config.data``, an ``ml_collections.ConfigDict``; defaults from
 - ``source``: ``'coco'`` (instances JSON + image folder, :class:`CocoSource`),
   ``'coco_panoptic'`` (panoptic JSON + PNG folder + image folder,
   :class:`PanopticSource`: the panoptic task, every non-crowd segment, thing or
-  stuff, is a box + mask instance (thesis T1610, N§6.5); evaluation adds PQ) or ``'tfds'`` (:class:`TfdsSource`, boxes only).
+  stuff, is a box + mask instance (thesis §5.5, as the released code); evaluation adds PQ)
+  or ``'tfds'`` (:class:`TfdsSource`, boxes only).
 - ``train``, ``val``: one split each, with
     - ``annotations``: path of the COCO instances JSON (``'coco'``); for ``val``
       also the file COCO evaluation (pycocotools) reads;

@@ -1,6 +1,6 @@
 """Counters of bad or unusual data met while reading a dataset.
 
-Bad data never stops training (SPEC "Bad data"): every problem is skipped or
+Bad data never stops training: every problem is skipped or
 clipped, logged as a ``logging`` warning naming the file, and counted here so the
 trainer can log the counts as metrics (``stats.as_dict()``).
 
@@ -51,7 +51,8 @@ class DataStats:
         truncated or undecodable); each read of one is replaced by the next
         readable image.
       corrupt_image_reads: failed reads (a bad file is met again every epoch).
-      crowd_segments_dropped: crowd segments left out of panoptic training (N§6.5).
+      crowd_segments_dropped: crowd segments left out of panoptic training (as the
+        released code's ``CocoDataset``).
       size_mismatches: distinct images whose size on disk (EXIF orientation applied)
         disagrees with the annotation file's ``height``/``width``. One of the same
         aspect ratio (a resized copy) is used with its ground truth rescaled; any

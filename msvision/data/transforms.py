@@ -1,4 +1,4 @@
-"""Per-record data augmentation (numpy), DETR's recipe (thesis section 2.4, SPEC ch. 2).
+"""Per-record data augmentation (numpy), DETR's recipe (thesis section 2.4).
 
 Training: horizontal flip with probability ``hflip_prob`` (0.5); then either
 (probability ``1 - crop_prob``) resize the shortest edge to a random value of

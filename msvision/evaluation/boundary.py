@@ -1,11 +1,11 @@
-"""Mask boundaries for Boundary IoU (thesis section 2.3, T465; Cheng et al. 2021).
+"""Mask boundaries for Boundary IoU (thesis section 2.3, figure 2.6; Cheng et al. 2021).
 
 The boundary of a binary mask ``G`` is ``G_d ∩ G``: the mask pixels within
 Chebyshev distance ``d`` of a pixel outside the mask, the image border counting as
 outside. This is the boundary-iou-api definition: ``mask − erode₃ₓ₃^d(pad₁(mask))``,
 ``d`` iterations of a 3×3 erosion of the mask padded with one row/column of zeros,
 with ``d = max(1, round(dilation_ratio · image diagonal))`` (``dilation_ratio`` 0.02
-for AP^B*, T465).
+for AP^B*, thesis §2.3).
 
 ``d`` iterations of a 3×3 erosion equal one erosion by a ``(2d+1)×(2d+1)`` square,
 which is separable into a row pass and a column pass; each pass is a sliding-window
@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-DILATION_RATIO = 0.02  # 2% of the image diagonal (thesis T465)
+DILATION_RATIO = 0.02  # 2% of the image diagonal (thesis §2.3)
 
 
 def boundary_dilation(height: int, width: int, dilation_ratio: float = DILATION_RATIO) -> int:

@@ -1,4 +1,4 @@
-"""COCO-style Boundary AP: pycocotools' rules with the AP^B* IoU (thesis T465).
+"""COCO-style Boundary AP: pycocotools' rules with the AP^B* IoU (thesis §2.3).
 
 :class:`BoundaryCOCOeval` is pycocotools' ``COCOeval`` (``iouType="segm"``: area
 ranges, 100 detections, crowd handling, 101-point interpolation) with the IoU of

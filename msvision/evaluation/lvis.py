@@ -1,4 +1,4 @@
-"""Cocofied LVIS and the AP* / AP^B* command (thesis section 2.3, T463–465).
+"""Cocofied LVIS and the AP* / AP^B* command (thesis section 2.3).
 
 "Cocofying" LVIS v0.5 (detectron2's ``datasets/prepare_cocofied_lvis.py``) keeps the
 annotations whose LVIS synset is one of the 80 COCO categories and renumbers them

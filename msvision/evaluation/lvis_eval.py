@@ -1,4 +1,7 @@
-"""LVIS-rule mask AP: AP* and AP^B* (thesis section 2.3, T463–465; N: C:coco.py).
+"""LVIS-rule mask AP: AP* and AP^B* (thesis section 2.3).
+
+The author's evaluation runs ``LVISEval`` too (DetSeg ``datasets/coco/coco.py``,
+``CocoEvaluator.evaluate``).
 
 AP* is mask AP of COCO-category predictions against the LVIS v0.5 annotations of
 the COCO val images ("cocofied", :func:`msvision.evaluation.lvis.cocofy_lvis`),

@@ -1,7 +1,7 @@
 """Masks of segmentation heads on the host: RoI-grid probabilities → full-image binary masks.
 
 A segmentation head returns, per detection, an ``S × S`` probability grid covering a
-box (``Detections.masks`` on ``Detections.mask_boxes``, thesis T1370). COCO ``segm``
+box (``Detections.masks`` on ``Detections.mask_boxes``, thesis §5.3.3). COCO ``segm``
 results need binary masks of the original image: :func:`paste_masks_numpy` pastes
 with mmdet's ``_do_paste_mask`` interpolation (pixel centres, bilinear,
 ``align_corners=False``, zero outside the grid; the same as the in-graph

@@ -1,4 +1,4 @@
-"""Panoptic Quality PQ = SQ · RQ (thesis section 2.3, eqs. 2.4–2.5, T474–490).
+"""Panoptic Quality PQ = SQ · RQ (thesis section 2.3, eqs. (2.4)–(2.5)).
 
 The rules are those of panopticapi's ``pq_compute`` (Kirillov et al. 2019):
 
@@ -41,7 +41,7 @@ import numpy as np
 from msvision.cli import InputError, add_verbose_flag, check_record_list, check_records, read_json, run
 
 VOID = 0
-MATCH_IOU = 0.5  # thesis T478: segments match when IoU > 0.5
+MATCH_IOU = 0.5  # thesis §2.3: segments match when IoU > 0.5
 IGNORE_FRACTION = 0.5  # unmatched prediction ignored if > 50 % VOID or same-class crowd
 
 Image = Union[str, os.PathLike, np.ndarray]
@@ -199,7 +199,7 @@ class PanopticQuality:
         union = pred_area[None, :] + gt_area[:, None] - inter - pred_void[None, :]
         iou = np.divide(inter, union, out=np.zeros_like(inter), where=inter > 0)
         same = (g_cat[:, None] == p_cat[None, :]) & ~g_crowd[:, None]
-        match = same & (iou > MATCH_IOU)  # at most one per row and column (thesis T478)
+        match = same & (iou > MATCH_IOU)  # at most one per row and column (thesis §2.3)
         g_matched = match.any(1)
         p_matched = match.any(0)
         num_c = len(self.categories)

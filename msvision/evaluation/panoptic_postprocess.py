@@ -1,34 +1,36 @@
-"""Panoptic post-processing of RoI-based instance predictions (thesis T1384–1391, spec §4, N§6.5).
+"""Panoptic post-processing of RoI-based instance predictions (thesis §5.4.1).
 
-Stuff is predicted like things (box + mask per query, T1610). The detector gives one
+The released code's version is ``BaseSegHead.compute_segs`` (DetSeg
+``models/heads/seg/base.py``, ``seg_type='panoptic'``); differences are noted below.
+Stuff is predicted like things (box + mask per query, thesis §5.5). The detector gives one
 label per query (its best class, score ``s`` = that sigmoid), top 1000, class-aware
 box NMS at 0.5 and no top-100 cap (``model.head.inference``), and the segmentation head
 gives mask probabilities ``p`` for every survivor (no mask-score weighting). Then, per
 image at the network-input resolution:
 
-1. drop the predictions with ``s < score_threshold`` (0.3, T1386);
+1. drop the predictions with ``s < score_threshold`` (0.3);
 2. mask NMS on ``p > 0.5`` in score order: drop a mask whose IoU with ANY higher-scored
-   mask is ``≥ mask_nms_iou`` (0.75, T1387), even when that mask was itself dropped
-   (the released code's matrix form, N§6.5);
-3. every pixel goes to the mask of highest ``s·p`` (T1388); it is void when that maximum
+   mask is ``≥ mask_nms_iou`` (0.75), even when that mask was itself dropped
+   (the released code's matrix form);
+3. every pixel goes to the mask of highest ``s·p``; it is void when that maximum
    is below ``void_threshold`` (0.35; ``void_rule='max_score'``, the thesis) or, with
-   ``void_rule='winner_prob'`` (the released code, N§6.5), when the winner's own
+   ``void_rule='winner_prob'`` (the released code), when the winner's own
    ``p ≤ void_threshold``;
 4. drop a prediction when IoU(its region, its ``p > 0.5`` mask) ``< overlap_iou``
-   (0.6, T1389): its pixels become void;
-5. drop a prediction whose region has fewer than ``min_area`` pixels (150, T1390),
+   (0.6): its pixels become void;
+5. drop a prediction whose region has fewer than ``min_area`` pixels (150),
    counted at the network input;
-6. merge the segments of one stuff label into one segment, score = their mean (T1391).
+6. merge the segments of one stuff label into one segment, score = their mean.
 
-Output: the id map resized to the original image size by nearest neighbour (N§6.5;
-PyTorch's ``interpolate(mode='nearest')``: source index ``⌊dst · in / out⌋``) and
+Output: the id map resized to the original image size by nearest neighbour (as the
+released code; PyTorch's ``interpolate(mode='nearest')``: source index ``⌊dst · in / out⌋``) and
 COCO panoptic ``segments_info`` (segments a resize erased are left out).
 
 Why numpy on the host rather than jit: it runs after the jitted predict step on the
 gathered detections, like the COCO mask pasting; the surviving masks (``s ≥ 0.3``,
 usually tens) are pasted only there, at each image's own size, so neither a Q-mask
-full-image buffer (300 × 800 × 1333 floats) nor a static segment capacity (spec §6's
-"best 100") is needed, and each step is a small function tested on hand-made cases.
+full-image buffer (300 × 800 × 1333 floats) nor a static segment capacity (e.g. the
+best 100) is needed, and each step is a small function tested on hand-made cases.
 The comparisons follow the thesis's wording (``<`` 0.3, ``<`` 0.6, fewer than 150);
 the released code uses ``≤`` in steps 1, 4 and 5.
 """
@@ -50,15 +52,15 @@ class PanopticPostProcess:
     """The six steps (module docstring); config section ``eval.panoptic``.
 
     Attributes:
-      score_threshold: step 1 (0.3, T1386).
-      mask_nms_iou: step 2 (0.75, T1387).
-      mask_threshold: foreground of ``p`` for masks (0.5, N§6.4).
-      void_threshold: step 3 (0.35, T1388).
+      score_threshold: step 1 (0.3).
+      mask_nms_iou: step 2 (0.75).
+      mask_threshold: foreground of ``p`` for masks (0.5, the released code's ``mask_thr``).
+      void_threshold: step 3 (0.35).
       void_rule: ``'max_score'`` (thesis: void if max ``s·p`` < threshold) or
         ``'winner_prob'`` (released code: void if the winner's ``p`` ≤ threshold).
-      overlap_iou: step 4 (0.6, T1389).
-      min_area: step 5, pixels at the network input (150, T1390).
-      merge_stuff: step 6 (T1391).
+      overlap_iou: step 4 (0.6).
+      min_area: step 5, pixels at the network input (150).
+      merge_stuff: step 6.
     """
 
     score_threshold: float = 0.3
@@ -99,20 +101,20 @@ class PanopticPostProcess:
         height, width = (int(v) for v in input_size)
         scores = np.asarray(scores, np.float64).reshape(-1)
         labels = np.asarray(labels, np.int64).reshape(-1)
-        keep = np.flatnonzero(scores >= self.score_threshold)  # step 1: drop s < 0.3 (T1386)
+        keep = np.flatnonzero(scores >= self.score_threshold)  # step 1: drop s < 0.3
         keep = keep[np.argsort(-scores[keep], kind="stable")]  # score order for the steps below
         scores, labels = scores[keep], labels[keep]
         prob_maps = paste_probs([probs[i] for i in keep], np.asarray(boxes).reshape(-1, 4)[keep], height, width)
         masks = prob_maps > self.mask_threshold
-        survivors = mask_nms(masks, self.mask_nms_iou)  # step 2 (T1387)
+        survivors = mask_nms(masks, self.mask_nms_iou)  # step 2
         scores, labels, prob_maps, masks = scores[survivors], labels[survivors], prob_maps[survivors], masks[survivors]
-        winner = assign_pixels(prob_maps, scores, self.void_threshold, self.void_rule)  # step 3 (T1388)
+        winner = assign_pixels(prob_maps, scores, self.void_threshold, self.void_rule)  # step 3
         del prob_maps
-        keep = overlap_filter(winner, masks, self.overlap_iou)  # step 4 (T1389)
-        keep &= np.bincount(winner[winner >= 0], minlength=len(scores)) >= self.min_area  # step 5 (T1390)
+        keep = overlap_filter(winner, masks, self.overlap_iou)  # step 4
+        keep &= np.bincount(winner[winner >= 0], minlength=len(scores)) >= self.min_area  # step 5
         is_thing = np.asarray(label_is_thing, bool)[labels] if len(labels) else np.zeros(0, bool)
         segment_of, segment_scores, segment_labels = group_segments(keep, labels, scores, is_thing,
-                                                                    self.merge_stuff)  # step 6 (T1391)
+                                                                    self.merge_stuff)  # step 6
         ids = np.where(winner >= 0, segment_of[np.maximum(winner, 0)], 0) if len(scores) else np.zeros_like(winner)
         if orig_size is not None:
             ids = resize_nearest(ids, orig_size)
@@ -153,7 +155,7 @@ def mask_iou_matrix(masks: np.ndarray) -> np.ndarray:
 
 
 def mask_nms(masks: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Non-greedy mask NMS (step 2, N§6.5).
+    """Non-greedy mask NMS (step 2, the released code's matrix form).
 
     Args:
       masks: ``[K, H, W] bool`` in DESCENDING score order.
@@ -170,7 +172,7 @@ def mask_nms(masks: np.ndarray, iou_threshold: float) -> np.ndarray:
 
 def assign_pixels(probs: np.ndarray, scores: np.ndarray, void_threshold: float,
                   void_rule: str = "max_score") -> np.ndarray:
-    """Non-overlapping regions (step 3, T1388).
+    """Non-overlapping regions (step 3).
 
     Args:
       probs: ``[K, H, W]`` float mask probabilities ``p``; scores: ``[K]`` class scores ``s``,
@@ -196,7 +198,7 @@ def assign_pixels(probs: np.ndarray, scores: np.ndarray, void_threshold: float,
 
 
 def overlap_filter(winner: np.ndarray, masks: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Step 4 (T1389): ``[K] bool`` keep when IoU(region ``winner == k``, ``masks[k]``) ≥ threshold.
+    """Step 4: ``[K] bool`` keep when IoU(region ``winner == k``, ``masks[k]``) ≥ threshold.
 
     Args:
       winner: ``[H, W] int`` from :func:`assign_pixels`; masks: ``[K, H, W] bool`` (``p > 0.5``).
@@ -219,7 +221,7 @@ def overlap_filter(winner: np.ndarray, masks: np.ndarray, iou_threshold: float) 
 
 def group_segments(keep: np.ndarray, labels: np.ndarray, scores: np.ndarray, is_thing: np.ndarray,
                    merge_stuff: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Segment ids of the kept predictions (step 6, T1391).
+    """Segment ids of the kept predictions (step 6).
 
     Args:
       keep: ``[K] bool``; labels, scores, is_thing: ``[K]`` of the predictions (descending score).

@@ -70,7 +70,7 @@ HEADS: dict[str, tuple[Callable, dict]] = {"retinanet": (RetinaNetHead, {}), "fq
 SEG_HEADS: dict[str, tuple[Callable | None, dict]] = {
     "none": (None, {}),
     "effseg": (EffSegHead, {}),
-    "maskrcnn": (MaskRCNNHead, {}),  # Mask R-CNN++ (thesis T1397–1399)
+    "maskrcnn": (MaskRCNNHead, {}),  # Mask R-CNN++ (thesis §5.4.1)
     "pointrend": (PointRendHead, {}),  # PointRend++
     "refinemask": (RefineMaskHead, {}),  # RefineMask++
 }

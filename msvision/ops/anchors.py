@@ -1,4 +1,5 @@
-"""Anchor boxes on the feature pyramid (author's ``AnchorGenerator``, notes §2).
+"""Anchor boxes on the feature pyramid (the author's ``AnchorGenerator``,
+DetSeg ``models/modules/anchor.py``).
 
 Anchors are computed in numpy at trace time from the static feature-map shapes,
 so under ``jax.jit`` they are compile-time constants.
@@ -85,7 +86,7 @@ def anchor_cell_shapes(sizes: Sequence[float], aspect_ratios: Sequence[float]) -
 def retinanet_anchor_sizes(level: int, base_scale: float = 4, num_sizes: int = 3) -> tuple:
     """RetinaNet sizes on level ``l``: ``base_scale * 2**l * 2**(j / n)``, ``j < n``.
 
-    ``retinanet_anchor_sizes(3) == (32, 40.32, 50.80)`` (author notes §2).
+    ``retinanet_anchor_sizes(3) == (32, 40.32, 50.80)`` (DetSeg ``AnchorGenerator``).
     """
     return tuple(
         float(base_scale * 2.0**level * 2.0 ** (j / num_sizes))

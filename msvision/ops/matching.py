@@ -6,7 +6,8 @@ slots (padding slots never match). ``vmap`` them over the batch.
 
 - :func:`absolute_iou_matching`: fixed IoU thresholds (Faster R-CNN / RetinaNet,
   detectron2 ``Matcher`` semantics).
-- :func:`topk_anchor_matching`: static top-k (thesis ch. 4; author notes §2), plus
+- :func:`topk_anchor_matching`: static top-k (thesis ch. 4; the author's ``SimMatcher``,
+  DetSeg ``models/modules/matcher.py``), plus
   :func:`topk_candidates_per_gt` / :func:`topk_matching_from_candidates` for the
   FQDet head, whose queries are a selected subset of the anchors.
 - :func:`hungarian_matching`: exact one-to-one matching via scipy in a
@@ -194,7 +195,7 @@ def topk_matching_from_candidates(
     (:func:`topk_candidates_per_gt`); a query (a selected anchor) is positive for a
     gt when its anchor is among that gt's candidates; a query in several gts'
     lists keeps the gt where its rank is best (ties: higher ``query_iou``, then
-    lower gt index). Author notes §2, ``TopMatcher``.
+    lower gt index). The author's ``TopMatcher`` (DetSeg ``models/modules/matcher.py``).
 
     Args:
       candidates: ``[M, k]`` int32 anchor indices; candidate_valid: ``[M, k]`` bool.

@@ -48,7 +48,8 @@ def inverse_sigmoid(x: Array, eps: float = 1e-3) -> Array:
     """``log(x / (1 - x))`` with ``x`` clamped to ``[0, 1]`` and both terms to ``>= eps``.
 
     Deformable DETR's ``inverse_sigmoid`` (default ``eps`` there 1e-5; the author's
-    FQDetV2 box-score target uses 1e-3, author notes section 2).
+    FQDetV2 box-score target uses 1e-3, DetSeg ``models/heads/box2d/base.py``,
+    ``BaseBox2dHead.forward_loss``).
     """
     x = jnp.clip(x, 0.0, 1.0)
     return jnp.log(jnp.maximum(x, eps) / jnp.maximum(1.0 - x, eps))

@@ -8,15 +8,15 @@ All functions are pure, jit-friendly and channels-last (NHWC).
   ONE flattened gather: the levels are viewed as one row table ``[sum_l B*H_l*W_l, C]``
   and every RoI computes its rows with its own level's offset, size and scale. No level
   is sampled for RoIs that do not live on it.
-- :func:`roi_levels`: the Mask R-CNN level rule, thesis eq. 5.1 (T1330).
+- :func:`roi_levels`: the Mask R-CNN level rule, thesis eq. (5.1).
 - :func:`sample_bilinear` / :func:`multilevel_sample_bilinear`: ``grid_sample(bilinear,
-  zeros, align_corners=False)`` at points, for the neck fusion at cell centres (T1356).
-- :func:`roi_mask_targets`: the EffSeg per-cell ground-truth values v (N§6.3, spec §6
-  "Targets") from boolean masks without converting them to float.
+  zeros, align_corners=False)`` at points, for the neck fusion at cell centres (thesis §5.3.3).
+- :func:`roi_mask_targets`: the EffSeg per-cell ground-truth values v (as the author's
+  ``EffSegHead.compute_losses``, DetSeg ``models/heads/seg/effseg.py``) from boolean masks without converting them to float.
 - :func:`roi_mask_centre_values`: the ground truth sampled at the cell centres (the
-  thesis's segmentation targets, T1364).
+  thesis's segmentation targets, §5.3.3).
 
-Deviation (spec §6 "Stays in XLA"): the released code uses mmcv RoIAlign with adaptive
+Deviation: the released code uses mmcv RoIAlign with adaptive
 sampling (``sampling_ratio=0``: ceil(roi_size / output_size) samples per bin, a
 data-dependent count); static shapes need a fixed ``sampling_ratio`` (default 2).
 """
@@ -146,11 +146,12 @@ def roi_align(features: jax.Array, boxes: jax.Array, output_size: int, spatial_s
 
 def roi_levels(boxes: jax.Array, min_level: int = 2, max_level: int = 5, canonical_size: float = 56.0,
                eps: float = 1e-6) -> jax.Array:
-    """Pyramid level of every RoI, thesis eq. 5.1 (T1330).
+    """Pyramid level of every RoI, thesis eq. (5.1).
 
     k0 = min_level + clip(floor(log2(sqrt(w h) / canonical_size + eps)), 0, max_level - min_level).
     With the defaults that is ``2 + min(floor(log2(sqrt(wh)/56)), 3)`` clamped to >= 2; the
-    ``eps`` and the lower clamp come from the released code (N§6.1): sqrt(wh) < 112 -> P2,
+    ``eps`` and the lower clamp come from the released code (mmdet ``SingleRoIExtractor.map_roi_levels``,
+    as configured in DetSeg's EffSeg head): sqrt(wh) < 112 -> P2,
     < 224 -> P3, < 448 -> P4, else P5.
 
     Args:
@@ -268,9 +269,9 @@ def multilevel_sample_bilinear(pyramid: Mapping[int, jax.Array], points: jax.Arr
     Args:
         pyramid: {level k: [B, H_k, W_k, C]}.
         points: [B, N, 2] float, (x, y) normalised to the sampled level's map (see
-            :func:`sample_bilinear`). EffSeg's neck fusion (N§6.2) normalises by the padded
+            :func:`sample_bilinear`). EffSeg's neck fusion (DetSeg ``EffSegHead``) normalises by the padded
             image size; pass ``xy_pixels / (2^k * (H_k, W_k))`` to match exactly.
-        levels: [B, N] int32 level key of every point (e.g. k_s = max(k0 - s, 2), eq. 5.2).
+        levels: [B, N] int32 level key of every point (e.g. k_s = max(k0 - s, 2), eq. (5.2)).
 
     Returns:
         [B, N, C] float32 (float64 for float64 maps).
@@ -291,14 +292,14 @@ def multilevel_sample_bilinear(pyramid: Mapping[int, jax.Array], points: jax.Arr
 def roi_mask_targets(masks: jax.Array, boxes: jax.Array, mask_index: jax.Array, mask_stride: float = 1.0,
                      output_size: int = 112, num_scales: int = 4,
                      image_sizes: jax.Array | None = None) -> tuple[jax.Array, ...]:
-    """EffSeg per-cell ground-truth values v at 112^2, 56^2, 28^2, 14^2 (spec §6 "Targets").
+    """EffSeg per-cell ground-truth values v at 112^2, 56^2, 28^2, 14^2.
 
     v at 112^2 is a RoIAlign (aligned, 2 x 2 samples per cell) of the ground-truth mask
     of each RoI; coarser grids are 2 x 2 average pools of it, i.e. RoIAligns with 4 x 4,
-    8 x 8, 16 x 16 samples per cell. The code's targets (N§6.3) are ``v > 0.5``
+    8 x 8, 16 x 16 samples per cell. The code's targets (DetSeg ``EffSegHead.compute_losses``) are ``v > 0.5``
     (segmentation) and ``0 < v < 1`` (refinement: the cell holds fg and bg).
-    The code uses mmcv's adaptive sampling at every resolution; this is the thesis
-    spec's fixed-sample version.
+    The code uses mmcv's adaptive sampling at every resolution; this is a fixed-sample
+    version (static shapes).
 
     Args:
         masks: [B, M, Hm, Wm] bool (or uint8 / float) ground-truth masks, at full image
@@ -348,7 +349,7 @@ def roi_mask_targets(masks: jax.Array, boxes: jax.Array, mask_index: jax.Array, 
 
 def roi_mask_centre_values(masks: jax.Array, boxes: jax.Array, mask_index: jax.Array, output_size: int,
                            mask_stride: float = 1.0, image_sizes: jax.Array | None = None) -> jax.Array:
-    """The ground-truth mask sampled at the centre of every cell of an S x S RoI grid (thesis T1364).
+    """The ground-truth mask sampled at the centre of every cell of an S x S RoI grid (thesis §5.3.3).
 
     Cell (i, j) of a RoI (x0, y0, x1, y1) is centred at
     ``(x0 + (j + 0.5) w / S, y0 + (i + 0.5) h / S)``; its value is the mask pixel that
@@ -390,5 +391,6 @@ def roi_mask_centre_values(masks: jax.Array, boxes: jax.Array, mask_index: jax.A
 
 
 def roi_align_macs(num_rois: int, output_size: int, channels: int, sampling_ratio: int = 2) -> int:
-    """Analytic RoIAlign cost: 4 * sr^2 * numel(out) multiply-adds (N§9, mmcv's FLOP handle)."""
+    """Analytic RoIAlign cost: 4 * sr^2 * numel(out) multiply-adds (the author's FLOP
+    handle for mmcv RoIAlign, DetSeg ``utils/flops.py``, ``roi_align_mmcv_flop_jit``)."""
     return 4 * sampling_ratio ** 2 * num_rois * output_size * output_size * channels

@@ -132,7 +132,7 @@ def evaluate_detector(
         os.makedirs(out_dir, exist_ok=True)
         coco_eval.write_results_json(os.path.join(out_dir, f"results_{step}.json"), results)
         ground_truth = dataset_info.val_annotations
-        if data_cfg.source == "coco_panoptic":  # every segment an instance (N§6.5)
+        if data_cfg.source == "coco_panoptic":  # every segment an instance (as DetSeg's panoptic training)
             ground_truth = panoptic_to_coco_instances(data_cfg.val.panoptic, data_cfg.val.panoptic_dir, seen)
         iou_types = ("bbox", "segm") if has_masks else ("bbox",)
         if has_masks and bool(config.get("eval", {}).get("boundary_ap", False)):

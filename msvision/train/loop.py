@@ -1,6 +1,6 @@
 """The training loop: read it top to bottom in :func:`train`.
 
-Design (SPEC "Decisions"): the model is split once into a graph definition and
+Design: the model is split once into a graph definition and
 state (``nnx.split``); the jitted step is a pure function over
 ``(state, batch) -> (state, metrics)`` that merges, computes the loss, updates
 with optax and returns the new state. Shardings are explicit: the batch is split

@@ -1,6 +1,6 @@
 """Multi-scale deformable attention layer (Deformable DETR's ``MSDeformAttn``).
 
-Used as self-attention of the DefEncoder neck (thesis section 3.x, reference
+Used as self-attention of the DefEncoder neck (thesis section 4.5.1, reference
 points) and as cross-attention of the FQDet/FQDetV2 decoders (thesis chapter 4,
 box priors). Two ways of turning predicted offsets into sampling locations:
 
@@ -11,7 +11,7 @@ box priors). Two ways of turning predicted offsets into sampling locations:
   expressed in the prior box frame, origin at the box centre, unit = half
   width/height"): reference boxes [B, Q, 4] or [B, Q, L, 4], normalised
   (cx, cy, w, h); ``loc = (cx, cy) + offset * 0.5 * (w, h) / P`` as in the author's
-  ``MSDAv1`` (author_code_notes.md section 2), so the initial offsets of point
+  ``MSDAv1`` (DetSeg ``models/modules/attention.py``), so the initial offsets of point
   index P put the outermost points on the box border.
 
 Initialisation as Deformable DETR (``MSDeformAttn._reset_parameters``): zero offset

@@ -5,7 +5,8 @@ ImageNet-22k 384×384 checkpoint (``swin_large_patch4_window12_384_22k.pth``: wi
 12, embed 192, depths (2, 2, 18, 2), heads (6, 12, 24, 48)). The author builds it
 with mmdet (DetSeg ``configs/mmdet/backbones/swin_l_v0.py``: ``out_indices (1, 2,
 3)``, ``drop_path_rate 0.2``, ``patch_norm``, no ``frozen_stages`` so mmdet's -1:
-nothing frozen; the whole backbone trains at lr 1e-5, N§0/N§1); the defaults here
+nothing frozen; the whole backbone trains at lr 1e-5,
+DetSeg ``scripts/fqdetv2/swl_def_p3_fqdetv2_12e.sh``); the defaults here
 are that configuration.
 
 Architecture (mmdet, which matches the official detection code):

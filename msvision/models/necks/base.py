@@ -8,10 +8,11 @@ to a feature pyramid ``{level: [B, H_l, W_l, channels]}`` for ``out_levels``
 :class:`InitialPyramid` is the thesis's initial pyramid (section 2.4): 1×1 linear
 projections of C3–C5 (and C2 for P2) and, for levels above the backbone's, two 3×3
 stride-2 convolutions with a ReLU in between (P6 from C5 or from the projected P5,
-P7 from ReLU(P6)). Initialisation as the author's TPN/FPN code (N§3.1):
-``kaiming_uniform_(a=1)`` weights, zero biases; the author's BiFPN instead keeps
-PyTorch's default init and puts a GroupNorm before the ReLU of the P7 path
-(N§3.2, ``init='torch'``, ``extra_norm_groups=8``).
+P7 from ReLU(P6)). Initialisation as the author's TPN/FPN code (DetSeg
+``configs/gc/tpn_37_eeec_3b2_gn_v3.yaml``): ``kaiming_uniform_(a=1)`` weights, zero biases;
+the author's BiFPN (DetSeg ``deprecated/bifpn.py``) instead keeps PyTorch's default init
+and puts a GroupNorm before the ReLU of the P7 path (``init='torch'``,
+``extra_norm_groups=8``).
 """
 
 from __future__ import annotations
@@ -55,16 +56,15 @@ class InitialPyramid(nnx.Module):
         author's TPN); ``'lateral'`` → from the projected top level (P5, D
         channels: mmdet ``add_extra_convs='on_lateral'``, the author's fpn_v3).
       p6_relu: the first extra level enters the pyramid after the ReLU that
-        precedes the next extra conv (the TPN-paper configs' in-place ReLU, N§3.1,
-        table 3.1) instead of before it (mmdet, the FQDet TPN config ``_v3``).
+        precedes the next extra conv (the in-place ReLU of the TPN-paper configs, e.g.
+        DetSeg ``configs/gc/tpn_37_eeec_3b2_gn.yaml``, table 3.1) instead of before it (mmdet, the FQDet TPN config ``_v3``).
       init: ``'c2_xavier'`` → ``kaiming_uniform_(a=1)`` kernels and zero biases
-        (detectron2 ``c2_xavier_fill``; the author's TPN and FPN projections,
-        N§3.1); ``'torch'`` → PyTorch's default ``Conv2d`` init,
+        (detectron2 ``c2_xavier_fill``; the author's TPN and FPN projections); ``'torch'`` → PyTorch's default ``Conv2d`` init,
         ``kaiming_uniform_(a=sqrt(5))`` kernels (bound ``1/sqrt(fan_in)``) and
-        ``U(±1/sqrt(fan_in))`` biases (the author's BiFPN sets no init, N§3.2).
+        ``U(±1/sqrt(fan_in))`` biases (the author's BiFPN sets no init).
       extra_norm_groups: if > 0, a GroupNorm with this many groups (eps 1e-5,
         affine 1/0) precedes the ReLU in front of every extra conv after the
-        first: P7 = conv(ReLU(GN(P6))) (the author's BiFPN ``in_projs``, N§3.2);
+        first: P7 = conv(ReLU(GN(P6))) (the author's ``BiFPN.in_projs``);
         0 → P7 = conv(ReLU(P6)). The norm is padding-aware.
       dtype: compute dtype.
 
@@ -94,7 +94,7 @@ class InitialPyramid(nnx.Module):
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         if p6_relu and extra_norm_groups > 0:
-            # the in-place ReLU of N§3.1 has no counterpart after a norm: say which one is meant
+            # the TPN-paper configs' in-place ReLU has no counterpart after a norm: say which one is meant
             raise ValueError("p6_relu and extra_norm_groups > 0 cannot be combined")
         self.in_levels = tuple(sorted(in_channels))
         self.out_levels = tuple(sorted(out_levels))
@@ -130,7 +130,7 @@ class InitialPyramid(nnx.Module):
             cin = in_channels[top] if (i == 0 and extra_source == "input") else channels
             extra.append(conv(cin, 3, 2))
         self.extra = nnx.List(extra)
-        # extra_norm[i - 1] normalises the input of extra conv i ≥ 1 (N§3.2: [GN, ReLU, conv])
+        # extra_norm[i - 1] normalises the input of extra conv i ≥ 1 (author's BiFPN: [GN, ReLU, conv])
         self.extra_norm = nnx.List([
             GroupNorm(channels, extra_norm_groups, epsilon=GROUP_NORM_EPS, dtype=dtype, rngs=rngs)
             for _ in extra_levels[1:]

@@ -4,8 +4,7 @@ Thesis section 3.4.2: "the BiFPN neck from [EfficientDet] with batch normalizati
 layers replaced by group normalization layers, and with Swish-1 activation
 functions replaced by ReLU activation functions. Multiple of these BiFPN layers are
 concatenated". The neck follows the author's implementation (CedricPicron/DetSeg
-``models/cores/bifpn.py``, moved unchanged to ``deprecated/bifpn.py`` in 2023;
-N§3.2) with ``norm_type='group'`` and ``separable_conv=True``. The 2021 command
+``models/cores/bifpn.py``, moved unchanged to ``deprecated/bifpn.py`` in 2023) with ``norm_type='group'`` and ``separable_conv=True``. The 2021 command
 line defaulted to regular 3×3 convs (``--bifpn_separable_conv`` was a flag), but
 only separable ones give table 3.1's 34.7 M parameters (regular ones: 63.9 M at
 L = 7, and no L reproduces 34.7 M; ``configs/retinanet/r50_bifpn_L7.py``). The
@@ -32,15 +31,16 @@ So one layer on n levels has 2(n−1) separable-conv nodes (8 for P3–P7, 68 60
 parameters each at D = 256) and 5(n−1) fusion weights. Convolutions use PyTorch's
 default init (the author's code sets none).
 
-Input stage (the author's ``BiFPN.in_projs``, N§3.2; it is the thesis's initial
+Input stage (the author's ``BiFPN.in_projs``; it is the thesis's initial
 pyramid of section 2.4, :class:`~msvision.models.necks.base.InitialPyramid`, with
 the author's BiFPN details as defaults): 1×1 convs of C3–C5, P6 = conv3×3/2(C5)
 entering the pyramid raw, P7 = conv3×3/2(ReLU(GN(P6))), all with PyTorch's
-default init. Before issue 9 P6 entered after a ReLU, P7 had no GN and the convs
-had the detectron2 init of the TPN configs (``p6_relu=True, p7_norm=False,
+default init. An earlier version of this neck let P6 enter after a ReLU, gave P7 no GN
+and used the detectron2 init of the TPN configs (``p6_relu=True, p7_norm=False,
 input_init='c2_xavier'`` restores that).
 
-Training speed (issue 9.3, measured from scratch on the synthetic data): a stack of four
+Training speed (measured from scratch on the synthetic data,
+``benchmarks/bifpn_ablation_synthetic.py``): a stack of four
 of these layers reaches in 1200 steps the AP that FPN reaches in 600, and one layer is as
 good as FPN; the fusion weights stay near uniform. Deep stacks (post-norm, no residuals)
 optimise more slowly, so compare BiFPN with other necks at the thesis's schedule
@@ -196,8 +196,8 @@ class BiFPN(nnx.Module):
       num_groups: GroupNorm groups of the nodes and of the P7 path (8).
       extra_source: P6 from ``'input'`` (raw C5, the author's) or ``'lateral'`` (P5).
       p6_relu: P6 enters the pyramid after a ReLU. False: the author's BiFPN applies
-        its in-place ReLU to GN(P6), so the pyramid keeps the raw P6 (N§3.2).
-      p7_norm: P7 = conv(ReLU(GN(P6))) (the author's ``[norm, act, conv]``, N§3.2);
+        its in-place ReLU to GN(P6), so the pyramid keeps the raw P6.
+      p7_norm: P7 = conv(ReLU(GN(P6))) (the author's ``[norm, act, conv]``);
         False: conv(ReLU(P6)) as detectron2's ``LastLevelP6P7``. The thesis's
         section 2.4 only says "a ReLU activation in between".
       input_init: ``'torch'``: PyTorch's default ``Conv2d`` init for the 1×1 and

@@ -9,7 +9,7 @@ D = 256 feature size, H = 64 hidden size (section 3.4.1).
 The bottom-up operation of TPN (figure 3.4, right) reuses the same residual branch
 with the 3×3 convolution at stride 2 (:class:`BottleneckBranch` with ``stride=2``).
 
-Initialisation follows the author's code (author notes section 1): the convolutions
+Initialisation follows the author's code (DetSeg ``models/cores/gc.py``): the convolutions
 inside TPN layers use PyTorch's default ``Conv2d`` init (kaiming_uniform with
 a=sqrt(5), bias U(±1/sqrt(fan_in))); no zero-init anywhere; GroupNorm eps 1e-5,
 scale 1, shift 0.
@@ -143,7 +143,7 @@ class Bottleneck(nnx.Module):
 class SelfProcessing(nnx.Module):
     """B consecutive bottleneck layers on one feature map (thesis section 3.3.2).
 
-    Separate weights for every layer (author notes section 1).
+    Separate weights for every layer (as the author's code).
     """
 
     def __init__(

@@ -52,7 +52,7 @@ def resolve_impl(impl: str) -> str:
 def sfm(features_table: jax.Array, id_map: jax.Array, act_xy: jax.Array, act_roi: jax.Array,
         weights: jax.Array, biases: jax.Array, dilations: Sequence[int] = (1, 3, 5), *,
         impl: str = "auto") -> jax.Array:
-    """Fused SFM core Σ_{d in dilations} ReLU(IdConv3x3_d) on the active cells (T1360).
+    """Fused SFM core Σ_{d in dilations} ReLU(IdConv3x3_d) on the active cells (thesis §5.3.3).
 
     Args:
         features_table: [N + 1, F_in] float, [act (A rows); pas; 0] (``SPS.feature_table()``).

@@ -6,7 +6,7 @@ lowered for (lowering a train step for CUDA on a CPU-only host emits the Triton 
 calls; lowering for the CPU or TPU emits the XLA IdConvs). One ``custom_vjp`` around
 both implementations, with a platform-dependent forward and backward, so no ``cond``
 is ever transposed. Both save the same residuals, (table, neighbour ids, weights,
-biases) — the IdConv contract (spec §6 "IdConv"); the XLA backward therefore
+biases) — the IdConv contract of :mod:`.id_conv`; the XLA backward therefore
 recomputes the three pre-activations to get the ReLU gates, as the Triton "gates"
 kernel does.
 

@@ -1,14 +1,15 @@
-"""The Structure-Preserving Sparsity (SPS) container and its stage update (thesis §5.3.2, T1300–T1306).
+"""The Structure-Preserving Sparsity (SPS) container and its stage update (thesis §5.3.2).
 
 SPS stores the active features ``[A, F]`` (updated at every stage), the passive features
 ``[P, F]`` (frozen cells, stored once without duplicates) and a dense id map
 ``[R, S, S]`` that gives, for every cell of every RoI at the current resolution
 S = 14·2^s, the row of its feature in the table ``[act; pas; 0]``: actives have ids
-0..A-1, passives A..A+P-1, and the pad id A+P points at a zero row (T1306).
+0..A-1, passives A..A+P-1, and the pad id A+P points at a zero row (thesis §5.3.2).
 
-Everything is per image: the head vmaps over the batch (selection is per image, T1352).
+Everything is per image: the head vmaps over the batch (selection is per image, thesis §5.3.3).
 
-Fixed capacities (spec §6, with R the RoI capacity of the image and K_max = 10,000, T1352):
+Fixed capacities (static shapes; R the RoI capacity of the image, K_max = 10,000 as in
+thesis §5.3.3):
 
 - stage 0: C0 = 196·R cells, all active (``sps_from_dense``), no passives;
 - every update selects K = min(K_max, C0) cells (static; with A_1 = 4K >= K the same K
@@ -18,7 +19,8 @@ Fixed capacities (spec §6, with R the RoI capacity of the image and K_max = 10,
 Invalid slots: cells of padding RoIs (and their descendants) are real slots with finite
 garbage features and ``*_valid == False``. They get the refinement logit -inf, so real
 cells are always selected first; when an image has fewer than K valid cells, the
-leftover picks are invalid cells ("refine all", N§6.2). Every active slot, valid or
+leftover picks are invalid cells (the author's code refines all cells when there are
+fewer than K: DetSeg ``models/heads/seg/effseg.py``, ``EffSegHead``). Every active slot, valid or
 not, occupies exactly one grid cell of its RoI's map (IdConv's reverse gather relies on
 it). Mask invalid slots out of losses; scatter them with ``mode='drop'``.
 """
@@ -33,7 +35,7 @@ import jax.numpy as jnp
 
 __all__ = ["SPS", "SPSCapacities", "sps_capacities", "sps_from_dense", "select_and_split", "CHILD_OFFSETS"]
 
-# Child c of a split cell sits at (2x + dx, 2y + dy) with c = dx + 2·dy (T1354).
+# Child c of a split cell sits at (2x + dx, 2y + dy) with c = dx + 2·dy (thesis §5.3.3).
 CHILD_OFFSETS = ((0, 0), (1, 0), (0, 1), (1, 1))
 
 
@@ -143,13 +145,13 @@ def select_and_split(sps: SPS, refine_logits: jax.Array, num_selected: int,
                      limit: jax.Array | int | None = None) -> tuple[SPS, jax.Array]:
     """One SPS stage update: select, split into 2x2 children, remap and upsample the id map.
 
-    Selection (T1352, spec §6 "Selection"): the K active cells with the highest
+    Selection (thesis §5.3.3): the K active cells with the highest
     refinement logit, invalid cells at -inf; picks sorted by index (the code's order).
-    Split (T1354): the r-th selected cell's children get ids 4r + c at (2x+dx, 2y+dy),
+    Split (thesis §5.3.3): the r-th selected cell's children get ids 4r + c at (2x+dx, 2y+dy),
     c = dx + 2·dy; then the old passives, then the non-selected actives in index order
     as new passives; the pad id becomes 4K + P_new. The id map is remapped through the
     table ``new_id[old]``, upsampled 2x (nearest) and the child index c is added on
-    the actives' cells (spec §6 "SPS container").
+    the actives' cells.
 
     Args:
         sps: the current state, A actives, P passives, resolution S.
@@ -162,7 +164,7 @@ def select_and_split(sps: SPS, refine_logits: jax.Array, num_selected: int,
 
     Returns:
         (new SPS with 4K actives, P + A - K passives, resolution 2S, whose ``act`` holds
-        every child's PARENT feature (the head adds its child MLP, T1354),
+        every child's PARENT feature (the head adds its child MLP, thesis §5.3.3),
         selected [K] int32 active indices of the parents, ascending).
     """
     num_active, num_passive = sps.num_active, sps.num_passive

@@ -1,10 +1,11 @@
-"""IdConv: a 3x3 (dilated) convolution on the active cells of an SPS map (spec §1 step 6, §6 "IdConv").
+"""IdConv: a 3x3 (dilated) convolution on the active cells of an SPS map (thesis §5.3.2).
 
 For every active cell at (x, y) of RoI r, the 9 neighbours at (x + d·(kx-1), y + d·(ky-1))
 are looked up in the id map (cells outside the RoI grid read the pad id, a zero row), their
 features gathered from the table ``[act; pas; 0]`` and multiplied with
 ``W [9·F_in, F_out]`` whose rows are tap-major, taps (ky, kx) row-major, then channels
-(N§6.2, the code's ``[out, 9·in]`` layout transposed).
+(the ``[out, 9·in]`` weight of the author's ``IdConv2d``, DetSeg ``models/modules/sps.py``,
+transposed).
 
 The VJP is hand-written (``jax.custom_vjp``) and saves only (table, ids, W): autodiff
 would keep the [A, 9F] im2col (184 MB per dilation at stage 1, A = 40,000, F = 128) and
@@ -214,7 +215,8 @@ def id_conv(features_table: jax.Array, id_map: jax.Array, act_xy: jax.Array, act
 
 def sfm_xla(features_table: jax.Array, id_map: jax.Array, act_xy: jax.Array, act_roi: jax.Array,
             weights: jax.Array, biases: jax.Array, dilations: Sequence[int] = (1, 3, 5)) -> jax.Array:
-    """Fused SFM core Σ_d ReLU(IdConv_d) (T1360, N§6.2) with XLA IdConvs.
+    """Fused SFM core Σ_d ReLU(IdConv_d) (thesis §5.3.3; DetSeg ``models/modules/sps.py``, ``IdConv2d``)
+    with XLA IdConvs.
 
     Args:
         weights: [D, 9·F_in, F_out]; biases: [D, F_out]; one per dilation.
@@ -232,7 +234,8 @@ def sfm_xla(features_table: jax.Array, id_map: jax.Array, act_xy: jax.Array, act
 
 def sps_macs(num_valid_active: int | jax.Array, in_channels: int, out_channels: int,
              num_convs: int = 1) -> int | jax.Array:
-    """Analytic IdConv cost in multiply-adds: 9·C_in·numel(out) over the VALID actives (N§9).
+    """Analytic IdConv cost in multiply-adds: 9·C_in·numel(out) over the VALID actives (the author's
+    FLOP handle, DetSeg ``utils/flops.py``, ``id_conv2d_flop_jit``).
 
     XLA's cost analysis counts the capacity A (invalid slots included); the thesis's
     FLOPs (fvcore handle of the released code) count the real cells. ``num_convs`` = 3

@@ -2,7 +2,7 @@
 
 All Triton-specific SPS code lives here (the Pallas Triton backend is deprecated from
 jax 0.11; a Mosaic GPU version can replace this module behind ``sfm(..., impl=...)``).
-Semantics: :func:`msvision.ops.sps.id_conv.sfm_xla`, Σ_d ReLU(IdConv_d) (T1360).
+Semantics: :func:`msvision.ops.sps.id_conv.sfm_xla`, Σ_d ReLU(IdConv_d) (thesis §5.3.3).
 
 Layout handed to the kernels (prepared in XLA by :func:`sfm_triton`):
 the table ``[N + 1, Fp]`` (last row zero), the neighbour ids ``[A_pad, T]`` with
@@ -11,7 +11,7 @@ row), weights ``[T·Fp, Fop]`` and biases ``[D·Fop]``. Channels are zero-padded
 powers of two >= 16 (Triton block shapes and ``dot`` minimum), actives to a multiple of
 ``block_actives``.
 
-Kernels (spec §6 "Pallas"):
+Kernels:
 
 - forward, grid ``A_pad / block_actives``: each program loads the T ids of its
   ``block_actives`` actives, then per dilation 9 ``[block, Fp]`` row gathers, each

@@ -1,10 +1,10 @@
-"""Analytic multiply-accumulate count of the EffSeg head over the VALID cells (thesis 2.3, N§9).
+"""Analytic multiply-accumulate count of the EffSeg head over the VALID cells (thesis §2.3).
 
 XLA's cost analysis counts buffer capacities (every RoI slot, every active slot, valid
-or not); the thesis's FLOPs (fvcore with the released code's handles, N§9) count the
-real work: linear layers ``in·out`` per row, 3×3 convolutions and IdConvs ``9·in·out``
-per output cell, RoIAlign ``4·sr²·numel(out)``, bilinear neck sampling ``4·C`` per
-point. Elementwise operations are not counted (as fvcore does not).
+or not); the thesis's FLOPs (fvcore with the released code's handles, DetSeg
+``utils/flops.py``) count the real work: linear layers ``in·out`` per row, 3×3
+convolutions and IdConvs ``9·in·out`` per output cell, RoIAlign ``4·sr²·numel(out)``,
+bilinear neck sampling ``4·C`` per point. Elementwise operations are not counted (as fvcore does not).
 
 :func:`stage_counts` reads the valid counts from the head's outputs;
 :func:`effseg_macs` turns them into MACs per component.

@@ -1,14 +1,15 @@
-"""EffSeg losses (thesis T1364; released code N§6.3).
+"""EffSeg losses (thesis §5.3.3; released code: ``EffSegHead.compute_losses``,
+DetSeg ``models/heads/seg/effseg.py``).
 
 Per stage s, sigmoid cross-entropy of the segmentation and refinement logits of the
 cells supervised at that stage: every cell of every RoI at stage 0 (R·196), the
-active cells at stages 1–3. Weights (T1364): segmentation (0.25, 0.375, 0.375, 0.5),
+active cells at stages 1–3. Weights (thesis §5.3.3): segmentation (0.25, 0.375, 0.375, 0.5),
 refinement (0.25, 0.25, 0.25, 0.25).
 
-Reduction (N§6.3, the released code's ``CrossEntropyLoss`` mean × ``num_matches``): per
+Reduction (the released code's ``CrossEntropyLoss`` mean × ``num_matches``): per
 image, the mean over its supervised cells times its number of training RoIs; the
 per-image values are averaged over the batch (what DDP's gradient average gives at
-one image per GPU, thesis T1382). Summed over stages into ``loss_mask_seg`` and
+one image per GPU, thesis §5.4.1). Summed over stages into ``loss_mask_seg`` and
 ``loss_mask_ref``.
 """
 
@@ -29,7 +30,7 @@ Array = jax.Array
 class EffSegCriterion:
     """Loss settings (config section ``model.seg_head.loss``; module docstring).
 
-    ``seg_target``: 'centre' (thesis T1364: the ground truth at the cell centre) or
+    ``seg_target``: 'centre' (thesis §5.3.3: the ground truth at the cell centre) or
     'average' (released code: RoIAlign average > 0.5); see
     :mod:`msvision.models.heads.effseg.targets`.
     """
@@ -53,7 +54,7 @@ class EffSegCriterion:
             ``valid [B, A_s]`` bool, ``roi [B, A_s]`` int32, ``xy [B, A_s, 2]`` int32 (x, y).
           targets: per stage ``(seg, refine)`` ``[B, R, S, S]`` bool
             (:func:`~msvision.models.heads.effseg.targets.mask_targets`).
-          num_rois: ``[B]`` training RoIs per image (the loss scale, N§6.3).
+          num_rois: ``[B]`` training RoIs per image (the loss scale, the released code's ``num_matches``).
 
         Returns:
           ``loss_mask_seg``, ``loss_mask_ref`` (scalars) and ``mask/seg_acc_s``,

@@ -1,24 +1,26 @@
 """The EffSeg segmentation head with Structure-Preserving Sparsity (thesis 5.3, figure 5.3).
 
-Inputs (T1338): the neck pyramid (P2–P5 used), one box per RoI (the detector's predicted
-box, no gradient, unclipped; N§6.1) and one query feature per RoI.
+The released code's version is ``EffSegHead`` (DetSeg ``models/heads/seg/effseg.py``).
 
-Stage 0, dense 14×14, F0 = pyramid width (T1342–1348):
-  RoIAlign 14×14 from P_k0, k0 = 2 + min(⌊log2(√(wh)/56)⌋, 3) (eq. 5.1) → + sine
-  position encoding of the cells (released code, N§6.1; ``position_encoding``) → query
+Inputs (thesis §5.3.3): the neck pyramid (P2–P5 used), one box per RoI (the detector's
+predicted box, no gradient, unclipped, as the released code) and one query feature per RoI.
+
+Stage 0, dense 14×14, F0 = pyramid width (thesis §5.3.3):
+  RoIAlign 14×14 from P_k0, k0 = 2 + min(⌊log2(√(wh)/56)⌋, 3) (eq. (5.1)) → + sine
+  position encoding of the cells (released code only; ``position_encoding``) → query
   fusion → FCN of ``fcn_convs`` 3×3 convolutions with ReLUs → segmentation and
   refinement logits by two 2-layer MLPs.
-Stages s = 1..num_stages, sparse (SPS, T1350–1362), F_s = F0 / 2^s:
+Stages s = 1..num_stages, sparse (SPS, thesis §5.3.3), F_s = F0 / 2^s:
   the K cells of highest refinement logit of the image become active and split into
   2×2 children (4 child MLPs), the others join the passives (:func:`select_and_split`);
   neck fusion with P_ks sampled at the child's cell centre, ks = max(k0 − s, 2)
-  (eq. 5.2); a shared ``Linear(F, F/2)+ReLU`` transition of actives and passives; the
+  (eq. (5.2)); a shared ``Linear(F, F/2)+ReLU`` transition of actives and passives; the
   processing module (table 5.7; default SFM) on the actives; segmentation and
   refinement logits of the actives.
 
-Fixed capacities (per image, spec §6): R RoIs (training: ``max_train_rois``, see
+Fixed capacities (per image, static shapes): R RoIs (training: ``max_train_rois``, see
 :mod:`.targets`; inference: one per detection slot), C0 = 196·R stage-0 cells,
-K = min(``max_selected``, C0) selected per stage (10,000 in the thesis, T1352; all
+K = min(``max_selected``, C0) selected per stage (10,000 in the thesis, §5.3.3; all
 cells with ``processing='dense_sfm'``), 4K actives, passives P1 = C0 − K,
 P_{s+1} = P_s + 3K (:func:`~msvision.ops.sps.sps_capacities`). Nothing overflows at
 the cell level: the selection picks the best K valid cells, and when an image has
@@ -77,21 +79,21 @@ class EffSegHead(nnx.Module):
     Args:
       levels: pyramid levels of the neck (``neck.out_levels``); ``roi_levels`` must be among them.
       channels: pyramid width = query width = F0.
-      num_stages: sparse refinement stages (3: 14 → 112, T1350).
-      base_resolution: stage-0 grid (14, T1342).
+      num_stages: sparse refinement stages (3: 14 → 112, thesis §5.3.3).
+      base_resolution: stage-0 grid (14, thesis §5.3.3).
       min_stage_channels: floor of the halved stage widths F_s = F0 / 2^s (1: the thesis's
         halving; a scaled-down head keeps its finest stages this wide).
-      fcn_convs: 3×3 convolutions of the stage-0 FCN (4, T1346).
+      fcn_convs: 3×3 convolutions of the stage-0 FCN (4, thesis §5.3.3).
       processing: table 5.7's processing module, 'sfm' | 'conv' | 'deform_conv' | 'mlp' |
         'dense_sfm' (:class:`~.modules.ProcessingModule`).
-      dilations: SFM dilations (1, 3, 5, T1360).
+      dilations: SFM dilations (1, 3, 5, thesis §5.3.3).
       position_encoding: add the sine encoding of the cells to the RoI features (released
-        code only, N§6.1).
-      roi_levels: (first, last) pyramid level of the RoIAlign, eq. 5.1 (P2–P5).
+        code only, ``SinePosEncoder2d``).
+      roi_levels: (first, last) pyramid level of the RoIAlign, eq. (5.1) (P2–P5).
       canonical_size: eq. 5.1's 56.
       roi_sampling_ratio: RoIAlign samples per bin and axis (fixed: mmcv's adaptive
-        count is data-dependent, spec §6).
-      max_selected: K, cells refined per image and stage (10,000, T1352).
+        count is data-dependent).
+      max_selected: K, cells refined per image and stage (10,000, thesis §5.3.3).
       selected_per_roi: ρ > 0 ties the budget to the RoIs: ρ · (valid RoIs) cells per image
         and stage, at most ``max_selected`` (see the module docstring); 0: K = ``max_selected``.
         A sequence gives ρ per stage (all ≥ 1).
@@ -277,8 +279,9 @@ class EffSegHead(nnx.Module):
         centre = box[..., :2] + (sps.act_xy.astype(jnp.float32) + 0.5) / size * (box[..., 2:] - box[..., :2])
         level = jnp.maximum(jnp.take_along_axis(k0, sps.act_roi, axis=1) - stage, first)
         # Normalised to each level's stored map: x / (2^k W_k) is the grid_sample
-        # coordinate of the pixel position x on a stride-2^k map (N§6.2; exact for
-        # inputs that are not multiples of 2^k, see ops.roi_align).
+        # coordinate of the pixel position x on a stride-2^k map (the released code
+        # normalises by the padded image size; this is exact for inputs that are not
+        # multiples of 2^k, see ops.roi_align).
         extent = jnp.asarray([[2 ** l * neck[l].shape[2], 2 ** l * neck[l].shape[1]] for l in range(first, last + 1)],
                              jnp.float32)  # [L, 2] (x, y)
         points = centre / extent[level - first]
@@ -287,7 +290,7 @@ class EffSegHead(nnx.Module):
     # --- training and inference ------------------------------------------------------------
 
     def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs) -> tuple[Array, dict]:
-        """Mask losses of the matched queries (spec §0), ``(total, metrics)`` float32."""
+        """Mask losses of the matched queries (stage-2 positives), ``(total, metrics)`` float32."""
         if batch.masks is None:
             raise ValueError("the EffSeg head needs ground-truth masks: set data.with_masks=True")
         rois = select_train_rois(queries, self.max_train_rois)
@@ -309,7 +312,7 @@ class EffSegHead(nnx.Module):
                 queries: QueryOutputs) -> Detections:
         """``dets`` with ``masks [B, K, S, S]`` probabilities on ``mask_boxes`` and, with
         ``inference.score_weighting``, scores ``s_cls · mean(p | p > 0.5)`` (eq. 5.3),
-        re-sorted. One mask per distinct detected query (N§6.4); boxes in padded-input pixels."""
+        re-sorted. One mask per distinct detected query (as the released code); boxes in padded-input pixels."""
         num_dets = dets.valid.shape[1]
         num_queries = queries.queries.shape[1]
         rois, roi_valid, inverse = jax.vmap(

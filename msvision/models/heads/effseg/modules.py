@@ -1,16 +1,19 @@
-"""Networks of the EffSeg head (thesis 5.3.3, figure 5.3; released code N§6.1–6.2).
+"""Networks of the EffSeg head (thesis 5.3.3, figure 5.3; released code: ``EffSegHead``,
+DetSeg ``models/heads/seg/effseg.py``, and ``IdConv2d``, DetSeg ``models/modules/sps.py``).
 
 Every layer is a PyTorch-default ``nn.Linear`` (the released EffSeg sets no init of its
-own, N§6.2) except the FCN convolutions (mmcv ``ConvModule``: kaiming-normal fan-out,
-zero bias, N§6.1) and the IdConv weights (kaiming-uniform a=√5 on the ``[out, 9·in]``
-matrix, i.e. U(±1/√(9·in)), N§6.2).
+own) except the FCN convolutions (mmcv ``ConvModule``: kaiming-normal fan-out, zero
+bias) and the IdConv weights (kaiming-uniform a=√5 on the ``[out, 9·in]`` matrix, i.e.
+U(±1/√(9·in)), as ``IdConv2d``).
 
-- :class:`TwoLayerMLP`: ``Linear → ReLU → Linear`` (segmentation / refinement logits, T1348).
-- :class:`QueryFusion`: ``x += 1×1(ReLU(1×1([ReLU(Linear(q)), x])))`` (T1344, N§6.1).
-- :class:`ChildNetwork`: the 4 child MLPs of a split cell (T1354; one ``Linear(F, 4F)``
-  whose four F-slices go through one shared ``Linear(F, F)``, N§6.2 step 3).
-- :class:`NeckFusion`: ``act += Linear(ReLU(Linear([act, key])))`` (T1356).
-- :class:`ProcessingModule`: table 5.7's processing modules on the active cells (T1360).
+- :class:`TwoLayerMLP`: ``Linear → ReLU → Linear`` (segmentation / refinement logits,
+  thesis §5.3.3).
+- :class:`QueryFusion`: ``x += 1×1(ReLU(1×1([ReLU(Linear(q)), x])))`` (thesis §5.3.3; the
+  released code's form).
+- :class:`ChildNetwork`: the 4 child MLPs of a split cell (thesis §5.3.3; as the released
+  code, one ``Linear(F, 4F)`` whose four F-slices go through one shared ``Linear(F, F)``).
+- :class:`NeckFusion`: ``act += Linear(ReLU(Linear([act, key])))`` (thesis §5.3.3).
+- :class:`ProcessingModule`: table 5.7's processing modules on the active cells (thesis §5.3.3).
 - :func:`sine_position_encoding`: the released code's position encoding of the RoI cells.
 """
 
@@ -53,7 +56,7 @@ class TwoLayerMLP(nnx.Module):
 
 
 class QueryFusion(nnx.Module):
-    """Fuses each RoI's query into its RoI features (T1344; N§6.1).
+    """Fuses each RoI's query into its RoI features (thesis §5.3.3; the released code's layers).
 
     ``q' = ReLU(Linear_{D→F}(q))``; ``x += 1×1_{F→F}(ReLU(1×1_{2F→F}([q', x])))`` with
     ``q'`` broadcast over the cells. 1×1 convolutions are linear layers on the channels.
@@ -71,7 +74,7 @@ class QueryFusion(nnx.Module):
 
 
 class ChildNetwork(nnx.Module):
-    """``child_c = parent + Linear_{F→F}(ReLU(Linear_{F→4F}(parent))[c·F:(c+1)·F])`` (T1354, N§6.2)."""
+    """``child_c = parent + Linear_{F→F}(ReLU(Linear_{F→4F}(parent))[c·F:(c+1)·F])`` (thesis §5.3.3)."""
 
     def __init__(self, features: int, *, dtype=None, rngs: nnx.Rngs):
         self.expand = torch_linear(features, 4 * features, dtype=dtype, rngs=rngs)
@@ -86,7 +89,7 @@ class ChildNetwork(nnx.Module):
 
 
 class NeckFusion(nnx.Module):
-    """``act += Linear_{F→F}(ReLU(Linear_{F+C→F}([act, key])))`` (T1356)."""
+    """``act += Linear_{F→F}(ReLU(Linear_{F+C→F}([act, key])))`` (thesis §5.3.3)."""
 
     def __init__(self, features: int, key_features: int, *, dtype=None, rngs: nnx.Rngs):
         self.fuse = TwoLayerMLP(features + key_features, features, features, dtype=dtype, rngs=rngs)
@@ -98,7 +101,7 @@ class NeckFusion(nnx.Module):
 def sine_position_encoding(size: int, features: int, temperature: float = 1e4) -> Array:
     """``[size, size, features]`` float32 encoding of cell centres ``((j + ½)/size, (i + ½)/size)``.
 
-    The released code's ``SinePosEncoder2d`` (N§6.1): coordinates scaled by 2π, periods
+    The released code's ``SinePosEncoder2d`` (DetSeg ``models/modules/position.py``): coordinates scaled by 2π, periods
     ``temperature^(4k / features)`` for ``k < features / 4``, channels
     ``[sin x, cos x, sin y, cos y]`` (``features / 4`` each).
     """
@@ -114,12 +117,12 @@ def sine_position_encoding(size: int, features: int, temperature: float = 1e4) -
 
 
 class ProcessingModule(nnx.Module):
-    """Updates the active features of one SPS stage (T1360; table 5.7).
+    """Updates the active features of one SPS stage (thesis §5.3.3; table 5.7).
 
     Every module is ``Linear–ReLU → core → Linear–ReLU → Linear–ReLU`` without a
-    residual (N§6.2); the core reads the 3×3 neighbours of each active cell through the
+    residual (as the released code); the core reads the 3×3 neighbours of each active cell through the
     id map, passives (the transitioned features, not passed through the first linear,
-    N§6.2) and a zero vector outside the RoI included:
+    as the released code) and a zero vector outside the RoI included:
 
     - ``'sfm'``: Σ_{d in dilations} ReLU(IdConv3×3_d) (RefineMask's SFM, the default);
     - ``'dense_sfm'``: the same weights applied densely (every cell of every RoI is
@@ -131,7 +134,7 @@ class ProcessingModule(nnx.Module):
       (mmcv ``DeformConv2d`` semantics on the SPS map);
     - ``'mlp'``: ReLU(Linear_{4F→F}(ReLU(Linear_{F→4F}))): a pointwise core (no neighbours).
 
-    The layers of the table-5.7 alternatives are not published (spec §1); these are
+    The layers of the table-5.7 alternatives are not published; these are
     reconstructions, checked against table 5.7's parameter counts of the whole model
     (FQDet, ``configs/effseg/r50_fpn_fqdet_effseg_*.py``): SFM 38.81 M (38.8), MLP with the
     4F hidden layer 38.40 M (38.4; Σ_d of pointwise branches would give 38.29 M), Conv
@@ -206,7 +209,7 @@ class ProcessingModule(nnx.Module):
         return sfm(table, id_map, act_xy, act_roi, weight, bias, self.dilations, impl=self.sfm_impl)
 
     def _dense_sfm(self, table, id_map, act_xy, act_roi, weight, bias):
-        """Every cell active: the map is ``table[id_map]``, convolved densely (T1574)."""
+        """Every cell active: the map is ``table[id_map]``, convolved densely (table 5.7's Dense SFM)."""
         dense = dense_map(table, id_map)  # [R, S, S, F]
         total = 0.0
         for i, d in enumerate(self.dilations):

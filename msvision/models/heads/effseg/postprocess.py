@@ -1,4 +1,7 @@
-"""EffSeg inference: masks from the stage predictions, pasting and scoring (thesis T1366–1372; N§6.4).
+"""EffSeg inference: masks from the stage predictions, pasting and scoring (thesis §5.3.3, eq. (5.3)).
+
+The released code's version: ``EffSegHead.get_mask_scores`` (DetSeg
+``models/heads/seg/effseg.py``) and ``BaseSegHead.compute_segs`` (``models/heads/seg/base.py``).
 
 1. :func:`assemble_mask_logits`: the stage-0 14×14 logits; at every next stage a ×2
    bilinear upsampling (``align_corners=False``) of the logits, then the active cells
@@ -29,14 +32,14 @@ from msvision.structures import Batch, Detections
 
 Array = jax.Array
 
-SCORE_EPS = 1e-6  # the released code's denominator guard (N§6.4)
+SCORE_EPS = 1e-6  # the released code's denominator guard (``BaseSegHead``)
 
 
 @dataclasses.dataclass(frozen=True)
 class EffSegPostProcess:
     """Inference settings (config section ``model.seg_head.inference``).
 
-    ``mask_threshold``: foreground threshold of the probabilities (0.5, T1372);
+    ``mask_threshold``: foreground threshold of the probabilities (0.5, the released code's ``mask_thr``);
     ``score_weighting``: multiply the class score by the mean foreground probability
     (eq. 5.3; the ++ baselines use it too); ``paste_chunk``: RoIs pasted at once when
     scoring (memory ``paste_chunk × H × W`` floats per image).
@@ -56,7 +59,7 @@ def upsample2x(logits: Array) -> Array:
 
 
 def assemble_mask_logits(stages: list[dict], num_rois: int, base_resolution: int = 14) -> Array:
-    """``[B, R, S, S]`` float32 mask logits, S = base·2^(stages-1) (T1366, N§6.4).
+    """``[B, R, S, S]`` float32 mask logits, S = base·2^(stages-1) (thesis §5.3.3).
 
     Args:
       stages: the head's cells per stage (``seg [B, A_s]`` logits, ``valid``, ``roi``,
@@ -134,7 +137,8 @@ def mask_scores(probs: Array, boxes: Array, image_size: Array, canvas_hw: tuple[
 
 
 def unique_queries(query_ids: Array, valid: Array, num_queries: int, num_slots: int) -> tuple[Array, Array, Array]:
-    """One RoI per distinct detected query (a query may be detected with several classes, N§6.4).
+    """One RoI per distinct detected query (a query may be detected with several classes;
+    the released code does the same).
 
     Args:
       query_ids: ``[K]`` int32 query of each detection; valid: ``[K]`` bool.

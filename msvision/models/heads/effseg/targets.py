@@ -1,29 +1,30 @@
-"""Training RoIs and per-cell mask targets of the EffSeg head (thesis T1364; N§6.1, N§6.3).
+"""Training RoIs and per-cell mask targets of the EffSeg head (thesis §5.3.3; released code:
+``EffSegHead.compute_losses``, DetSeg ``models/heads/seg/effseg.py``).
 
-Training RoIs (spec §0): the stage-2 positive queries of the detector, each with its
-predicted box (no gradient, unclipped) and the ground-truth mask of its matched object.
+Training RoIs (as the released code): the stage-2 positive queries of the detector, each
+with its predicted box (no gradient, unclipped) and the ground-truth mask of its matched object.
 Their number varies per image; the head runs on a fixed capacity of ``capacity``
 RoIs per image (static shapes):
 
 - positives are ordered by their rank among the positives of the same object (by the
   IoU of their box prior with the object, best first), then by object slot, so a
   capacity of R keeps the ⌈R / n_objects⌉ best queries of every object before any
-  object gets more (spec §6 "fixed-R fallback": drop by (rank in the gt's top-k, gt));
+  object gets more (i.e. drop by (rank in the gt's top-k, gt));
 - the first ``capacity`` of that order are kept; the rest are dropped and COUNTED
   (``num_dropped``, logged as ``seg/dropped_rois``); the loss is normalised by the
-  kept count (the released code's ``num_matches``, N§6.3).
+  kept count (the released code's ``num_matches``).
 
 How to choose the capacity: it bounds the positives per image, at most
 ``match_topk`` (15) × objects and at most the number of queries. The released logs
 report about 20 % of 300 queries (FQDet) and 5 % of 1500 (FQDetV2) matched on COCO
-(N§5.7), i.e. 60–75 per image on average; the thesis configs use 128 per image so
+(DetSeg ``outputs/main/**/log.txt``), i.e. 60–75 per image on average; the thesis configs use 128 per image so
 that only crowded images overflow, and the overflow metric says how often.
 
 Mask targets (per stage s, an S_s × S_s grid, S_s = 14·2^s, over every RoI):
 
-- ``seg_target='centre'`` (thesis T1364, the default): the ground-truth mask sampled
+- ``seg_target='centre'`` (thesis §5.3.3, the default): the ground-truth mask sampled
   at the cell centre (:func:`~msvision.ops.roi_align.roi_mask_centre_values`);
-  ``'average'`` (released code, N§6.3): v > 0.5 with v the RoIAlign average of the
+  ``'average'`` (released code): v > 0.5 with v the RoIAlign average of the
   mask over the cell (:func:`~msvision.ops.roi_align.roi_mask_targets`);
 - refinement target (both): the cell holds foreground and background, 0 < v < 1
   (with a margin of ``MIXED_EPS`` for float32 rounding).

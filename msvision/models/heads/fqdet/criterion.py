@@ -1,12 +1,13 @@
-"""FQDet losses (thesis 4.4.1, 4.5.2; released code N§5.4, N§5.8).
+"""FQDet losses (thesis 4.4.1, 4.5.2; released code: DetSeg ``models/modules/selector.py``,
+``models/heads/cls/base.py`` and ``models/heads/box2d/base.py``).
 
   selection  sigmoid focal loss (α 0.25, γ 2) on every anchor's top-k label.
   cls        'focal' (V1): sigmoid focal on the K+1 outputs with one-hot targets,
-             the no-object column is the target of unmatched queries (N§5.8);
+             the no-object column is the target of unmatched queries (as released);
              'qfl' (V2): quality focal loss (β 2) with soft label IoU(predicted box
              (no gradient), gt box) on the gt class.
   box        'l1' on Faster R-CNN deltas (V1) | 'giou' | 'diou' | 'ciou' | 'eiou'
-             (mmdet's Extended-IoU loss, N§5.8) on decoded boxes; positives only.
+             (mmdet's Extended-IoU ``EIoULoss``) on decoded boxes; positives only.
   box score  (V2) L1 between a logit and inverse_sigmoid(IoU(pred, gt), eps 1e-3).
   duplicate  (learned duplicate removal, 4.5.2) BCE on query pairs: pairs matched to
              the same gt are duplicates, pairs matched to different gts are not.
@@ -15,7 +16,7 @@ Weights left at ``None`` take the loss's own weight from the thesis (4.5.2, tabl
 4.14 and 4.16): cls focal 1, QFL 0.5; box L1 1, GIoU/DIoU/CIoU 1.3, EIoU 1.85 — so
 ``--config.model.head.loss.box=giou`` trains with weight 1.3.
 
-Reduction (``reduction``): 'sum' (released code, N§1: every loss summed over
+Reduction (``reduction``): 'sum' (released code, DetSeg ``engine.py``, ``train``: every loss summed over
 anchors/queries; we average the per-image sums over the batch, which equals the
 author's per-GPU sum averaged by DDP at one image per GPU) | 'mean_per_gt' (sums
 divided by the number of real gt boxes in the batch, at least 1).

@@ -2,7 +2,7 @@
 
 Stage 1 (thesis 4.3.3): anchors of ``anchors.num_sizes`` sizes × ratios on every
 neck feature (:class:`~msvision.ops.anchors.AnchorSpec`; sizes ``4·2^(l+j/3)``,
-centres ``stride·(x + 0.5)``, N§5.2); the selector network scores every
+centres ``stride·(x + 0.5)``, as DetSeg's ``AnchorGenerator``); the selector network scores every
 feature–anchor pair; the ``selector.num_queries`` best pairs per image become the
 queries, their anchors the box priors. Only anchors of feature cells inside the
 image's valid map (``ceil(h / 2^l)`` × ``ceil(w / 2^l)`` cells, what the thesis's
@@ -23,8 +23,8 @@ them together.
 Config (``model.head``, name 'fqdet'): one nested section per constructor
 argument below; ``python -m msvision.models.build --kind head --name fqdet``
 prints every field with its default. Defaults follow the thesis's base FQDet
-(table 4.1) and the released code (``sel_v9``) where the thesis is silent; the
-FQDetV2 configs state their differences. Ablation switches: ``prediction.aux_losses``
+(table 4.1) and the released FQDet config (DetSeg ``scripts/fqdet/r50_fpn_fqdet_12e.sh``)
+where the thesis is silent; the FQDetV2 configs state their differences. Ablation switches: ``prediction.aux_losses``
 / ``aux_shared`` (table 4.3), ``decoder.iterative_refinement`` (4.4),
 ``matcher.matching`` (4.5), ``anchors`` (4.2, 4.10), ``decoder.num_points`` (4.6),
 ``selector.num_queries`` (4.11), ``decoder.ffn_dim`` (4.12), ``prediction.cls_net``
@@ -87,7 +87,7 @@ class DecoderSpec:
 
     ``box_encoder``: add box encodings of the priors to the cross-attention input
     (thesis: and to the self-attention queries/keys, ``box_encoding_self_attn``;
-    the released FQDetV2 has no box encoder, N§5.5). ``iterative_refinement``
+    the released FQDetV2 has no box encoder). ``iterative_refinement``
     (table 4.4): the priors of layer i+1 are the boxes of layer i (no gradient,
     Deformable DETR); needs ``prediction.aux_losses``. ``msda_impl``: see
     :func:`msvision.ops.msda.multiscale_deformable_attention`.
@@ -109,7 +109,7 @@ class PredictionSpec:
     """Prediction networks (config ``model.head.prediction``).
 
     ``cls_net`` / ``box_net``: 'v1' (MLP with ``v1_hidden_layers`` hidden layers:
-    1 in thesis 4.4.1, 2 in the released ``sel_v9``) or 'v2' (tables 4.13, 4.15);
+    1 in thesis 4.4.1, 2 in the released FQDet config) or 'v2' (tables 4.13, 4.15);
     ``box_scoring`` (table 4.17); ``aux_losses``: predictions and losses on the
     queries entering the decoder and after every decoder layer (table 4.3), with one
     shared prediction-network set (``aux_shared``) or one per supervised output;
@@ -235,8 +235,9 @@ class FQDetHead(nnx.Module):
 
         b = sel_logits.shape[0]
         spatial_shapes = tuple(tuple(int(s) for s in pyramid[l].shape[1:3]) for l in self.levels)
-        # MSDA samples bilinearly with zero padding outside the image (N§5.6): the
-        # padded cells of the values must be zero, as they are for the image alone.
+        # MSDA samples bilinearly with zero padding outside the image (Deformable DETR's
+        # ``MSDeformAttnFunction``, used by DetSeg's ``MSDAv1``): the padded cells of
+        # the values must be zero, as they are for the image alone.
         value = jnp.concatenate([mask_padding(pyramid[l], image_sizes, 2**l).reshape(b, -1, pyramid[l].shape[-1])
                                  for l in self.levels], axis=1)
         feats = jnp.take_along_axis(value, jnp.asarray(tables["feature_ids"])[query_ids][..., None], axis=1)
@@ -293,9 +294,9 @@ class FQDetHead(nnx.Module):
 
     def losses_with_queries(self, pyramid: dict[int, Array],
                             batch: Batch) -> tuple[Array, dict[str, Array], QueryOutputs]:
-        """:meth:`losses` plus what a segmentation head needs (thesis 5.3.3, spec §0):
+        """:meth:`losses` plus what a segmentation head needs (thesis 5.3.3):
         the last layer's queries and predicted boxes (unclipped, pixels) and the stage-2
-        matches of the last supervised output (a query has at most one gt, N§5.7)."""
+        matches of the last supervised output (a query has at most one gt, as DetSeg's ``TopMatcher``)."""
         res = self(pyramid, batch)
         num_gt = jnp.sum(jnp.asarray(batch.valid) & ~jnp.asarray(batch.is_crowd)).astype(jnp.float32)
         sel_pos, sel_ignore, cands, cand_valid = self.matcher.selection_targets(
@@ -329,7 +330,7 @@ class FQDetHead(nnx.Module):
 
     def predict_with_queries(self, pyramid: dict[int, Array], batch: Batch) -> tuple[Detections, QueryOutputs]:
         """:meth:`predict` plus the queries, their unclipped boxes and the query of every
-        detection (a segmentation head computes one mask per query, N§6.4)."""
+        detection (a segmentation head computes one mask per query, as the released EffSeg)."""
         res = self(pyramid, batch)
         dup = None
         if self.duplicate_net is not None and self.postprocess.duplicate_removal != "learn_nms":

@@ -2,13 +2,13 @@
 
 Stage 1 (selection): static top-k — an anchor is positive when it is among the
 ``sel_topk`` (5) anchors of highest IoU with some ground-truth box, no IoU floor
-(N§5.4). The same IoU ranking gives every gt's ``match_topk`` (15) candidate
+(DetSeg ``models/modules/matcher.py``, ``BoxMatcher`` with ``SimMatcher``). The same IoU ranking gives every gt's ``match_topk`` (15) candidate
 anchors for stage 2.
 
 Stage 2 (``matching``):
   'topk'      a query is positive for gt g when its anchor is among g's top-15
               anchors; a query qualifying for several gts keeps the one where its
-              rank is best; the rest are no-object (both thesis and N§5.7);
+              rank is best; the rest are no-object (both thesis and DetSeg's ``TopMatcher``);
   'absolute'  Faster R-CNN IoU thresholds on the prior boxes: ``absolute_pos_iou``
               / ``absolute_neg_iou`` with or without low-quality matches
               (``absolute_low_quality``). The thesis's table 4.5 names Faster

@@ -1,8 +1,8 @@
 """Networks of the FQDet / FQDetV2 heads (thesis section 4.3.3, figure 4.1).
 
 Layouts: feature maps NHWC; queries ``[B, Q, D]``. Modules follow the author's
-DetSeg modules (author notes section 2) so that parameter counts and
-initialisation match the released code:
+DetSeg modules (``models/modules/mlp.py``, ``selector.py``, ``container.py``,
+``attention.py``) so that parameter counts and initialisation match the released code:
 
 - :class:`OneStepMLP`: ``[LN] → [ReLU] → Linear`` with an optional skip (DetSeg
   ``OneStepMLP``).
@@ -253,7 +253,7 @@ class DecoderLayer(nnx.Module):
 def _mlp_v1(features: int, out: int, hidden_layers: int, *, dtype, rngs) -> Sequential:
     """V1 (FQDet) with ``hidden_layers`` hidden layers.
 
-    2 (the released ``sel_v9``): ``OneStepMLP(LN, ReLU)`` → ``OneStepMLP(LN, ReLU,
+    2 (the released FQDet config): ``OneStepMLP(LN, ReLU)`` → ``OneStepMLP(LN, ReLU,
     skip)`` → Linear. 1 (thesis 4.4.1, "an MLP with one hidden layer"):
     ``OneStepMLP(LN, ReLU)`` → ReLU → Linear.
     """
@@ -274,7 +274,7 @@ def _mlp_v1(features: int, out: int, hidden_layers: int, *, dtype, rngs) -> Sequ
 def _mlp_v2(features: int, out: int, *, dtype, rngs) -> Sequential:
     """V2 (FQDetV2 box/box-score nets): Linear → LN → Linear → ReLU → Linear → ReLU → Linear.
 
-    Exactly the released ``sel_v291`` ``logits_cfg`` / ``box_score_cfg`` (two hidden
+    Exactly the released FQDetV2 head config's ``logits_cfg`` / ``box_score_cfg`` (two hidden
     layers; note the LayerNorm without activation after the first Linear).
     """
     lin = lambda o: torch_linear(features, o, dtype=dtype, rngs=rngs)  # noqa: E731

@@ -5,7 +5,7 @@ Strategies (``strategy``, table 4.4 / 4.4.3):
          class-aware NMS, the ``max_detections`` best kept (the base FQDet);
   'new'  every (query, class) pair is a candidate, the ``nms_candidates`` best
          pairs through class-aware NMS, ``max_detections`` kept (the improved
-         FQDet, FQDetV2 and the released code, N§5.9).
+         FQDet, FQDetV2 and the released code's ``BaseBox2dHead.compute_dets``).
 Scores: ``sigmoid`` of the K class logits (no-object excluded), times
 ``sigmoid(box score)`` with box scoring. Boxes are clipped to the image and
 dropped when empty.

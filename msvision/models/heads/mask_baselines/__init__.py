@@ -1,4 +1,4 @@
-"""The chapter 5 mask baselines "++" (thesis T1397–1399, spec §2): Mask R-CNN++ and PointRend++.
+"""The chapter 5 mask baselines "++" (thesis §5.4.1): Mask R-CNN++ and PointRend++.
 
 Both share EffSeg's detector coupling (training RoIs, the unique-query inference buffer),
 query fusion (without the position encoding) and eq. 5.3 scoring, imported from

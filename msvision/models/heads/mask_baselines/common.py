@@ -1,14 +1,14 @@
-"""What the ++ baselines share with EffSeg (thesis T1397–1399, spec §2): RoIs, query fusion,
+"""What the ++ baselines share with EffSeg (thesis §5.4.1): RoIs, query fusion,
 class-specific losses and eq. 5.3 scoring.
 
 - :func:`gather_train_rois`: EffSeg's training RoIs (fixed capacity, overflow counted) with
   their boxes, queries and object classes.
 - :func:`gather_inference_rois`: EffSeg's unique-query buffer (one RoI per distinct detected
-  query, N§6.4) — the class-agnostic part of a mask runs once per query, the
+  query, as the released code) — the class-agnostic part of a mask runs once per query, the
   class-specific part per detection (a query detected with two classes gets two masks).
 - :func:`per_roi_bce`: sigmoid BCE, mean per RoI, summed over the RoIs of an image,
-  averaged over images (the released code's ``loss / (28·28)`` summed over RoIs, N§7, at
-  one image per GPU, T1382).
+  averaged over images (the released code's ``loss / (28·28)`` summed over RoIs, DetSeg ``models/heads/seg/mmdet_roi.py``,
+  at one image per GPU, thesis §5.4.1).
 - :func:`score_and_sort` (from :mod:`msvision.models.heads.effseg.postprocess`): EffSeg's eq. 5.3 score ``s_cls · mean(p | p > 0.5)`` of the
   pasted masks, then the detections re-sorted (as :meth:`EffSegHead.predict`).
 """
@@ -102,7 +102,7 @@ def accuracy(logits: Array, targets: Array, valid: Array) -> Array:
 
 
 def roi_metrics(rois: TrainRoIs) -> dict[str, Array]:
-    """EffSeg's training-RoI metrics (capacity overflow, spec §6)."""
+    """EffSeg's training-RoI metrics (capacity overflow)."""
     return {"seg/rois_per_image": jnp.mean(jnp.sum(rois.valid, axis=1).astype(jnp.float32)),
             "seg/dropped_rois": jnp.sum(rois.num_dropped).astype(jnp.float32),
             "seg/positive_queries": jnp.sum(rois.num_positive).astype(jnp.float32)}

@@ -1,6 +1,7 @@
-"""Analytic multiply-accumulate counts of the ++ baseline heads at inference (thesis 2.3, N§9).
+"""Analytic multiply-accumulate counts of the ++ baseline heads at inference (thesis §2.3).
 
-Counted as the thesis's fvcore counter with the released code's handles (N§9): linear
+Counted as the thesis's fvcore counter with the released code's handles (DetSeg
+``utils/flops.py``): linear
 layers ``in·out`` per row, convolutions ``k²·in·out`` per output cell, the 2×2
 deconvolution ``4·in·out`` per input cell, RoIAlign ``4·sr²·numel(out)``, a bilinear
 point sample ``4·C`` per point; elementwise operations (ReLU, sigmoid, bilinear mask

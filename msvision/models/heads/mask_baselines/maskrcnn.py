@@ -1,20 +1,20 @@
-"""Mask R-CNN++ (thesis T1397–1399; spec §2; released code N§7 ``StandardRoIHead``).
+"""Mask R-CNN++ (thesis §5.4.1; released code ``StandardRoIHead``, DetSeg ``models/heads/seg/mmdet_roi.py``).
 
 Mask R-CNN's mask head (mmdet ``FCNMaskHead``) with EffSeg's RoIs, query fusion and
 mask-score weighting:
 
   RoIAlign 14×14 from P_k0, k0 = 2 + min(⌊log2(√(wh)/56)⌋, 3) (eq. 5.1, P2–P5) → query
-  fusion as EffSeg without the position encoding (N§7) → 4 × (3×3 conv + ReLU) →
+  fusion as EffSeg without the position encoding (as released) → 4 × (3×3 conv + ReLU) →
   deconv ×2 + ReLU → 1×1 → ``num_classes`` class-specific 28×28 logits.
 
 Training: the positive queries (EffSeg's training RoIs, fixed capacity); the logits of
 each RoI's object class against the crop-resized binary mask (:mod:`.targets`); sigmoid
-BCE, mean per RoI, summed over RoIs (N§7). Inference: the trunk runs once per distinct
+BCE, mean per RoI, summed over RoIs (as released). Inference: the trunk runs once per distinct
 detected query; each detection takes its class's 28×28 mask, pasted and scored by
 eq. 5.3 (EffSeg's post-processing).
 
 With C = 256 and 80 classes: 262,912 (query fusion) + 2,360,320 (convs) + 262,400
-(deconv) + 20,560 (logits) = **2,906,192** parameters (spec §2; 2.9 M, T1451).
+(deconv) + 20,560 (logits) = **2,906,192** parameters (2.9 M in thesis table 5.4).
 
 Config (``model.seg_head``, name 'maskrcnn'): the constructor keywords below.
 """
@@ -49,10 +49,10 @@ class MaskRCNNHead(nnx.Module):
       roi_levels: (first, last) pyramid level of eq. 5.1 (P2–P5).
       canonical_size: eq. 5.1's 56.
       roi_sampling_ratio: RoIAlign samples per bin and axis (fixed; mmcv's adaptive
-        count is data-dependent, spec §6).
+        count is data-dependent).
       max_train_rois: training RoIs per image (capacity, EffSeg's
         :mod:`~msvision.models.heads.effseg.targets`).
-      loss_weight: weight of the mask loss (1, N§7).
+      loss_weight: weight of the mask loss (1, as released).
       inference: mask threshold, eq. 5.3 score weighting, paste chunk (EffSeg's).
     """
 

@@ -1,4 +1,5 @@
-"""Networks of the Mask R-CNN++ and PointRend++ heads (thesis T1397–1399; released code N§7).
+"""Networks of the Mask R-CNN++ and PointRend++ heads (thesis §5.4.1; released code
+DetSeg ``models/heads/seg/mmdet_roi.py``).
 
 - :class:`Deconv2x`: ``nn.ConvTranspose2d(C, C, 2, stride=2)`` (every input cell → its
   2×2 children, no overlap).
@@ -8,7 +9,7 @@
   ``[fine features, coarse logits]`` with the coarse logits concatenated again before
   every next FC (``coarse_pred_each_layer``), then a class-specific FC.
 
-Init (mmdet/mmcv, N§6.1, N§7): the convolutions, the deconvolution and the point FCs are
+Init (mmdet/mmcv, as in the released code): the convolutions, the deconvolution and the point FCs are
 mmcv ``ConvModule``/``kaiming_normal_(mode='fan_out', relu)`` with zero bias; the final 1×1
 logit layer of the FCN head too (``FCNMaskHead.init_weights``); the point head's logit FC
 is ``normal(std=0.001)`` with zero bias (``MaskPointHead.init_weights``).
@@ -51,7 +52,7 @@ class Deconv2x(nnx.Module):
 
 
 class FCNMaskHead(nnx.Module):
-    """mmdet ``FCNMaskHead`` (N§7): ``[N, S, S, C]`` RoI features → ``[N, 2S, 2S, num_classes]`` logits."""
+    """mmdet ``FCNMaskHead``: ``[N, S, S, C]`` RoI features → ``[N, 2S, 2S, num_classes]`` logits."""
 
     def __init__(self, channels: int, num_classes: int, num_convs: int = 4, *, dtype: Optional[Dtype] = None,
                  rngs: nnx.Rngs):
@@ -68,11 +69,11 @@ class FCNMaskHead(nnx.Module):
 
 
 class PointHead(nnx.Module):
-    """mmdet ``MaskPointHead`` (N§7): per-point MLP on fine-grained features and coarse logits.
+    """mmdet ``MaskPointHead``: per-point MLP on fine-grained features and coarse logits.
 
     ``x = [fine, coarse]``; for each FC: ``x = [ReLU(FC(x)), coarse]``; logits = FC(x).
     With C = 256, 80 classes and 3 FCs of 256: 3·(336·256 + 256) + 336·80 + 80 = 285,776
-    parameters (PointRend++ minus Mask R-CNN++, spec §2).
+    parameters (PointRend++ minus Mask R-CNN++).
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: int = 256, num_fcs: int = 3, *,

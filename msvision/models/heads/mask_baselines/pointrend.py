@@ -1,10 +1,10 @@
-"""PointRend++ (thesis T1397–1399, T1439; spec §2; released code N§7 ``PointRendRoIHead``).
+"""PointRend++ (thesis §5.4.1–5.4.2; released code ``PointRendRoIHead``, DetSeg ``models/heads/seg/mmdet_roi.py``).
 
 PointRend (Kirillov et al. 2020, mmdet) with its coarse MLP head replaced by Mask R-CNN's
-FCN head (the "++" change, T1399) and EffSeg's RoIs, query fusion and score weighting:
+FCN head (the "++" change, thesis §5.4.1) and EffSeg's RoIs, query fusion and score weighting:
 
 - Coarse head: features of the 14×14 cell centres of each RoI read bilinearly from the
-  finest level only (mmcv ``SimpleRoIAlign`` on P2, N§7; ``point_level``) → query fusion
+  finest level only (mmcv ``SimpleRoIAlign`` on P2, as released; ``point_level``) → query fusion
   (EffSeg's, no position encoding) → the FCN of :class:`MaskRCNNHead` (4 × 3×3 conv,
   deconv ×2, 1×1) → ``num_classes`` 28×28 coarse logits.
 - Point head (mmdet ``MaskPointHead``): per point, the fine-grained P2 feature and the
@@ -13,18 +13,19 @@ FCN head (the "++" change, T1399) and EffSeg's RoIs, query fusion and score weig
 - Training: the coarse loss (Mask R-CNN++'s) plus a point loss on ``train_points`` = 196
   points per RoI chosen by :func:`~.points.uncertain_points_with_randomness` (oversample
   3, importance 0.75) from the coarse logits of the object's class; the point targets are
-  the object's mask read bilinearly at the points (soft, N§7); sigmoid BCE, mean per
+  the object's mask read bilinearly at the points (soft, as released); sigmoid BCE, mean per
   RoI, summed over RoIs. The random draws use the detector's training key
   (``uses_rng``).
 - Inference by iterative subdivision: from the coarse 28² logits of the detection's
   class, ``subdivision_steps`` × (×2 bilinear upsampling; the ``subdivision_points`` = 784
   most uncertain cells recomputed by the point head). ⚠ The thesis describes PointRend++
-  as predicting 112×112 masks (T1439): 2 steps, the default here (SPEC.md: thesis first);
-  the released config runs 3 steps to 224×224 (N§7, spec §2), with which table 5.3/5.4's
-  costs were measured: ``subdivision_steps=3``.
+  as predicting 112×112 masks (§5.4.2): 2 steps, the default here (where thesis and code
+  differ, the thesis is the default); the released PointRend++ config (DetSeg
+  ``scripts/effseg/instance/r50_fpn_fqdetv2_pointrend_12e.sh``) runs 3 steps to 224×224,
+  with which table 5.3/5.4's costs were measured: ``subdivision_steps=3``.
 
 With C = 256 and 80 classes: Mask R-CNN++'s 2,906,192 + the point head's 285,776 =
-**3,191,968** parameters (spec §2; 3.2 M, T1451).
+**3,191,968** parameters (3.2 M in thesis table 5.4).
 
 Config (``model.seg_head``, name 'pointrend'): the constructor keywords below.
 """
@@ -66,11 +67,11 @@ class PointRendHead(nnx.Module):
       levels, channels: the neck's levels and width (supplied by the builder).
       roi_resolution: coarse feature grid (14); coarse logits are 28×28.
       num_convs: 3×3 convolutions of the coarse FCN (4).
-      point_level: the pyramid level of the coarse and fine-grained features (P2, N§7).
+      point_level: the pyramid level of the coarse and fine-grained features (P2, as released).
       point_fcs, point_hidden: the point head's FCs (3 of 256).
       train_points, oversample_ratio, importance_sample_ratio: training point selection
-        (196, 3, 0.75; N§7).
-      subdivision_steps, subdivision_points: inference (2 steps → 112², the thesis, T1439;
+        (196, 3, 0.75; as released).
+      subdivision_steps, subdivision_points: inference (2 steps → 112², the thesis, §5.4.2;
         the released code: 3 → 224²; 784 points per step).
       max_train_rois: training RoIs per image (capacity, EffSeg's).
       coarse_loss_weight, point_loss_weight: 1 and 1 (mmdet).
@@ -133,7 +134,7 @@ class PointRendHead(nnx.Module):
         """``[B, R, P, C]`` features of ``point_level`` at ``points [B, R, P, 2]`` of the RoIs ``boxes [B, R, 4]``.
 
         mmcv ``point_sample`` of the image-normalised point (the pixel position over
-        ``2^k · W_k``, N§6.2) with zeros outside the map; the map is zeroed outside each
+        ``2^k · W_k``, as EffSeg's neck fusion) with zeros outside the map; the map is zeroed outside each
         image so the result does not depend on the batch's padding.
         """
         k = self.point_level

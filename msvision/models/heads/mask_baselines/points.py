@@ -1,4 +1,4 @@
-"""PointRend point selection (Kirillov et al. 2020; mmdet ``MaskPointHead``, N§7).
+"""PointRend point selection (Kirillov et al. 2020; mmdet ``MaskPointHead``).
 
 Point coordinates are ``(x, y)`` in a RoI's ``[0, 1]²`` frame: (0, 0) the box's top-left
 corner, (1, 1) its bottom-right corner; cell (i, j) of an ``S × S`` grid is centred at
@@ -54,7 +54,7 @@ def select_uncertain_points(logits: Array, candidates: Array, num_uncertain: int
 
 def uncertain_points_with_randomness(key: Array, logits: Array, num_points: int, oversample_ratio: float = 3.0,
                                      importance_sample_ratio: float = 0.75) -> Array:
-    """Training points of every RoI (N§7: 196 points, oversample 3, importance 0.75).
+    """Training points of every RoI (released config: 196 points, oversample 3, importance 0.75).
 
     Args:
       key: a PRNG key.

@@ -1,4 +1,5 @@
-"""Mask targets of the ++ baselines (released code N§7; spec §2).
+"""Mask targets of the ++ baselines (released code: mmdet ``mask_target``, called by DetSeg
+``models/heads/seg/mmdet_roi.py``).
 
 Training RoIs are EffSeg's (:func:`msvision.models.heads.effseg.targets.select_train_rois`):
 the positive queries with their predicted boxes (no gradient) and matched objects.
@@ -7,8 +8,8 @@ the positive queries with their predicted boxes (no gradient) and matched object
   crop-and-resize of the object's binary mask to the RoI's S × S grid by an aligned
   RoIAlign, foreground where the average is >= 0.5). mmcv samples adaptively (⌈roi size / S⌉ samples per
   cell and axis, a data-dependent count); here every cell averages a fixed 8 × 8
-  samples (EffSeg's 112² RoIAlign with 2 × 2 samples, average-pooled to 28², spec §6
-  "Targets"), i.e. the exact count for RoIs up to 224 px.
+  samples (EffSeg's 112² RoIAlign with 2 × 2 samples, average-pooled to 28²), i.e. the
+  exact count for RoIs up to 224 px.
 - :func:`point_targets`: PointRend's point targets (mmdet ``MaskPointHead.get_targets``):
   the object's mask read bilinearly (``point_sample``, ``align_corners=False``, zeros
   outside) at each point, a soft value in [0, 1].

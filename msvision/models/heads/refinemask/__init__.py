@@ -1,4 +1,4 @@
-"""RefineMask++: the chapter-5 baseline (thesis T1397–1399; RefineMask, Zhang et al. 2021).
+"""RefineMask++: the chapter-5 baseline (thesis §5.4.1; RefineMask, Zhang et al. 2021).
 
 Split as EffSeg (STYLE.md): :mod:`.head` (the network, :class:`RefineMaskHead`),
 :mod:`.criterion` (the BAR loss), :mod:`.postprocess` (band-overwrite inference),

@@ -1,4 +1,5 @@
-"""Boundary bands and align-corners upsampling of RefineMask (Zhang et al. 2021; released code N§7).
+"""Boundary bands and align-corners upsampling of RefineMask (Zhang et al. 2021; released code:
+``generate_block_target``, DetSeg ``models/modules/refine_mask.py``).
 
 :func:`boundary_band` is RefineMask's ``generate_block_target(mask, w) == 1``, the cells
 "near the mask boundary". Its definition (a count threshold, not a distance): with the

@@ -1,4 +1,5 @@
-"""Analytic multiply-accumulate count of the RefineMask++ head for one image (thesis 2.3, N§9).
+"""Analytic multiply-accumulate count of the RefineMask++ head for one image (thesis §2.3;
+counted as the author's fvcore handles, DetSeg ``utils/flops.py``).
 
 As :mod:`msvision.models.heads.effseg.cost` counts EffSeg (fvcore with the released
 code's handles): linear layers and 1×1 convolutions ``in·out`` per cell, 3×3

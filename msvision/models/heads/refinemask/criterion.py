@@ -1,5 +1,5 @@
 """RefineMask++ losses: the boundary-aware refinement (BAR) loss (RefineMask, Zhang et al. 2021;
-released ``BARCrossEntropyLoss``, N§7, spec §2).
+released ``BARCrossEntropyLoss``, DetSeg ``models/modules/refine_mask.py``).
 
 Stage s = 0..3 predicts class-specific logits at 14, 28, 56 and (class-agnostic) 112.
 Sigmoid cross-entropy per stage:
@@ -13,8 +13,9 @@ Sigmoid cross-entropy per stage:
   then ``P_s`` = :func:`~.boundary.refine_with_band` of the previous logits with width
   ``refine_width`` (1, "same as inference" in the released code).
 
-Weights (0.5, 0.75, 0.75, 1.0) (N§7). Reduction as the released code with one image per
-GPU (N§7 "multiplied by the number of matches"), per image: mean over the supervised
+Weights (0.5, 0.75, 0.75, 1.0) (as released). Reduction as the released code with one image
+per GPU (``RefineMaskRoIHead.compute_losses``, DetSeg ``models/heads/seg/mmdet_roi.py``: the
+loss multiplied by the number of matches), per image: mean over the supervised
 cells of the stage × the image's training RoIs; averaged over the batch.
 
 Optional semantic loss (``semantic_weight > 0``; the original ``RefineMaskHead``'s

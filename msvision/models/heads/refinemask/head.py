@@ -1,15 +1,15 @@
-"""The RefineMask++ segmentation head, the thesis's main chapter-5 baseline (T1397–1399, spec §2).
+"""The RefineMask++ segmentation head, the thesis's main chapter-5 baseline (thesis §5.4.1).
 
-RefineMask (Zhang et al. 2021) in its latest official version (T1398: the released
-``SimpleRefineMaskHead``, N§7) with EffSeg's query fusion (no position encoding) and
-eq. 5.3 score weighting ("++", T1399). Dense: every cell of every RoI is computed.
+RefineMask (Zhang et al. 2021) in its latest official version (thesis §5.4.1; the
+released ``SimpleRefineMaskHead``, DetSeg ``models/modules/refine_mask.py``) with EffSeg's query fusion (no position
+encoding) and eq. 5.3 score weighting ("++", thesis §5.4.1). Dense: every cell of every RoI is computed.
 
-Inputs (spec §0): the neck pyramid, one box per RoI (the detector's predicted box, no
+Inputs (as EffSeg's): the neck pyramid, one box per RoI (the detector's predicted box, no
 gradient, unclipped), its query feature and a class label (training: the matched
 object's class; inference: the detection's class): the early masks are class-specific.
 
 1. Instance trunk: RoIAlign 14 × 14 from P_k0 (eq. 5.1, P2–P5) → query fusion
-   (T1344, EffSeg's :class:`~msvision.models.heads.effseg.modules.QueryFusion`) →
+   (thesis §5.3.3, EffSeg's :class:`~msvision.models.heads.effseg.modules.QueryFusion`) →
    ``instance_convs`` (2) 3×3 convolutions with ReLUs, F0 = 256.
 2. Semantic branch: ``semantic_convs`` (4) 3×3 convolutions with ReLUs on the whole
    ``semantic_level`` map (P2, stride 4).
@@ -23,7 +23,7 @@ object's class; inference: the detection's class): the early masks are class-spe
 Stage logits: 14², 28², 56² (class-specific) and 112² (class-agnostic). Losses:
 :mod:`.criterion` (BAR); inference: :mod:`.postprocess` (width-1 band overwrite from 28²).
 With the thesis config (C = 256, 80 classes, P2) the head has 6,580,590 parameters
-(T1451: 6.6 M; the released head exactly).
+(thesis table 5.4: 6.6 M; the released head exactly).
 
 Static shapes: R training RoIs per image (``max_train_rois``, EffSeg's
 :func:`~msvision.models.heads.effseg.targets.select_train_rois`, overflow counted), one
@@ -71,11 +71,11 @@ class RefineMaskHead(nnx.Module):
       min_stage_channels: floor of the halved stage widths (1: the thesis's halving, as
         :class:`~msvision.models.heads.effseg.EffSegHead`'s).
       instance_convs, semantic_convs: 3×3 convolutions of the instance trunk (2) and of the
-        semantic branch (4) (N§7).
-      semantic_level: pyramid level the semantic branch reads (2: P2, stride 4, N§7).
+        semantic branch (4) (as released).
+      semantic_level: pyramid level the semantic branch reads (2: P2, stride 4, as released).
       dilations: MultiBranchFusionAvg dilations (1, 3, 5).
       class_agnostic_last: the last logits are class-agnostic (RefineMask's
-        ``stage_num_classes = [80, 80, 80, 1]``, N§7).
+        ``stage_num_classes = [80, 80, 80, 1]``).
       roi_levels, canonical_size, roi_sampling_ratio: the RoIAlign as EffSeg's (eq. 5.1, P2–P5).
       max_train_rois: training RoIs per image (capacity; EffSeg's :mod:`~msvision.models.heads.effseg.targets`).
       loss, inference: :class:`.RefineMaskCriterion`, :class:`.RefineMaskPostProcess`.
@@ -216,7 +216,7 @@ class RefineMaskHead(nnx.Module):
     # --- training and inference ------------------------------------------------------------
 
     def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs) -> tuple[Array, dict]:
-        """Mask losses of the matched queries (spec §0, §2), ``(total, metrics)`` float32."""
+        """Mask losses of the matched queries (as EffSeg's), ``(total, metrics)`` float32."""
         if batch.masks is None:
             raise ValueError("the RefineMask++ head needs ground-truth masks: set data.with_masks=True")
         rois = select_train_rois(queries, self.max_train_rois)
@@ -266,7 +266,7 @@ class RefineMaskHead(nnx.Module):
         take = lambda x: jnp.take_along_axis(x, safe[..., None], axis=1)  # noqa: E731
         boxes = take(queries.boxes).astype(jnp.float32)
         probs = self.mask_probabilities(pyramid, batch.image_sizes, take(queries.queries), boxes, labels, roi_valid)
-        # The rest as EffSeg's predict (spec §2: the ++ baselines share the paste and eq. 5.3).
+        # The rest as EffSeg's predict (the ++ baselines share its paste and eq. 5.3 scores).
         per_det = lambda x: jnp.take_along_axis(x, inverse.reshape(inverse.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
         return score_and_sort(batch, dets, per_det(probs), per_det(boxes), self.postprocess)
 

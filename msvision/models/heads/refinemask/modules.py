@@ -1,5 +1,5 @@
 """Networks of the RefineMask++ head (RefineMask's ``SimpleRefineMaskHead``, Zhang et al. 2021,
-as used by the thesis, T1397–1399; released code N§7, spec §2).
+as used by the thesis, §5.4.1; released code DetSeg ``models/modules/refine_mask.py``).
 
 Convolutions as in the released code: every 3×3 is an mmcv ``ConvModule`` (conv + ReLU,
 kaiming-normal fan-out, zero bias), every 1×1 an ``nn.Conv2d`` re-initialised
@@ -27,7 +27,7 @@ Array = jax.Array
 
 
 def conv1x1(in_features: int, out_features: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.Linear:
-    """``nn.Conv2d(in, out, 1)`` initialised kaiming-normal fan-out, zero bias (N§7)."""
+    """``nn.Conv2d(in, out, 1)`` initialised kaiming-normal fan-out, zero bias (as released)."""
     return nnx.Linear(in_features, out_features, kernel_init=kaiming_normal_fan_out(),
                       bias_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
 
@@ -86,7 +86,7 @@ class SFMStage(nnx.Module):
 
 class ClassLogits(nnx.Module):
     """``1×1_{F→num_classes}`` mask logits, read at one class per RoI (class-specific masks,
-    N§7; ``num_classes = 1``: class-agnostic). Only the selected class's column is computed."""
+    as released; ``num_classes = 1``: class-agnostic). Only the selected class's column is computed."""
 
     def __init__(self, features: int, num_classes: int, *, dtype=None, rngs: nnx.Rngs):
         self.num_classes = num_classes

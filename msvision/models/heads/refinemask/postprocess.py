@@ -1,6 +1,7 @@
 """RefineMask++ inference: the 112 × 112 mask from the stage logits (released
-``SimpleRefineRoIHead.simple_test_mask``, N§7), then EffSeg's paste and eq. 5.3 scores
-(:mod:`msvision.models.heads.effseg.postprocess`, spec §2: the ++ baselines share them).
+``RefineMaskRoIHead.get_mask_logits``, DetSeg ``models/heads/seg/mmdet_roi.py``, after
+RefineMask's ``SimpleRefineRoIHead.simple_test_mask``), then EffSeg's paste and eq. 5.3
+scores (:mod:`msvision.models.heads.effseg.postprocess`; the ++ baselines share them).
 
 From stage ``first_stage`` (1: 28 × 28; stage 0 only feeds the network) on, every next
 stage upsamples the current logits ×2 (bilinear, align corners) and overwrites only the
@@ -23,10 +24,10 @@ Array = jax.Array
 class RefineMaskPostProcess:
     """Inference settings (config section ``model.seg_head.inference``).
 
-    ``band_width``: the boundary band overwritten at every refinement (1, N§7);
+    ``band_width``: the boundary band overwritten at every refinement (1, as released);
     ``first_stage``: the stage whose logits start the refinement (1: the 28² logits);
     ``mask_threshold``, ``score_weighting``, ``paste_chunk``: as
-    :class:`~msvision.models.heads.effseg.EffSegPostProcess` (eq. 5.3 weighting, T1372).
+    :class:`~msvision.models.heads.effseg.EffSegPostProcess` (eq. 5.3 weighting).
     """
 
     band_width: int = 1
