@@ -7,7 +7,7 @@ process traces, lowers and compiles the train step ``train.py`` jits (forward,
 backward, AdamW update; batch of two 800×800 images with ten objects, one device)
 and ``predict``, as :func:`msvision.analysis.cost.compile_times` does, and prints a
 Markdown table: seconds to trace + lower, to compile, and their sum, and whether the
-train step's total is under the 60 s budget of issue 15. One process per config so
+train step's total is under the 60 s budget (``BUDGET_S``). One process per config so
 that no config inherits another's compilation caches or memory.
 """
 

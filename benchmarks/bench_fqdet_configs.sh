@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Cost table of the six FQDet/FQDetV2 configs (issue 5): params and MACs from
+# Cost table of the six FQDet/FQDetV2 configs: params and MACs from
 # `python -m msvision.analysis` (add TIMING=1 for CPU latency; minutes per config).
 # Usage: bash benchmarks/bench_fqdet_configs.sh > fqdet_costs.jsonl
 set -euo pipefail

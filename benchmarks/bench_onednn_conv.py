@@ -1,6 +1,6 @@
 """One convolution by XLA, by the oneDNN custom calls, and by torch, float32 and bfloat16.
 
-The convolution of the issue "bfloat16 that pays": 3×3, 256→256 channels, stride 1,
+The convolution studied (does bfloat16 pay on the CPU?): 3×3, 256→256 channels, stride 1,
 padding 1, on a 2×100×100 NHWC input. For each dtype and implementation, the
 forward alone and the forward with both gradients (output, dL/dx, dL/dkernel),
 jitted, median of ``--repeats`` runs after one warm-up call. GFLOP/s count
@@ -35,7 +35,7 @@ from msvision.ops import conv
 from msvision.ops.onednn import ffi
 from timing import median_seconds
 
-SHAPE = dict(batch=2, size=100, channels_in=256, channels_out=256, kernel=3)  # the issue's convolution
+SHAPE = dict(batch=2, size=100, channels_in=256, channels_out=256, kernel=3)  # the convolution studied
 QUICK_SHAPE = dict(batch=1, size=12, channels_in=16, channels_out=16, kernel=3)
 
 

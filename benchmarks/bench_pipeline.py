@@ -3,7 +3,7 @@ DETR's torch ``DataLoader`` doing the same work.
 
 Both sides read the same images (``coco_mini``, found at ``../shared/data/coco_mini``
 next to the repository, or ``--root``) in the same order, ``--batch-size`` images per
-batch (2: the thesis's images per GPU, thesis lines 615, 830, 950), the same number of
+batch (2: the thesis's images per GPU, thesis §3.4.1, §4.4.1, §4.5.1), the same number of
 batches, one after the other in this process, for each worker count:
 
 * ours — ``msvision.data.pipeline.build_train_iterator``, built as ``train.py`` builds
@@ -95,33 +95,33 @@ DETR_MAX_SIZE = 1333
 DETR_MEAN, DETR_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 # ---------------------------------------------------------------- GPU host budget
-# The thesis's training speed (thesis.txt line numbers). tFPS = training steps per second
-# (forward + backward + optimizer) on ONE batch of two 800×800 images with ten objects
-# each, on one GeForce GTX 1660 Ti (lines 499–503, 630–632, 832). It counts batches, not
-# images: line 661 calls the time to process a batch of two 1/FPS (and the released code
-# averages 1/t of one step, reference/author_code_notes.md §9).
-THESIS_TFPS = {  # name: (tFPS, iFPS on the same batch and GPU, line)
-    "R50-BiFPN RetinaNet, T3.1": (1.8, 6.0, 639),
-    "Faster R-CNN head, T4.7": (1.8, 4.0, 908),
-    "FQDet improved, T4.7": (1.7, 5.0, 912),
-    "FQDet base, T4.1": (1.6, 4.8, 826),
+# The thesis's training speed. tFPS = training steps per second (forward + backward +
+# optimizer) on ONE batch of two 800×800 images with ten objects each, on one GeForce GTX
+# 1660 Ti (thesis §2.3, §3.4.2, §4.4.1). It counts batches, not images: §3.4.3 calls the
+# time to process a batch of two 1/FPS (and the released code averages 1/t of one step,
+# DetSeg ``utils/analysis.py``, ``analyze_model``).
+THESIS_TFPS = {  # name: (tFPS, iFPS on the same batch and GPU, thesis table)
+    "R50-BiFPN RetinaNet": (1.8, 6.0, "table 3.1"),
+    "Faster R-CNN head": (1.8, 4.0, "table 4.7"),
+    "FQDet improved": (1.7, 5.0, "table 4.7"),
+    "FQDet base": (1.6, 4.8, "table 4.1"),
 }
-# From section 4.5 on, the thesis gives inference FPS only (lines 952, 1395): batch 1,
+# From section 4.5 on, the thesis gives inference FPS only (§4.5.1, §5.4.1): batch 1,
 # first 100 val images, RTX 3060 Ti (A100 for table 4.22). Training images/s are derived
 # with the ratio iFPS / tFPS that the chapters 3–4 rows measured on one GPU and one batch
-# (FQDet, line 912: 5.0 / 1.7 = 2.94; the RetinaNet rows of T3.1, lines 635–643: 2.9–3.3).
+# (FQDet, table 4.7: 5.0 / 1.7 = 2.94; the RetinaNet rows of table 3.1: 2.9–3.3).
 # The FQDet ratio is used (the fastest training relative to inference of the FQDet rows, so
-# the most demanding budget). Batch: 2 images per GPU in chapters 3–4 (lines 615, 830, 950);
-# the EffSeg runs used 1 (line 1382) — the per-image budget is taken as the same.
-THESIS_IFPS_ONLY = {  # name: (iFPS images/s, line, GPU)
-    "FQDet R50-FPN, T4.8": (21.6, 948, "RTX 3060 Ti"),
-    "FQDetV2 R50-FPN, T4.20": (17.7, 1098, "RTX 3060 Ti"),
-    "FQDetV2 R50-DefEnc-P3, T4.22": (15.5, 1138, "A100"),
-    "FQDetV2 Swin-L-DefEnc-P3, T4.22": (5.8, 1140, "A100"),
-    "FQDetV2 + EffSeg 300 queries, T5.3": (7.8, 1423, "RTX 3060 Ti"),
+# the most demanding budget). Batch: 2 images per GPU in chapters 3–4 (§3.4.1, §4.4.1,
+# §4.5.1); the EffSeg runs used 1 (§5.4.1) — the per-image budget is taken as the same.
+THESIS_IFPS_ONLY = {  # name: (iFPS images/s, thesis table, GPU)
+    "FQDet R50-FPN": (21.6, "table 4.8", "RTX 3060 Ti"),
+    "FQDetV2 R50-FPN": (17.7, "table 4.20", "RTX 3060 Ti"),
+    "FQDetV2 R50-DefEnc-P3": (15.5, "table 4.22", "A100"),
+    "FQDetV2 Swin-L-DefEnc-P3": (5.8, "table 4.22", "A100"),
+    "FQDetV2 + EffSeg 300 queries": (7.8, "table 5.3", "RTX 3060 Ti"),
 }
-TRAIN_OVER_INFER = 1.7 / 5.0  # line 912 (FQDet: tFPS 1.7, iFPS 5.0)
-EIGHT_GPU_CONFIG = "FQDetV2 R50-DefEnc-P3, T4.22"  # the fastest of the 8-GPU runs (line 950)
+TRAIN_OVER_INFER = 1.7 / 5.0  # table 4.7 (FQDet: tFPS 1.7, iFPS 5.0)
+EIGHT_GPU_CONFIG = "FQDetV2 R50-DefEnc-P3"  # the fastest of the 8-GPU runs (§4.5.1)
 
 
 def gpu_host_budget() -> tuple[float, list[str]]:
@@ -134,16 +134,18 @@ def gpu_host_budget() -> tuple[float, list[str]]:
     top_derived = max(derived, key=derived.get)
     lines = [
         f"GPU host budget (batch 2 per device): the pipeline must deliver ≥ {need:.1f} images/s per GPU, "
-        f"{2 * need:.0f} per host for the thesis's 2-GPU runs (lines 615, 830); its 8-GPU runs (line 950) "
-        f"need {8 * derived[EIGHT_GPU_CONFIG]:.0f} per 8-GPU host ({EIGHT_GPU_CONFIG}).",
+        f"{2 * need:.0f} per host for the thesis's 2-GPU runs (§3.4.1, §4.4.1); its 8-GPU runs (§4.5.1) "
+        f"need {8 * derived[EIGHT_GPU_CONFIG]:.0f} per 8-GPU host ({EIGHT_GPU_CONFIG}, "
+        f"{THESIS_IFPS_ONLY[EIGHT_GPU_CONFIG][1]}).",
         f"- measured in the thesis (training FPS, GTX 1660 Ti, steps of 2×800² images): at most "
         f"{THESIS_TFPS[top_measured][0]} steps/s = {measured[top_measured]:.1f} images/s per GPU "
-        f"({top_measured}, thesis line {THESIS_TFPS[top_measured][2]}).",
+        f"({top_measured}, thesis {THESIS_TFPS[top_measured][2]}).",
         f"- the thesis gives only INFERENCE FPS for its later configs (FQDet R50-FPN, FQDetV2, DefEnc, "
-        f"Swin-L, EffSeg; lines 952, 1395). Assuming training images/s = inference images/s × "
-        f"{TRAIN_OVER_INFER:.2f} (tFPS/iFPS of FQDet on the same GPU and batch, line 912): "
-        + "; ".join(f"{name}: {ifps} → {derived[name]:.1f}" for name, (ifps, *_) in THESIS_IFPS_ONLY.items())
-        + f" images/s per GPU; largest: {top_derived} (line {THESIS_IFPS_ONLY[top_derived][1]}, "
+        f"Swin-L, EffSeg; §4.5.1, §5.4.1). Assuming training images/s = inference images/s × "
+        f"{TRAIN_OVER_INFER:.2f} (tFPS/iFPS of FQDet on the same GPU and batch, table 4.7): "
+        + "; ".join(f"{name} ({table}): {ifps} → {derived[name]:.1f}"
+                    for name, (ifps, table, _) in THESIS_IFPS_ONLY.items())
+        + f" images/s per GPU; largest: {top_derived} (thesis {THESIS_IFPS_ONLY[top_derived][1]}, "
         f"{THESIS_IFPS_ONLY[top_derived][2]}).",
     ]
     return need, lines

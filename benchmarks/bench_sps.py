@@ -5,11 +5,12 @@ against a dense 3x3 convolution over the same RoIs.
     SPS state: max |Δ| of the output and of the table / weight / bias gradients.
 (b) At the thesis's sizes (R = 100 RoIs, K = 10,000 selected cells per image, A = 4K =
     40,000 actives; F = 128 / 64 / 32 at stages 1 / 2 / 3 on 28² / 56² / 112² grids,
-    T1352, T1358) the XLA IdConv (dilation 1) and SFM (dilations 1, 3, 5) forward and
+    thesis §5.3.3) the XLA IdConv (dilation 1) and SFM (dilations 1, 3, 5) forward and
     forward+backward (gradients w.r.t. the feature table and the weights) against
     ``lax.conv_general_dilated`` over the dense [R, S, S, F] RoI maps (gradients w.r.t.
     the dense map and the kernel). Same process, same inputs; medians after a warm-up.
-    MACs are analytic: IdConv 9·C_in·numel(out) over the valid actives (N§9); the dense
+    MACs are analytic: IdConv 9·C_in·numel(out) over the valid actives (the author's
+    FLOP handle, DetSeg ``utils/flops.py``); the dense
     convolution 9·C_in·C_out·R·S². The dense backward is also timed with msvision's
     ``ops.conv.conv2d`` (its CPU kernel gradient is an im2col matmul, much faster than
     XLA's), the dense convolution the models use on the CPU.

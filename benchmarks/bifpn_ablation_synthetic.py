@@ -1,14 +1,15 @@
-"""Why does BiFPN train worse than FPN/TPN in the synthetic neck replication? (issue 9)
+"""Why does BiFPN train worse than FPN/TPN in the synthetic neck replication?
 
 Controlled runs on the setting of ``benchmarks/replicate_necks_synthetic.py``: the
 quickstart detector (narrow GroupNorm ResNet-18 from scratch, RetinaNet C = 1,
 64-wide pyramid), same seed, data and schedule shape (learning-rate drops at 9/12
 and 11/12 of the run), one variant changed at a time:
 
-* ``bifpn_L4_old``: the BiFPN before issue 9 (P6 after a ReLU, P7 = conv(ReLU(P6)),
-  c2_xavier init of the input projections);
-* ``bifpn_L4``: the author's input stage (N§3.2, the current defaults: raw P6,
-  P7 = conv(ReLU(GN(P6))), PyTorch default init);
+* ``bifpn_L4_old``: the earlier BiFPN input stage of msvision (P6 after a ReLU, P7 =
+  conv(ReLU(P6)), c2_xavier init of the input projections);
+* ``bifpn_L4``: the author's input stage (DetSeg ``deprecated/bifpn.py``,
+  ``BiFPN.in_projs``; the current defaults: raw P6, P7 = conv(ReLU(GN(P6))), PyTorch
+  default init);
 * learning-rate, depth, weight-decay and schedule-length variants of it;
 * FPN and TPN(2,2) for reference.
 

@@ -62,7 +62,7 @@ THESIS_HEAD = {"maskrcnn": (2.9e6, 57.0e9), "pointrend": (3.2e6, 126.7e9), "refi
 THESIS_MODEL = {"maskrcnn": (40.5e6, 223.3e9), "pointrend": (40.8e6, 292.7e9), "refinemask": (44.2e6, 451.6e9),
                 "effseg": (41.8e6, 251.8e9)}
 # row -> (constructor, keyword arguments); PointRend++ at 112² (2 subdivision steps, the thesis's
-# T1439, our default) and 224² (3 steps, the released config).
+# §5.4.2, our default) and 224² (3 steps, the released config).
 HEADS = {
     "maskrcnn": (MaskRCNNHead, {}),
     "pointrend-112": (PointRendHead, {"subdivision_steps": 2}),

@@ -1,4 +1,4 @@
-"""Mask quality of the four segmentation heads side by side (issue: chapter-5 baselines).
+"""Mask quality of the four segmentation heads side by side (the chapter-5 baselines).
 
 Reads the runs of ``configs/effseg/quickstart_{effseg,maskrcnn,pointrend,refinemask}.py``
 (same detector, data and budget; only the head differs), prints one Markdown table of

@@ -1,4 +1,4 @@
-"""Every CPU speed table of issue 15 in one command: MSDA against the torch reference, RetinaNet
+"""Every CPU speed table of ``benchmarks/RESULTS.md`` in one command: MSDA against the torch reference, RetinaNet
 against torchvision (like for like), the input pipeline against a torchvision DataLoader, and
 the compile time of the thesis configs' train steps.
 
@@ -32,7 +32,7 @@ QUICK_COMPILE_CONFIGS = ["configs/retinanet/r50_fpn.py", "configs/retinanet/r50_
 
 def benchmarks(quick: bool, out: str) -> list[tuple[str, list[str]]]:
     py = [sys.executable]
-    repeats = "5"  # issue 15: medians of >= 5 repeats, also in the quick run
+    repeats = "5"  # medians of >= 5 repeats, also in the quick run
     return [
         ("MSDA: the default impl='auto' (the native kernel on the CPU) against Deformable DETR's PyTorch "
          "reference (fwd, fwd+bwd)",

@@ -1,19 +1,21 @@
 """R50 + FPN (P2–P7) + FQDet + EffSeg, thesis table 5.3 (FQDet, 300 queries, 12 epochs:
 41.5 mask AP, 38.8 M) and the SFM row of table 5.7.
 
-Detector (thesis 5.4.1, T1380): the FQDet of ``configs/fqdet/r50_fpn_fqdet.py`` (base
+Detector (thesis 5.4.1): the FQDet of ``configs/fqdet/r50_fpn_fqdet.py`` (base
 FQDet of 4.4.1 with the improvements of 4.4.3: 1 sampling point, 'new' inference, NMS
-0.5, T828; the released code's two hidden layers in the cls/box nets) on the
-MMDetection FPN extended to P2–P7, anchors on every level P2–P7 (N§5.2).
+0.5 of 4.4.1; the released code's two hidden layers in the cls/box nets) on the
+MMDetection FPN extended to P2–P7, anchors on every level P2–P7 (as the
+released EffSeg configs).
 Segmentation head (thesis 5.3.3): EffSeg with the SFM processing module, 14×14 → 112×112,
-K = 10,000 refined cells per image and stage (T1352), at most 128 training RoIs per
+K = 10,000 refined cells per image and stage, at most 128 training RoIs per
 image (see ``msvision/models/heads/effseg/targets.py``). Training: masks in the batch
 as 128² box-frame coverage grids (``data.mask_format='box'``, ``msvision/data/box_masks.py``),
-2 GPUs × 1 image (T1382: global batch 2), 1x schedule with a single drop after epoch 9 (T1382).
+2 GPUs × 1 image (global batch 2), 1x schedule with a single drop after epoch 9 (thesis
+5.4.1).
 
 Parameters (trainable; ``python -m msvision.analysis --config=configs/effseg/r50_fpn_fqdet_effseg.py
 --skip-timing``): 38 809 894 = R50 23 232 512 + FPN P2–P7 4 524 544 + FQDet 6 843 966 + EffSeg
-4 208 872 (4.2 M, T1451), vs 38.8 M (+0.03 %).
+4 208 872 (4.2 M, thesis table 5.4), vs 38.8 M (+0.03 %).
 
 Other rows: ``r50_fpn_fqdet_effseg_2x.py`` (24 epochs), ``r50_fpn_fqdet_effseg_{mlp,conv,
 deform_conv,dense_sfm}.py`` (table 5.7), or override
@@ -40,7 +42,7 @@ def with_effseg(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     # Box-frame masks: a 128x128 coverage grid per object instead of [B, 100, H, W] full-image
     # masks (198 MB per image at 1408²; benchmarks/RESULTS.md, "Training masks at COCO scale").
     config.data.mask_format = "box"
-    config.data.batch_size = 2  # T1382: two GPUs, one image each
+    config.data.batch_size = 2  # thesis §5.4.1: two GPUs, one image each
     config.data.eval_batch_size = 2
     return config
 

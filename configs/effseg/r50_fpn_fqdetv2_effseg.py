@@ -1,10 +1,11 @@
 """R50 + FPN (P2–P7) + FQDetV2 + EffSeg, thesis table 5.3 (FQDetV2, 300 queries, 12 epochs:
 41.5 mask AP, 41.8 M).
 
-Detector (T1380): the FQDetV2 of ``configs/fqdet/r50_fpn_fqdetv2.py`` (4.5.2) with 300
+Detector (thesis §5.4.1): the FQDetV2 of ``configs/fqdet/r50_fpn_fqdetv2.py`` (4.5.2) with 300
 queries instead of 1500, 3 aspect ratios instead of 7 and no box scoring; NMS 0.65
-(the small-scale value, T1070; the EffSeg configs of the released code, N§5.10). No box
-encoder (released FQDetV2, N§5.5). Segmentation head, data and schedule: as
+(the small-scale value of thesis §4.5.2; also the released EffSeg configs, e.g.
+DetSeg ``scripts/effseg/instance/r50_fpn_fqdetv2_effseg_12e.sh``). No box encoder (as the
+released FQDetV2). Segmentation head, data and schedule: as
 ``r50_fpn_fqdet_effseg.py``.
 
 Parameters (trainable): 41 826 854 = R50 23 232 512 + FPN P2–P7 4 524 544 + FQDetV2 9 860 926 +

@@ -1,5 +1,5 @@
 """Table 5.3, FQDetV2 + EffSeg, 300 queries, 24 epochs (42.6 mask AP): ``r50_fpn_fqdetv2_effseg.py``
-on the 2x schedule (drops after epochs 18 and 22, T1382)."""
+on the 2x schedule (drops after epochs 18 and 22, thesis §5.4.1)."""
 
 from msvision.config import sibling_config
 from msvision.train.optimizer import apply_schedule

@@ -1,5 +1,5 @@
 """Table 5.3, FQDetV2 + PointRend++, 300 queries, 24 epochs: ``r50_fpn_fqdetv2_pointrend.py`` on the
-2x schedule (drops after epochs 18 and 22, T1382)."""
+2x schedule (drops after epochs 18 and 22, thesis §5.4.1)."""
 
 from msvision.config import sibling_config
 from msvision.train.optimizer import apply_schedule

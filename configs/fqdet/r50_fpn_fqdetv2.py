@@ -6,7 +6,8 @@ linear), quality focal loss (β 2, weight 0.5, IoU soft labels), box net V2 (two
 hidden layers), EIoU loss (mmdet EIoULoss, weight 1.85), box scoring (L1 on the
 inverse-sigmoid IoU, weight 0.2, score = class × box score), NMS 0.65 (the
 small-scale value of table 4.18), 'new' inference. Schedule: 1x with a single drop
-after epoch 9 (thesis 4.5.1). Released code (sel_v291) where the thesis is silent
+after epoch 9 (thesis 4.5.1). Released code (the FQDetV2 head config of DetSeg
+``scripts/fqdetv2/r50_fpn_fqdetv2_12e.sh``) where the thesis is silent
 or differs: no box encoder (``box_encoder=False``; the thesis text does not say it
 was removed), summed losses.
 

@@ -8,16 +8,17 @@ matching, 'old' inference (one label per box), NMS 0.5. 1x schedule (12 epochs,
 drops after 9 and 11), lr 1e-4 / backbone 1e-5 / offsets 1e-5 (section 2.4). The
 thesis trains on 2 GPUs × 2 images (set ``data.batch_size=4``).
 
-Choices where the thesis is silent (released code, author notes §2): losses
+Choices where the thesis is silent (released code, DetSeg
+``scripts/fqdet/r50_tpn_fqdet_12e.sh`` and its FQDet head config): losses
 summed (``loss.reduction='sum'``: per-image sums averaged over the batch), the
 no-object column is the target of unmatched queries, anchor sizes 4·2^(l+j/3)
 centred at stride·(x+0.5), exp clamp 62.5, no delta normalisation, heads after
 the last layer only; the TPN receives P6 before its ReLU (``neck.p6_relu=False``,
-the FQDet script's ``tpn_..._v3`` config, N§3.1). Thesis over code: classification
+the FQDet script's ``configs/gc/tpn_37_eeec_3b2_gn_v3.yaml``). Thesis over code: classification
 and box nets with one hidden layer (``prediction.v1_hidden_layers=1``, thesis
-4.4.1; the released sel_v9 has two), box encodings added to the inputs of both
-attention branches (``decoder.box_encoding_self_attn=True``; sel_v9 adds them to
-the MSDA input only), 4 points (sel_v9 uses 1 = the improved head), 'old'
+4.4.1; the released FQDet config has two), box encodings added to the inputs of both
+attention branches (``decoder.box_encoding_self_attn=True``; the released config adds them to
+the MSDA input only), 4 points (the released config uses 1 = the improved head), 'old'
 inference.
 
 Parameters (trainable, as the thesis counts them: frozen stem + stage 1 and

@@ -9,10 +9,10 @@ Differences from ``r50_defenc_p3_fqdetv2.py``: the backbone is Swin-L
 (``out_indices (1, 2, 3)``), patch norm, stochastic depth 0.2 in training, nothing
 frozen (mmdet's ``frozen_stages=-1``: the whole backbone trains). The DefEnc
 input projection reads 384/768/1536 channels (DetSeg ``in_proj_v2``).
-Learning rates (thesis 4.5.1, N§1): backbone 1e-5 (Swin-L), MSDA offsets 1e-4,
-the rest 2e-4, gradient clipping 0.1; 16 images per batch; 2x schedule (24 epochs,
-drops after 18 and 23; the released 12-epoch run: ``--config.optim.epochs=12
---config.optim.decay_epochs='(9,)'``).
+Learning rates (thesis 4.5.1; DetSeg ``scripts/fqdetv2/swl_def_p3_fqdetv2_12e.sh``):
+backbone 1e-5 (Swin-L), MSDA offsets 1e-4, the rest 2e-4, gradient clipping 0.1; 16 images
+per batch; 2x schedule (24 epochs, drops after 18 and 23; the released 12-epoch run:
+``--config.optim.epochs=12 --config.optim.decay_epochs='(9,)'``).
 
 Parameters (trainable): 218 683 439 = Swin-L 195 200 820 (incl. the three output
 norms, 5 376) + DefEnc-P3 12 661 824 + FQDetV2 10 820 795, vs 218.7 M (−0.008 %).

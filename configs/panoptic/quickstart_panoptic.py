@@ -3,7 +3,7 @@
 The EffSeg quickstart (``configs/effseg/quickstart_effseg.py``) on the panoptic split of
 the synthetic shapes (``data.source='coco_panoptic'``): 10 classes, the 6 shapes
 ("things") and sky / grass / water / sand ("stuff"), every segment a box + mask instance
-(thesis T1610). Panoptic inference as the thesis (T1384–1391): one label per query
+(thesis §5.5). Panoptic inference as the thesis (§5.4.1): one label per query
 (its best class, score = that sigmoid, ``head.inference.strategy='old'``), class-aware
 box NMS at 0.5, no top-100 cap (``max_detections`` = the number of queries), masks for
 all survivors without mask-score weighting, then the six post-processing steps
@@ -16,8 +16,8 @@ Differences from the thesis (the CPU budget, 20 minutes on 2 cores):
   images around 224 px, one 320 × 320 bucket);
 - ``max_train_rois`` = 10 (the images have up to 8 shapes and 2 stuff regions);
 - 8 epochs (600 steps, batch 8) with one learning-rate drop after epoch 6 (the
-  EffSeg 1x schedule's single drop, T1382, at the same fraction);
-- the minimum segment area (thesis: 150 px at an ~800 px network input, T1390) scaled to
+  EffSeg 1x schedule's single drop, thesis §5.4.1, at the same fraction);
+- the minimum segment area (thesis: 150 px at an ~800 px network input, §5.4.1) scaled to
   the ~224 px input: 150 · (224 / 800)² ≈ 12 px.
 
 Reached (2026-11-30, synthetic val split, step 600): panoptic PQ / SQ / RQ 0.425 / 0.806 /
@@ -42,13 +42,13 @@ def get_config() -> ml_collections.ConfigDict:
     config = sibling_config(__file__, "../effseg/quickstart_effseg.py")
     config.data.source = "coco_panoptic"  # the synthetic panoptic split (data_setup.prepare_synthetic)
     head = config.model.head
-    head.inference.strategy = "old"  # one label per query, score = its sigmoid (N§6.5)
-    head.inference.nms_iou = 0.5  # T1384
+    head.inference.strategy = "old"  # one label per query, score = its sigmoid (released code)
+    head.inference.nms_iou = 0.5  # thesis §5.4.1
     head.inference.nms_candidates = 1000
-    head.inference.max_detections = head.selector.num_queries  # no top-100 cap: RoI capacity Q (spec §6)
+    head.inference.max_detections = head.selector.num_queries  # no top-100 cap: RoI capacity Q
     seg = config.model.seg_head
     seg.max_train_rois = 10
-    seg.inference.score_weighting = False  # panoptic score = class score only (spec §4)
+    seg.inference.score_weighting = False  # panoptic score = class score only (released code)
     config.optim.epochs = 8
     config.optim.decay_epochs = (6,)
     config.eval.box_mask_baseline = False

@@ -3,10 +3,11 @@
 
 The instance-segmentation model of ``configs/effseg/r50_fpn_fqdetv2_effseg.py`` trained on
 COCO panoptic (``data.source='coco_panoptic'``): 133 classes (80 things, 53 stuff) plus the
-no-object logit, every non-crowd segment a box + mask instance (T1610, N§6.5). Panoptic
-inference (T1384–1391, N§6.5): one label per query (best class, score = its sigmoid:
+no-object logit, every non-crowd segment a box + mask instance (thesis §5.5, as the released
+code). Panoptic inference (thesis §5.4.1; released code: DetSeg ``models/heads/seg/base.py``,
+``BaseSegHead.compute_segs``): one label per query (best class, score = its sigmoid:
 ``strategy='old'``), top 1000, class-aware box NMS at 0.5, no top-100 cap
-(``max_detections`` = the 300 queries, so the EffSeg RoI capacity is Q, spec §6), masks
+(``max_detections`` = the 300 queries, so the EffSeg RoI capacity is Q), masks
 without mask-score weighting, then the six post-processing steps (``eval.panoptic``: the
 thesis's thresholds, void rule as the thesis, ``void_rule='winner_prob'`` for the released
 code's).
@@ -28,10 +29,10 @@ def get_config():
     config.model.num_classes = 133  # set from the dataset by the trainer; here for parameter counts
     head = config.model.head
     head.inference.strategy = "old"
-    head.inference.nms_iou = 0.5  # T1384
+    head.inference.nms_iou = 0.5  # thesis §5.4.1
     head.inference.nms_candidates = 1000
     head.inference.max_detections = head.selector.num_queries  # no top-100 cap
-    config.model.seg_head.inference.score_weighting = False  # spec §4: score = class score
+    config.model.seg_head.inference.score_weighting = False  # class score only (released code)
     data = config.data
     data.source = "coco_panoptic"
     for split, name in (("train", "train2017"), ("val", "val2017")):

@@ -15,5 +15,5 @@ from msvision.config import sibling_config
 def get_config():
     config = sibling_config(__file__, "r50_fpn_fqdetv2_effseg.py")
     config.model.seg_head = sibling_config(__file__, "../effseg/r50_fpn_fqdetv2_refinemask.py").model.seg_head
-    config.model.seg_head.inference.score_weighting = False  # spec §4: score = class score
+    config.model.seg_head.inference.score_weighting = False  # class score only (released code)
     return config

@@ -4,7 +4,7 @@ Differences from r50_fpn.py only: neck, head C, backbone depth, 3x schedule
 (thesis section 3.4.1: 36 epochs, lr drops ×0.1 after epochs 27 and 33; trained on
 2 GPUs × 2 images). Parameter count of this implementation: 34 676 864 (34.68 M)
 vs table 3.1 34.7 M (-0.07 %); 512 of them are the GroupNorm of the author's P7
-path (N§3.2).
+path (DetSeg ``deprecated/bifpn.py``, ``BiFPN.in_projs``).
 
 Parameter counting of the table 3.1 rows: see ``r50_fpn.py``.
 
@@ -14,7 +14,7 @@ resampling; see msvision/models/necks/bifpn.py): 548 884 params per layer. With
 regular 3×3 convs instead of separable ones the model would have 63.9 M, so the
 separable layer is the one table 3.1 used.
 
-Small-scale check (issue 9.3, ``benchmarks/bifpn_ablation_synthetic.py``, RESULTS "Necks:
+Small-scale check (``benchmarks/bifpn_ablation_synthetic.py``, ``benchmarks/RESULTS.md`` "Necks:
 small-scale replication"): trained from scratch on the synthetic data, BiFPN(4) needs about twice
 FPN's steps (1200-step BiFPN(4) 0.563 AP = 600-step FPN 0.564; at equal steps the gap narrows
 11.4 → 8.0 AP from 600 to 1200 steps) while one layer matches FPN: deep post-norm BiFPN stacks

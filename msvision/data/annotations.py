@@ -1,7 +1,8 @@
 """Cleaning of per-image ground truth, shared by every source.
 
-One function, :func:`clean_instances`, applies the bad-data rules of the data
-issue to the annotations of one image, in this order:
+One function, :func:`clean_instances`, applies the bad-data rules (bad data is
+skipped or clipped and counted, :mod:`msvision.data.stats`) to the annotations of
+one image, in this order:
 
 1. unknown category (label ``-1``) → dropped, counted;
 2. box clipped to the image ``[0, w] x [0, h]`` → counted when it moved;

@@ -15,10 +15,11 @@ Records have the format of :mod:`msvision.data.coco` (``image``, ``boxes``,
 Labels are contiguous over *all* panoptic categories (things and stuff), sorted
 by COCO id.
 
-Panoptic training (thesis §5.5; DetSeg ``tools/convert_coco_panoptic.py``) treats stuff exactly like things: every
-segment is one box + mask instance over all panoptic classes (133 on COCO), and
-crowd segments are dropped (``drop_crowd=True``, what ``data.source='coco_panoptic'``
-builds; the released code's ``CocoDataset`` drops them).
+Panoptic training (thesis §5.5; DetSeg ``tools/convert_coco_panoptic.py``) treats
+stuff exactly like things: every segment is one box + mask instance over all panoptic
+classes (133 on COCO), and crowd segments are dropped (``drop_crowd=True``, what
+``data.source='coco_panoptic'`` builds; the released code's ``CocoDataset`` drops
+them).
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 The released code's version is ``BaseSegHead.compute_segs`` (DetSeg
 ``models/heads/seg/base.py``, ``seg_type='panoptic'``); differences are noted below.
+
 Stuff is predicted like things (box + mask per query, thesis §5.5). The detector gives one
 label per query (its best class, score ``s`` = that sigmoid), top 1000, class-aware
 box NMS at 0.5 and no top-100 cap (``model.head.inference``), and the segmentation head

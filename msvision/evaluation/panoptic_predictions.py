@@ -7,8 +7,9 @@ under ``<out_dir>/`` and ``<out_dir>.json`` with the ``segments_info`` — and s
 folder against the ground truth with :mod:`msvision.evaluation.panoptic` (PQ, SQ, RQ
 overall, things, stuff; fractions).
 
-:func:`panoptic_to_coco_instances` is panopticapi's ``convert_panoptic_to_detection_coco_format``
-(``things_only=False``, as DetSeg ``tools/convert_coco_panoptic.py``): every segment, thing or stuff, one COCO instance
+:func:`panoptic_to_coco_instances` is panopticapi's
+``convert_panoptic_to_detection_coco_format`` (``things_only=False``, as DetSeg
+``tools/convert_coco_panoptic.py``): every segment, thing or stuff, one COCO instance
 annotation (RLE of the whole segment, its ``bbox``, ``iscrowd``), the ground truth of the
 ``bbox``/``segm`` AP of a panoptic run.
 """

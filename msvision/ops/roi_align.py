@@ -12,7 +12,8 @@ All functions are pure, jit-friendly and channels-last (NHWC).
 - :func:`sample_bilinear` / :func:`multilevel_sample_bilinear`: ``grid_sample(bilinear,
   zeros, align_corners=False)`` at points, for the neck fusion at cell centres (thesis §5.3.3).
 - :func:`roi_mask_targets`: the EffSeg per-cell ground-truth values v (as the author's
-  ``EffSegHead.compute_losses``, DetSeg ``models/heads/seg/effseg.py``) from boolean masks without converting them to float.
+  ``EffSegHead.compute_losses``, DetSeg ``models/heads/seg/effseg.py``) from boolean masks
+  without converting them to float.
 - :func:`roi_mask_centre_values`: the ground truth sampled at the cell centres (the
   thesis's segmentation targets, §5.3.3).
 
@@ -296,10 +297,10 @@ def roi_mask_targets(masks: jax.Array, boxes: jax.Array, mask_index: jax.Array, 
 
     v at 112^2 is a RoIAlign (aligned, 2 x 2 samples per cell) of the ground-truth mask
     of each RoI; coarser grids are 2 x 2 average pools of it, i.e. RoIAligns with 4 x 4,
-    8 x 8, 16 x 16 samples per cell. The code's targets (DetSeg ``EffSegHead.compute_losses``) are ``v > 0.5``
-    (segmentation) and ``0 < v < 1`` (refinement: the cell holds fg and bg).
-    The code uses mmcv's adaptive sampling at every resolution; this is a fixed-sample
-    version (static shapes).
+    8 x 8, 16 x 16 samples per cell. The code's targets (DetSeg
+    ``EffSegHead.compute_losses``) are ``v > 0.5`` (segmentation) and ``0 < v < 1``
+    (refinement: the cell holds fg and bg). The code uses mmcv's adaptive sampling at
+    every resolution; this is a fixed-sample version (static shapes).
 
     Args:
         masks: [B, M, Hm, Wm] bool (or uint8 / float) ground-truth masks, at full image

@@ -13,8 +13,8 @@ training checkpoint's size — MMDetection's ``publish_model`` and detectron2's 
 files do the same. ``eval.py`` and resuming training need the full checkpoint.
 
 The chapter 5 comparison on large objects ships its shared detector this way
-(``benchmarks/weights/large_detector``, see ``benchmarks/run_mask_heads_large.sh``), so a
-new session trains the heads without first retraining the detector for 85 minutes.
+(``benchmarks/weights/large_detector``, see ``benchmarks/run_mask_heads_large.sh``), so the
+heads can be trained without first retraining the detector for 85 minutes.
 """
 
 from __future__ import annotations

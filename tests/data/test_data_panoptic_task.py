@@ -1,5 +1,6 @@
 """The panoptic task's data: every non-crowd segment (thing or stuff) a box + mask instance
-over all panoptic classes (thesis T1610, N§6.5), on COCO panoptic and on the synthetic split."""
+over all panoptic classes (thesis §5.5, as the released code), on COCO panoptic and on the
+synthetic split."""
 
 import json
 

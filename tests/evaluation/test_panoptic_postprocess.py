@@ -1,4 +1,4 @@
-"""Panoptic post-processing (thesis T1384–1391): every step on hand-made cases, the paste
+"""Panoptic post-processing (thesis §5.4.1): every step on hand-made cases, the paste
 against the COCO mask paste, the resize against torch, and ground truth fed through the
 whole post-processing scoring PQ 1.0 on the real COCO panoptic sample."""
 
@@ -57,7 +57,8 @@ def test_mask_iou_matrix_against_a_loop():
 
 def test_mask_nms_drops_against_dropped_masks_too():
     """B overlaps A at IoU 0.8 → dropped; C overlaps B at 0.8 but A at 0.64 → still dropped
-    (non-greedy: a dropped mask suppresses, N§6.5); D overlaps A at exactly 0.75 → dropped."""
+    (non-greedy: a dropped mask suppresses, as the released code); D overlaps A at exactly 0.75 →
+    dropped."""
     a = rect(1, 100, 0, 1, 0, 40)
     b = rect(1, 100, 0, 1, 0, 32)  # IoU(A, B) = 32/40
     c = rect(1, 100, 0, 1, 0, 26)  # IoU(B, C) = 26/32 = 0.8125, IoU(A, C) = 0.65
@@ -184,8 +185,8 @@ def box_grid(mask):
 def test_ground_truth_through_postprocessing_scores_pq_one():
     """The COCO panoptic sample: every non-crowd segment as a prediction (p = its mask on a
     grid over its box, s = 1) through all six steps; crowd segments are left out, as in
-    training (N§6.5). PQ = 1 with no minimum area; with the thesis's 150 px the one
-    segment below it (96 px) becomes the only error (one FN)."""
+    training (the released code's panoptic data). PQ = 1 with no minimum area; with the
+    thesis's 150 px the one segment below it (96 px) becomes the only error (one FN)."""
     with open(os.path.join(SAMPLE, "panoptic_examples.json")) as f:
         data = json.load(f)
     with open(os.path.join(SAMPLE, "panoptic_coco_categories.json")) as f:

@@ -166,7 +166,7 @@ def test_bifpn_matches_torch_transcription_of_author_bifpn():
     """Whole neck (input stage + 2 layers) against the author's forward, odd image size."""
     pytest.importorskip("torch")
     model = BiFPN(IN_P3, num_layers=2, channels=D, rngs=nnx.Rngs(3))
-    assert len(model.input_proj.extra_norm) == 1  # the P7 path's GN (N§3.2)
+    assert len(model.input_proj.extra_norm) == 1  # the P7 path's GN (author's ``BiFPN.in_projs``)
     _randomize_norms(model)
     for i, layer in enumerate(model.layers):
         layer.top_down_weights[...] = jax.random.uniform(jax.random.key(20 + i), (4, 2), minval=-0.2, maxval=2.0)
@@ -182,7 +182,7 @@ def test_bifpn_matches_torch_transcription_of_author_bifpn():
 
 
 def test_bifpn_old_input_stage_options():
-    """``p6_relu`` / ``p7_norm=False`` / ``input_init='c2_xavier'`` give the pre-issue-9 input stage:
+    """``p6_relu`` / ``p7_norm=False`` / ``input_init='c2_xavier'`` give msvision's earlier input stage:
     P6 = ReLU(conv(C5)), P7 = conv(ReLU(P6)), zero biases, and no GroupNorm there."""
     model = BiFPN(IN_P3, num_layers=1, channels=D, p6_relu=True, p7_norm=False, input_init="c2_xavier",
                   rngs=nnx.Rngs(0))

@@ -309,7 +309,8 @@ def _losses(graphdef, state, pyramid, batch, queries):
 def test_losses_match_numpy_from_the_masks(seg_target):
     """loss = Σ_s w_s · mean over the supervised cells of BCE × number of RoIs, per image, averaged
     over images; weights 0.25/0.375/0.375/0.5 (segmentation) and 0.25 x 4 (refinement), targets
-    from the ground-truth masks at the predicted boxes (T1364, N§6.3)."""
+    from the ground-truth masks at the predicted boxes (thesis §5.3.3; released
+    ``EffSegHead.compute_losses``)."""
     graphdef, state = build(max_selected=40, max_train_rois=4, loss=EffSegCriterion(seg_target=seg_target))
     batch, queries, boxes, masks, pyramid = loss_case()
     b = boxes.shape[0]

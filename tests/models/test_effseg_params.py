@@ -1,6 +1,6 @@
 """Parameter counts of the thesis EffSeg configs from abstract shapes (nnx.eval_shape): the head
-alone is 4,208,872 (4.2 M, T1451), the models are within 0.5 % of table 5.3 and within 0.1 M
-of table 5.7 (whose alternative modules are reconstructions, spec §1)."""
+alone is 4,208,872 (4.2 M, thesis table 5.4), the models are within 0.5 % of table 5.3 and within 0.1 M
+of table 5.7 (whose alternative modules are reconstructions)."""
 
 import pathlib
 

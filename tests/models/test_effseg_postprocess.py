@@ -1,5 +1,6 @@
-"""EffSeg inference (T1366–1372, N§6.4): upsample-and-overwrite against a numpy loop, the paste
-(in-graph and host) against grid_sample written per pixel, eq. 5.3 scores, one mask per query."""
+"""EffSeg inference (thesis §5.3.3; released ``EffSegHead.get_mask_scores``):
+upsample-and-overwrite against a numpy loop, the paste (in-graph and host) against grid_sample
+written per pixel, eq. 5.3 scores, one mask per query."""
 
 from __future__ import annotations
 

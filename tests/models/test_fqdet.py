@@ -117,9 +117,10 @@ def test_query_selection_vs_argsort():
 
 
 def np_topk_matching(anchors, gt, real, query_anchor_ids, k):
-    """The author's rule (notes §2, TopMatcher): per gt its top-k anchors by IoU over all
-    anchors (padding included, as the released code); a selected anchor in those lists is
-    positive; conflicts go to the best rank, then the higher IoU, then the lower gt index."""
+    """The author's rule (``TopMatcher``, DetSeg ``models/modules/matcher.py``): per gt its
+    top-k anchors by IoU over all anchors (padding included, as the released code); a selected
+    anchor in those lists is positive; conflicts go to the best rank, then the higher IoU,
+    then the lower gt index."""
     iou = np_iou(anchors, gt)
     lists = {m: list(np.argsort(-iou[:, m], kind="stable")[:k]) for m in range(len(gt)) if real[m]}
     matched = np.zeros(len(query_anchor_ids), np.int64)

@@ -1,4 +1,4 @@
-"""Mask R-CNN++ and PointRend++ heads alone (thesis T1397–1399; tiny widths): losses are the per-RoI
+"""Mask R-CNN++ and PointRend++ heads alone (thesis §5.4.1; tiny widths): losses are the per-RoI
 mean BCE of the object's class against numpy crop-resize targets; each detection gets its class's
 mask (PointRend: the subdivision of a numpy loop around the point head) and the eq. 5.3 score."""
 

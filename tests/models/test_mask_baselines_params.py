@@ -1,5 +1,5 @@
 """Parameter counts of the ++ baseline configs from abstract shapes (nnx.eval_shape): the heads
-alone are Mask R-CNN++ 2,906,192 and PointRend++ 3,191,968 (spec §2; 2.9 / 3.2 M, T1451),
+alone are Mask R-CNN++ 2,906,192 and PointRend++ 3,191,968 (2.9 / 3.2 M in thesis table 5.4),
 the models within 0.5 % of table 5.3 (37.5 / 37.8 M with FQDet, 40.5 / 40.8 M with FQDetV2)."""
 
 import json

@@ -1,4 +1,4 @@
-"""Mask R-CNN++ and PointRend++ pieces (thesis T1397–1399): point selection and subdivision against
+"""Mask R-CNN++ and PointRend++ pieces (thesis §5.4.1): point selection and subdivision against
 numpy loops written from the definitions, crop-resize and point targets against numpy, the
 transposed convolution against its definition."""
 

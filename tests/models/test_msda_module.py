@@ -67,8 +67,9 @@ def test_attention_weights_are_uniform_at_init():
 
 
 def test_box_mode_init_points_lie_on_box_border():
-    """FQDet / author notes: loc = (cx, cy) + offset * 0.5 * (w, h) / P, so at init the
-    outermost point of every head is on the box border and point p at p/P of the way."""
+    """FQDet / the author's ``MSDAv1`` (DetSeg ``models/modules/attention.py``): loc = (cx, cy)
+    + offset * 0.5 * (w, h) / P, so at init the outermost point of every head is on the box
+    border and point p at p/P of the way."""
     points = 4
     module = build("boxes", points=points, heads=8)
     query, _, boxes = random_inputs(2)

@@ -1,4 +1,4 @@
-"""An image's detections do not depend on its batch or bucket (issue: bucket invariance).
+"""An image's detections do not depend on its batch or bucket (bucket invariance).
 
 The same image evaluated alone in its own bucket and inside a batch of 8 padded to
 the quickstart's largest bucket must give the same pyramid on its valid cells and the

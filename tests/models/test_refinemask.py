@@ -1,4 +1,4 @@
-"""RefineMask++ head (spec §2): stage shapes, class-specific early logits, a jitted training
+"""RefineMask++ head (thesis §5.4.1): stage shapes, class-specific early logits, a jitted training
 step of the tiny head whose losses decrease (slow), the optional semantic loss against numpy,
 and (slow) masks independent of the batch padding.
 

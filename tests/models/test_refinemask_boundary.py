@@ -1,6 +1,6 @@
 """RefineMask++ boundary bands, align-corners upsampling, BAR loss and band-overwrite inference
 against numpy written from their definitions (RefineMask's ``generate_block_target``,
-``BARCrossEntropyLoss`` and ``simple_test_mask``, N§7)."""
+``BARCrossEntropyLoss`` and ``simple_test_mask``; DetSeg ``models/modules/refine_mask.py``)."""
 
 from __future__ import annotations
 
@@ -147,7 +147,7 @@ def stage_case(seed, batch=2, rois=3, base=4):
 def test_bar_loss_matches_numpy():
     """Stages 0, 1: BCE over every cell; stages 2, 3: BCE over up(band_2(P_{s-1}) | band_2(T_{s-1}))
     with P_1 = m_1 >= 0 and P_2 the width-1 refinement of m_1 by m_2; per image mean x RoIs,
-    averaged over images; weights 0.5/0.75/0.75/1 (N§7)."""
+    averaged over images; weights 0.5/0.75/0.75/1 (as released)."""
     stages, targets = stage_case(0)
     valid = np.array([[True, True, False], [True, False, False]])
     crit = RefineMaskCriterion()

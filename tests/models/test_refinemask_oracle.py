@@ -1,8 +1,9 @@
 """The RefineMask++ network against a torch re-implementation of the released
-``SimpleRefineMaskHead`` forward (RefineMask, N§7) plus EffSeg's query fusion, with the same
-weights: torchvision ``roi_align`` for the instance RoIs, ``F.grid_sample`` for mmcv's
-``SimpleRoIAlign`` of the semantic maps, ``avg_pool2d`` for the global branch, ``nn.Upsample``
-(align_corners=False) between stages and the align-corners ×2 of the last logits."""
+``SimpleRefineMaskHead`` forward (RefineMask, DetSeg ``models/modules/refine_mask.py``) plus
+EffSeg's query fusion, with the same weights: torchvision ``roi_align`` for the instance RoIs,
+``F.grid_sample`` for mmcv's ``SimpleRoIAlign`` of the semantic maps, ``avg_pool2d`` for the
+global branch, ``nn.Upsample`` (align_corners=False) between stages and the align-corners ×2 of
+the last logits."""
 
 from __future__ import annotations
 

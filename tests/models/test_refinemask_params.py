@@ -1,6 +1,6 @@
 """Parameter counts of the RefineMask++ configs from abstract shapes (nnx.eval_shape): the head
-alone is 6,580,590 (6.6 M, T1451; the released SimpleRefineMaskHead with EffSeg's query fusion,
-spec §2) and the models are within 0.5 % of table 5.3 (41.2 M FQDet, 44.2 M FQDetV2)."""
+alone is 6,580,590 (6.6 M, thesis table 5.4; the released SimpleRefineMaskHead with EffSeg's
+query fusion) and the models are within 0.5 % of table 5.3 (41.2 M FQDet, 44.2 M FQDetV2)."""
 
 import pathlib
 
@@ -15,9 +15,9 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs" / "effseg"
 
 
 def released_head_params(c=256, classes=80, dilations=3, instance_convs=2, semantic_convs=4, stages=3):
-    """The count written from the released modules (N§7): query fusion, 3×3 ConvModules,
-    per stage semantic_transform_in, fuse 1×1, MultiBranchFusionAvg, fuse_transform_out,
-    stage logits (class-agnostic last)."""
+    """The count written from the released modules (DetSeg ``models/modules/refine_mask.py``):
+    query fusion, 3×3 ConvModules, per stage semantic_transform_in, fuse 1×1,
+    MultiBranchFusionAvg, fuse_transform_out, stage logits (class-agnostic last)."""
     conv3 = lambda i, o: 9 * i * o + o  # noqa: E731
     lin = lambda i, o: i * o + o  # noqa: E731
     total = lin(c, c) + lin(2 * c, c) + lin(c, c)  # query fusion

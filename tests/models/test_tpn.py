@@ -1,6 +1,7 @@
 """TPN(L, B), bFPN and hFPN necks (thesis chapter 3): shapes, structure, gradients,
 the zero-mean top-down residual, and torch oracles for the bilinear upsampling and a
-whole TPN layer (author notes section 1 layer order)."""
+whole TPN layer (layer order of the author's code, DetSeg
+``configs/gc/tpn_37_eeec_3b2_gn_v3.yaml``)."""
 
 import jax
 import jax.numpy as jnp
@@ -147,7 +148,7 @@ def test_top_down_residual_zero_mean_at_init():
 
 
 def _torch_tpn_layer(layer, maps):
-    """Torch transcription of one TPN layer (author notes section 1) with ``layer``'s weights."""
+    """Torch transcription of one TPN layer (the author's code) with ``layer``'s weights."""
     import torch
     import torch.nn.functional as F
 

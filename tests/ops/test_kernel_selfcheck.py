@@ -1,4 +1,5 @@
-"""Kernel self-check (issue 10 §3): the MSDA ``impl="auto"`` path on a simulated GPU host.
+"""Kernel self-check (:mod:`msvision.ops.kernel_selfcheck`): the MSDA ``impl="auto"`` path on a
+simulated GPU host.
 
 The GPU is simulated on the CPU by patching the self-check's backend probe; the
 "kernel" under test is the interpret-mode Triton kernel (pass case) or a

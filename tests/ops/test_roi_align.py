@@ -255,7 +255,7 @@ def test_mask_targets_with_image_sizes_equal_the_image_alone():
 
 @pytest.mark.parametrize("mask_stride", [1, 2])
 def test_mask_centre_values_match_numpy_loop(mask_stride):
-    """The ground truth at every cell centre (thesis T1364): the mask pixel containing it."""
+    """The ground truth at every cell centre (thesis §5.3.3): the mask pixel containing it."""
     rng = np.random.default_rng(23 + mask_stride)
     masks = rng.random((2, 3, 12, 15)) > 0.5
     image_sizes = np.array([[12 * mask_stride, 15 * mask_stride], [9 * mask_stride, 11 * mask_stride]], np.int32)

@@ -18,7 +18,7 @@ split = jax.jit(select_and_split, static_argnums=2)
 
 
 def numpy_select_and_split(sps: SPS, logits, k):
-    """The stage update written from the spec (T1352-T1354, spec §6) with Python loops."""
+    """The stage update of ``select_and_split`` (thesis §5.3.3) written with Python loops."""
     act, act_valid, act_roi, act_xy = (np.asarray(x) for x in (sps.act, sps.act_valid, sps.act_roi, sps.act_xy))
     pas, pas_valid, id_map = np.asarray(sps.pas), np.asarray(sps.pas_valid), np.asarray(sps.id_map)
     num_active, num_passive = len(act), len(pas)

@@ -100,7 +100,7 @@ def test_forward_and_backward_lower_for_cuda_on_cpu():
     assert 'name = "sfm_backward_passives"' in _lowered_for_cuda(grad, *bf16)
 
 
-# --- impl="auto": platform-dependent dispatch and the kernel self-check (issue 11) ---------
+# --- impl="auto": platform-dependent dispatch and the kernel self-check ---------
 
 
 def _auto_case():

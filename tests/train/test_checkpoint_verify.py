@@ -235,7 +235,7 @@ def test_training_resumes_from_the_newest_intact_checkpoint_and_counts_the_skipp
     directory = os.path.join(workdir, "checkpoints")
     step_dir = os.path.join(directory, "8")
     largest = max((os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs), key=os.path.getsize)
-    _damage(largest, "flipped bytes")  # as the issue: 4 KiB flipped in the newest checkpoint's largest file
+    _damage(largest, "flipped bytes")  # a reported failure: 4 KiB flipped in the newest checkpoint's largest file
     config = tiny_config.get_config(str(tmp_path / "shapes"))
     config.train.num_steps = 12
     with caplog.at_level(logging.INFO):

@@ -63,7 +63,7 @@ def test_misspelled_key_fails_with_suggestion(config_file):
 
 
 def test_misspelled_key_in_a_config_file_fails_before_anything_is_built(tmp_path):
-    """The same rule for keys set in a config file (issue: 'model.neck.num_layerz')."""
+    """The same rule for keys set in a config file (e.g. 'model.neck.num_layerz')."""
     path = tmp_path / "bad.py"
     path.write_text(textwrap.dedent(
         """

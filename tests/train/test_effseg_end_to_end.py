@@ -1,5 +1,5 @@
 """EffSeg end to end (slow): a tiny training run writes box and mask metrics; the quickstart
-reaches its segm targets (issue 11 "Done when")."""
+reaches its segm targets."""
 
 import json
 import os

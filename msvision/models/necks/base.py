@@ -57,9 +57,11 @@ class InitialPyramid(nnx.Module):
         channels: mmdet ``add_extra_convs='on_lateral'``, the author's fpn_v3).
       p6_relu: the first extra level enters the pyramid after the ReLU that
         precedes the next extra conv (the in-place ReLU of the TPN-paper configs, e.g.
-        DetSeg ``configs/gc/tpn_37_eeec_3b2_gn.yaml``, table 3.1) instead of before it (mmdet, the FQDet TPN config ``_v3``).
+        DetSeg ``configs/gc/tpn_37_eeec_3b2_gn.yaml``, table 3.1) instead of before it
+        (mmdet, the FQDet TPN config ``_v3``).
       init: ``'c2_xavier'`` → ``kaiming_uniform_(a=1)`` kernels and zero biases
-        (detectron2 ``c2_xavier_fill``; the author's TPN and FPN projections); ``'torch'`` → PyTorch's default ``Conv2d`` init,
+        (detectron2 ``c2_xavier_fill``; the author's TPN and FPN projections);
+        ``'torch'`` → PyTorch's default ``Conv2d`` init,
         ``kaiming_uniform_(a=sqrt(5))`` kernels (bound ``1/sqrt(fan_in)``) and
         ``U(±1/sqrt(fan_in))`` biases (the author's BiFPN sets no init).
       extra_norm_groups: if > 0, a GroupNorm with this many groups (eps 1e-5,

@@ -1,14 +1,15 @@
 """BiFPN neck baseline of thesis table 3.1 (EfficientDet's BiFPN, GroupNorm + ReLU).
 
 Thesis section 3.4.2: "the BiFPN neck from [EfficientDet] with batch normalization
-layers replaced by group normalization layers, and with Swish-1 activation
-functions replaced by ReLU activation functions. Multiple of these BiFPN layers are
+layers replaced by group normalization layers, and with Swish-1 activation functions
+replaced by ReLU activation functions. Multiple of these BiFPN layers are
 concatenated". The neck follows the author's implementation (CedricPicron/DetSeg
-``models/cores/bifpn.py``, moved unchanged to ``deprecated/bifpn.py`` in 2023) with ``norm_type='group'`` and ``separable_conv=True``. The 2021 command
-line defaulted to regular 3×3 convs (``--bifpn_separable_conv`` was a flag), but
-only separable ones give table 3.1's 34.7 M parameters (regular ones: 63.9 M at
-L = 7, and no L reproduces 34.7 M; ``configs/retinanet/r50_bifpn_L7.py``). The
-layer is EfficientDet's BiFPN layer:
+``models/cores/bifpn.py``, moved unchanged to ``deprecated/bifpn.py`` in 2023) with
+``norm_type='group'`` and ``separable_conv=True``. The 2021 command line defaulted to
+regular 3×3 convs (``--bifpn_separable_conv`` was a flag), but only separable ones
+give table 3.1's 34.7 M parameters (regular ones: 63.9 M at L = 7, and no L reproduces
+34.7 M; ``configs/retinanet/r50_bifpn_L7.py``). The layer is EfficientDet's BiFPN
+layer:
 
 * fast normalised fusion (EfficientDet eq. 3): ``w = ReLU(w_raw)``,
   ``out = Σ_i w_i·in_i / (Σ_i w_i + 1e-4)``, raw weights initialised to 1;

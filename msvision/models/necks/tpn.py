@@ -1,7 +1,8 @@
 """Trident Pyramid Network neck, TPN(L, B) (thesis chapter 3).
 
 Architecture (thesis section 3.3, figures 3.2–3.4; exact order from the author's
-code, DetSeg ``configs/gc/tpn_37_eeec_3b2_gn_v3.yaml`` run by ``models/cores/gc.py``). The initial pyramid comes from
+code, DetSeg ``configs/gc/tpn_37_eeec_3b2_gn_v3.yaml`` run by
+``models/cores/gc.py``). The initial pyramid comes from
 :class:`msvision.models.necks.base.InitialPyramid` (thesis section 2.4: 1×1 lateral
 projections of C3–C5 (and C2), P6 = 3×3 s2 conv on C5, P7 = 3×3 s2 conv on
 ReLU(P6)). Then L TPN layers, each (levels l = lo..hi, e.g. P3–P7):

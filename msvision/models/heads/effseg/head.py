@@ -312,7 +312,8 @@ class EffSegHead(nnx.Module):
                 queries: QueryOutputs) -> Detections:
         """``dets`` with ``masks [B, K, S, S]`` probabilities on ``mask_boxes`` and, with
         ``inference.score_weighting``, scores ``s_cls · mean(p | p > 0.5)`` (eq. 5.3),
-        re-sorted. One mask per distinct detected query (as the released code); boxes in padded-input pixels."""
+        re-sorted. One mask per distinct detected query (as the released code); boxes in
+        padded-input pixels."""
         num_dets = dets.valid.shape[1]
         num_queries = queries.queries.shape[1]
         rois, roi_valid, inverse = jax.vmap(

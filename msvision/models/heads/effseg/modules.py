@@ -101,9 +101,9 @@ class NeckFusion(nnx.Module):
 def sine_position_encoding(size: int, features: int, temperature: float = 1e4) -> Array:
     """``[size, size, features]`` float32 encoding of cell centres ``((j + ½)/size, (i + ½)/size)``.
 
-    The released code's ``SinePosEncoder2d`` (DetSeg ``models/modules/position.py``): coordinates scaled by 2π, periods
-    ``temperature^(4k / features)`` for ``k < features / 4``, channels
-    ``[sin x, cos x, sin y, cos y]`` (``features / 4`` each).
+    The released code's ``SinePosEncoder2d`` (DetSeg ``models/modules/position.py``):
+    coordinates scaled by 2π, periods ``temperature^(4k / features)`` for
+    ``k < features / 4``, channels ``[sin x, cos x, sin y, cos y]`` (``features / 4`` each).
     """
     if features % 4:
         raise ValueError(f"the position encoding needs a multiple of 4 features, got {features}")

@@ -14,11 +14,12 @@ RoIs per image (static shapes):
   (``num_dropped``, logged as ``seg/dropped_rois``); the loss is normalised by the
   kept count (the released code's ``num_matches``).
 
-How to choose the capacity: it bounds the positives per image, at most
-``match_topk`` (15) × objects and at most the number of queries. The released logs
-report about 20 % of 300 queries (FQDet) and 5 % of 1500 (FQDetV2) matched on COCO
-(DetSeg ``outputs/main/**/log.txt``), i.e. 60–75 per image on average; the thesis configs use 128 per image so
-that only crowded images overflow, and the overflow metric says how often.
+How to choose the capacity: it bounds the positives per image, at most ``match_topk``
+(15) × objects and at most the number of queries. The released logs report about 20 %
+of 300 queries (FQDet) and 5 % of 1500 (FQDetV2) matched on COCO (DetSeg
+``outputs/main/**/log.txt``), i.e. 60–75 per image on average; the thesis configs use
+128 per image so that only crowded images overflow, and the overflow metric says how
+often.
 
 Mask targets (per stage s, an S_s × S_s grid, S_s = 14·2^s, over every RoI):
 

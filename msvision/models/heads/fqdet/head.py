@@ -23,8 +23,9 @@ them together.
 Config (``model.head``, name 'fqdet'): one nested section per constructor
 argument below; ``python -m msvision.models.build --kind head --name fqdet``
 prints every field with its default. Defaults follow the thesis's base FQDet
-(table 4.1) and the released FQDet config (DetSeg ``scripts/fqdet/r50_fpn_fqdet_12e.sh``)
-where the thesis is silent; the FQDetV2 configs state their differences. Ablation switches: ``prediction.aux_losses``
+(table 4.1) and the released FQDet config (DetSeg
+``scripts/fqdet/r50_fpn_fqdet_12e.sh``) where the thesis is silent; the FQDetV2 configs
+state their differences. Ablation switches: ``prediction.aux_losses``
 / ``aux_shared`` (table 4.3), ``decoder.iterative_refinement`` (4.4),
 ``matcher.matching`` (4.5), ``anchors`` (4.2, 4.10), ``decoder.num_points`` (4.6),
 ``selector.num_queries`` (4.11), ``decoder.ffn_dim`` (4.12), ``prediction.cls_net``

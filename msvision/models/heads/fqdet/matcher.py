@@ -2,8 +2,8 @@
 
 Stage 1 (selection): static top-k — an anchor is positive when it is among the
 ``sel_topk`` (5) anchors of highest IoU with some ground-truth box, no IoU floor
-(DetSeg ``models/modules/matcher.py``, ``BoxMatcher`` with ``SimMatcher``). The same IoU ranking gives every gt's ``match_topk`` (15) candidate
-anchors for stage 2.
+(DetSeg ``models/modules/matcher.py``, ``BoxMatcher`` with ``SimMatcher``). The same IoU
+ranking gives every gt's ``match_topk`` (15) candidate anchors for stage 2.
 
 Stage 2 (``matching``):
   'topk'      a query is positive for gt g when its anchor is among g's top-15

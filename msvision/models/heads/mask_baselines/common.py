@@ -7,8 +7,8 @@ class-specific losses and eq. 5.3 scoring.
   query, as the released code) — the class-agnostic part of a mask runs once per query, the
   class-specific part per detection (a query detected with two classes gets two masks).
 - :func:`per_roi_bce`: sigmoid BCE, mean per RoI, summed over the RoIs of an image,
-  averaged over images (the released code's ``loss / (28·28)`` summed over RoIs, DetSeg ``models/heads/seg/mmdet_roi.py``,
-  at one image per GPU, thesis §5.4.1).
+  averaged over images (the released code's ``loss / (28·28)`` summed over RoIs, DetSeg
+  ``models/heads/seg/mmdet_roi.py``, at one image per GPU, thesis §5.4.1).
 - :func:`score_and_sort` (from :mod:`msvision.models.heads.effseg.postprocess`): EffSeg's eq. 5.3 score ``s_cls · mean(p | p > 0.5)`` of the
   pasted masks, then the detections re-sorted (as :meth:`EffSegHead.predict`).
 """

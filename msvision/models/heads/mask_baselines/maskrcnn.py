@@ -1,4 +1,5 @@
-"""Mask R-CNN++ (thesis §5.4.1; released code ``StandardRoIHead``, DetSeg ``models/heads/seg/mmdet_roi.py``).
+"""Mask R-CNN++ (thesis §5.4.1; released code: ``StandardRoIHead``, DetSeg
+``models/heads/seg/mmdet_roi.py``).
 
 Mask R-CNN's mask head (mmdet ``FCNMaskHead``) with EffSeg's RoIs, query fusion and
 mask-score weighting:

@@ -1,4 +1,5 @@
-"""PointRend++ (thesis §5.4.1–5.4.2; released code ``PointRendRoIHead``, DetSeg ``models/heads/seg/mmdet_roi.py``).
+"""PointRend++ (thesis §5.4.1–5.4.2; released code: ``PointRendRoIHead``, DetSeg
+``models/heads/seg/mmdet_roi.py``).
 
 PointRend (Kirillov et al. 2020, mmdet) with its coarse MLP head replaced by Mask R-CNN's
 FCN head (the "++" change, thesis §5.4.1) and EffSeg's RoIs, query fusion and score weighting:

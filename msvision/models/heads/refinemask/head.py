@@ -1,8 +1,9 @@
 """The RefineMask++ segmentation head, the thesis's main chapter-5 baseline (thesis §5.4.1).
 
-RefineMask (Zhang et al. 2021) in its latest official version (thesis §5.4.1; the
-released ``SimpleRefineMaskHead``, DetSeg ``models/modules/refine_mask.py``) with EffSeg's query fusion (no position
-encoding) and eq. 5.3 score weighting ("++", thesis §5.4.1). Dense: every cell of every RoI is computed.
+RefineMask (Zhang et al. 2021) in its latest official version (thesis §5.4.1; the released
+``SimpleRefineMaskHead``, DetSeg ``models/modules/refine_mask.py``) with EffSeg's query
+fusion (no position encoding) and eq. 5.3 score weighting ("++", thesis §5.4.1). Dense:
+every cell of every RoI is computed.
 
 Inputs (as EffSeg's): the neck pyramid, one box per RoI (the detector's predicted box, no
 gradient, unclipped), its query feature and a class label (training: the matched
