@@ -139,17 +139,15 @@ def _cost_dict(compiled) -> dict:
 def compile_cost(fn: Callable, *args, donate_argnums=()) -> tuple[Any, dict]:
     """``jax.jit(fn).lower(*args).compile()`` plus its cost dict (with ``compile_s``).
 
-    Traced with the IdConv taps and the scanned layers unrolled
-    (:func:`msvision.ops.sps.id_conv.unrolled_taps`,
-    :func:`msvision.models.layers.unrolled_layers`; rematerialised layers stay a scan):
-    XLA's cost analysis counts a while loop's body once, so a ``lax.scan`` hides all but
-    one of its iterations' MACs; the compiled function is the one counted.
+    Traced with the IdConv taps unrolled (:func:`msvision.ops.sps.id_conv.unrolled_taps`;
+    rematerialised layers stay a scan): XLA's cost analysis counts a while loop's body
+    once, so a ``lax.scan`` hides all but one of its iterations' MACs; the compiled
+    function is the one counted.
     """
-    from msvision.models.layers import unrolled_layers
     from msvision.ops.sps.id_conv import unrolled_taps
 
     t0 = time.perf_counter()
-    with unrolled_taps(), unrolled_layers():
+    with unrolled_taps():
         lowered = jax.jit(fn, donate_argnums=donate_argnums).lower(*args)
     compiled = lowered.compile()
     info = _cost_dict(compiled)

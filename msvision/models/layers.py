@@ -13,10 +13,8 @@ Variable types:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import math
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -207,44 +205,19 @@ class GroupNorm(nnx.Module):
         return y.astype(self.dtype or x.dtype)
 
 
-_UNROLLED: contextvars.ContextVar = contextvars.ContextVar("msvision_unrolled_layers", default=False)
-
-
-@contextlib.contextmanager
-def unrolled_layers() -> Iterator[None]:
-    """Within this context :func:`scan_layers` without ``remat`` runs the Python loop.
-
-    For cost analysis: XLA counts the body of a loop once, so the FLOPs of a scan
-    over L layers show as one layer's (:func:`msvision.analysis.cost.compile_cost`).
-    """
-    token = _UNROLLED.set(True)
-    try:
-        yield
-    finally:
-        _UNROLLED.reset(token)
-
-
-def scan_layers(layers: Sequence[nnx.Module], apply: Callable[[nnx.Module, Any], Any], carry: Any, *,
-                scan: bool = True, remat: bool = False) -> Any:
-    """``carry = apply(layer, carry)`` for each of ``layers`` in order, as one ``lax.scan``.
+def rematerialized_scan(layers: Sequence[nnx.Module], apply: Callable[[nnx.Module, Any], Any], carry: Any) -> Any:
+    """``carry = apply(layer, carry)`` for each of ``layers`` in order, as one ``lax.scan``
+    whose body runs under ``jax.checkpoint``: only each layer's input ``carry`` is kept
+    for the backward pass, the rest is recomputed there.
 
     The layers must be structurally identical (same graph, attributes and weight
     shapes); their weights are stacked inside the traced function (a copy of the
     weights, the parameter tree is unchanged) and the scan body is traced once
-    instead of once per layer. Same outputs and gradients as the Python loop. XLA
-    already compiles identical fusions once, so the compile gain is smaller than the
-    layer count (R50-TPN(3,2) train step with its ResNet blocks scanned: −18 %), and
-    on the CPU each step is slower (+14 %, slices of the stacked weights and stacked
-    residuals; benchmarks/RESULTS.md, "Compile time"). ``remat`` wraps the body in
-    ``jax.checkpoint``: only each layer's input ``carry`` is kept for the backward
-    pass. The layers must not update their variables (no batch statistics).
-    ``scan=False`` runs the Python loop instead (``remat`` is then ignored), and so
-    does every call without ``remat`` traced inside :func:`unrolled_layers`.
+    instead of once per layer. Same outputs and gradients as the Python loop. The
+    layers must not update their variables (no batch statistics).
     """
     layers = list(layers)
-    if not scan or len(layers) == 0 or (not remat and (len(layers) == 1 or _UNROLLED.get())):
-        for layer in layers:
-            carry = apply(layer, carry)
+    if not layers:
         return carry
     graphdef = nnx.graphdef(layers[0])
     stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), *[nnx.state(layer) for layer in layers])
@@ -252,7 +225,7 @@ def scan_layers(layers: Sequence[nnx.Module], apply: Callable[[nnx.Module, Any],
     def step(carry, layer_state):
         return apply(nnx.merge(graphdef, layer_state), carry), None
 
-    carry, _ = jax.lax.scan(jax.checkpoint(step) if remat else step, carry, stacked)
+    carry, _ = jax.lax.scan(jax.checkpoint(step), carry, stacked)
     return carry
 
 

@@ -151,7 +151,7 @@ def eiou_loss(
     This is the EIoU the thesis cites ([66] Peng & Yu, "A systematic IoU-related
     method", TIP 2021) and the one the author's FQDetV2 config uses (mmdet
     ``EIoULoss``, defaults ``smooth_point=0.1``, ``eps=1e-6``). It is NOT the
-    "Focal and efficient IoU" of Zhang et al. 2022 (see :func:`efficient_iou_loss`).
+    "Focal and efficient IoU" of Zhang et al. 2022.
 
     The intersection is *extended* to non-overlapping boxes: with ``E`` the
     top-left corner of the enclosing box and ``I = (ix0, iy0, ix1, iy1)`` the
@@ -182,28 +182,3 @@ def eiou_loss(
     union = (px1 - px0) * (py1 - py0) + (tx1 - tx0) * (ty1 - ty0) - inter + eps
     u = 1 - inter / union
     return jnp.where(u < smooth_point, 0.5 * u * u / smooth_point, u - 0.5 * smooth_point)
-
-
-def efficient_iou_loss(boxes1: Array, boxes2: Array, *, eps: float = 1e-7) -> Array:
-    """Efficient-IoU loss (Zhang et al. 2022, "Focal and efficient IOU loss"), no focal term.
-
-    ``1 - IoU + rho**2(c1, c2) / (cw**2 + ch**2) + (w1 - w2)**2 / cw**2
-    + (h1 - h2)**2 / ch**2`` with ``(cw, ch)`` the enclosing box size. Provided as an
-    option; the thesis's EIoU is :func:`eiou_loss`.
-    """
-    inter, union = _inter_union(boxes1, boxes2)
-    iou = inter / (union + eps)
-    wh = _enclosing_wh(boxes1, boxes2)
-    cw2 = wh[..., 0] ** 2
-    ch2 = wh[..., 1] ** 2
-    w1 = boxes1[..., 2] - boxes1[..., 0]
-    h1 = boxes1[..., 3] - boxes1[..., 1]
-    w2 = boxes2[..., 2] - boxes2[..., 0]
-    h2 = boxes2[..., 3] - boxes2[..., 1]
-    return (
-        1
-        - iou
-        + _centre_distance_sq(boxes1, boxes2) / (cw2 + ch2 + eps)
-        + (w1 - w2) ** 2 / (cw2 + eps)
-        + (h1 - h2) ** 2 / (ch2 + eps)
-    )

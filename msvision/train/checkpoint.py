@@ -32,12 +32,6 @@ only a save that never finished (a run killed during its first save): then there
 nothing complete to lose, and training starts from step 0 (``loop.select_resume_step``). Readers (``eval.py``, ``predict``) can therefore run while
 training writes: a checkpoint is theirs only once its checksums are written.
 
-Checkpoints of older versions have no ``checksums.json``. The first save of this
-version into a directory lists the steps that were already there without one in
-``checkpoints/unverified_steps.json``; those (and, while that file does not exist,
-every step without checksums) are restored with a warning and without
-verification, so existing work directories keep working. A step missing its
-checksums that is not listed there was written by this version and never finished.
 When training resumes from an older step because newer ones failed, those are moved
 to ``checkpoints/skipped/<step>-<time>/`` (kept for inspection; orbax could not save
 that step again otherwise).
@@ -62,7 +56,6 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 MANIFEST = "checksums.json"  # in each <step>/ folder
-UNVERIFIED_STEPS = "unverified_steps.json"  # in the checkpoint directory: steps older versions wrote
 SKIPPED_DIR = "skipped"  # in the checkpoint directory: checkpoints training moved out of the way
 
 
@@ -125,33 +118,16 @@ def write_manifest(step_dir: str) -> dict:
     return manifest
 
 
-def unverified_steps(directory: str) -> Optional[set[int]]:
-    """Steps written by versions without checksums (``unverified_steps.json``), or None when
-    this version never saved into ``directory`` (then every step without checksums is one)."""
-    path = os.path.join(directory, UNVERIFIED_STEPS)
-    try:
-        with open(path) as f:
-            return {int(s) for s in json.load(f)["steps"]}
-    except FileNotFoundError:
-        return None
-    except (ValueError, KeyError, TypeError) as e:
-        log.warning("%s is unreadable (%s): checkpoints without checksums are not trusted", path, e)
-        return set()
-
-
-def verify_checkpoint(directory: str, step: int, unverified: Optional[set[int]] = None) -> Optional[str]:
+def verify_checkpoint(directory: str, step: int) -> Optional[str]:
     """Checks ``directory/<step>/`` against its ``checksums.json``.
 
-    Returns None when intact (or an older version's checkpoint without checksums,
-    ``unverified``, see the module docstring), else why it must not be used.
+    Returns None when intact, else why it must not be used.
     """
     step_dir = os.path.join(directory, str(step))
     path = os.path.join(step_dir, MANIFEST)
     if not os.path.isdir(step_dir):
         return "the folder is gone"
     if not os.path.exists(path):
-        if unverified is None or step in unverified:
-            return None
         return (f"no {MANIFEST}: the save never finished (still being written, or the run stopped "
                 "before it was complete)")
     try:
@@ -181,24 +157,18 @@ def select_checkpoint(directory: str, step: Optional[int] = None) -> tuple[int, 
       NoCheckpointError: no checkpoint, ``step`` absent or not intact, or none intact.
     """
     directory = os.path.abspath(directory)
-    # List the steps before reading unverified_steps.json: a save writes that file
-    # before its step folder exists, so a step listed here without checksums is
-    # never mistaken for an older version's.
     steps = checkpoint_steps(directory)
-    unverified = unverified_steps(directory)
     if step is not None:
         if step not in steps:
             raise NoCheckpointError(f"no checkpoint of step {step} in {directory}; available steps: {steps}")
-        reason = verify_checkpoint(directory, step, unverified)
+        reason = verify_checkpoint(directory, step)
         if reason:
             raise NoCheckpointError(f"checkpoint {step} in {directory} cannot be used: {reason}")
-        _warn_if_unverified(directory, step, unverified)
         return step, []
     skipped = []
     for candidate in reversed(steps):
-        reason = verify_checkpoint(directory, candidate, unverified)
+        reason = verify_checkpoint(directory, candidate)
         if reason is None:
-            _warn_if_unverified(directory, candidate, unverified)
             return candidate, skipped
         log.warning("skipping checkpoint %d in %s: %s", candidate, directory, reason)
         unfinished = not os.path.exists(os.path.join(directory, str(candidate), MANIFEST)) and os.path.isdir(
@@ -211,12 +181,6 @@ def select_checkpoint(directory: str, step: Optional[int] = None) -> tuple[int, 
                             + "; ".join(f"step {s.step}: {s.reason}" for s in skipped), skipped)
 
 
-def _warn_if_unverified(directory: str, step: int, unverified: Optional[set[int]]) -> None:
-    if not os.path.exists(os.path.join(directory, str(step), MANIFEST)):
-        log.warning("checkpoint %d in %s was written by an older version without checksums: restored "
-                    "unverified", step, directory)
-
-
 class Checkpointer:
     """Saves every ``every_steps`` steps and on demand; keeps the last ``keep``; verifies on restore."""
 
@@ -226,7 +190,6 @@ class Checkpointer:
         self.skipped: list[SkippedCheckpoint] = []  # checkpoints restore passed over, oldest call first
         self._manifest_thread: Optional[threading.Thread] = None
         self._manifest_error: Optional[BaseException] = None
-        self._marked_unverified = False
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -251,8 +214,6 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_iterator: Any = None, meta: Optional[dict] = None) -> None:
         self._finish_manifest()
-        if not self._marked_unverified and jax.process_index() == 0:
-            self._mark_unverified_steps()
         meta = dict(meta or {}, step=step)
         if data_iterator is not None:
             meta["data_processes"] = jax.process_count()
@@ -266,18 +227,6 @@ class Checkpointer:
             self._manifest_thread = threading.Thread(target=self._write_manifest, args=(step,),
                                                      name=f"checksums-{step}", daemon=True)
             self._manifest_thread.start()
-
-    def _mark_unverified_steps(self) -> None:
-        """Lists the steps an older version wrote (no checksums) before this version's first save."""
-        path = os.path.join(self.directory, UNVERIFIED_STEPS)
-        if not os.path.exists(path):
-            old = [s for s in checkpoint_steps(self.directory)
-                   if not os.path.exists(os.path.join(self.directory, str(s), MANIFEST))]
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "w") as f:
-                json.dump({"steps": old}, f)
-            os.replace(tmp, path)
-        self._marked_unverified = True
 
     def _write_manifest(self, step: int) -> None:
         try:
@@ -302,39 +251,26 @@ class Checkpointer:
 
     def _restore_step(self, step: Optional[int], restore: Any) -> tuple[int, Any]:
         """``(s, restore(s))`` for ``s`` the newest intact checkpoint, or ``step`` (which must be
-        intact). An older version's checkpoint (no checksums) that orbax cannot read is
-        passed over like a corrupt one."""
+        intact)."""
         self._finish_manifest()
         if step is not None:
             select_checkpoint(self.directory, step)
             self._know(step)
             return step, restore(step)
-        excluded: set[int] = set()
-        while True:
-            steps = [s for s in checkpoint_steps(self.directory) if s not in excluded]
-            unverified = unverified_steps(self.directory)  # after listing: see select_checkpoint
-            chosen = None
-            for candidate in reversed(steps):
-                reason = verify_checkpoint(self.directory, candidate, unverified)
-                if reason is None:
-                    chosen = candidate
-                    break
-                self._skip(candidate, reason)
-                excluded.add(candidate)
-            if chosen is None:
-                if not self.skipped:
-                    raise NoCheckpointError(f"no checkpoint in {self.directory}")
-                raise NoCheckpointError(f"no intact checkpoint in {self.directory}: " + "; ".join(
-                    f"step {s.step}: {s.reason}" for s in self.skipped))
-            _warn_if_unverified(self.directory, chosen, unverified)
-            self._know(chosen)
-            try:
-                return chosen, restore(chosen)
-            except Exception as e:  # noqa: BLE001 - only an unverified checkpoint falls back
-                if os.path.exists(os.path.join(self.directory, str(chosen), MANIFEST)):
-                    raise
-                self._skip(chosen, f"orbax could not read it ({type(e).__name__}: {e})")
-                excluded.add(chosen)
+        chosen = None
+        for candidate in reversed(checkpoint_steps(self.directory)):
+            reason = verify_checkpoint(self.directory, candidate)
+            if reason is None:
+                chosen = candidate
+                break
+            self._skip(candidate, reason)
+        if chosen is None:
+            if not self.skipped:
+                raise NoCheckpointError(f"no checkpoint in {self.directory}")
+            raise NoCheckpointError(f"no intact checkpoint in {self.directory}: " + "; ".join(
+                f"step {s.step}: {s.reason}" for s in self.skipped))
+        self._know(chosen)
+        return chosen, restore(chosen)
 
     def _know(self, step: int) -> None:
         if step not in self.manager.all_steps():

@@ -22,12 +22,6 @@ Config section ``optim``:
     "head")``) that do not train: their gradients are not computed (the train step stops
     them, so their backward pass is not run) and they are not updated, weight decay
     included. E.g. a new head trained on a fixed detector. Default none.
-  flatten: run each group's AdamW on one vector holding all its parameters
-    (:func:`flattened`), False. Same updates; the traced step has one set of Adam
-    operations per group instead of one per weight array (R50-TPN(3,2) train step:
-    82k → 51k StableHLO operations, trace 19 → 12 s), but the concatenations cost
-    ~5 % of a CPU train step (R50-FPN RetinaNet), so it is off by default. Its
-    optimizer state does not restore into a run with the other setting.
 
 Parameters not of type ``nnx.Param`` (frozen weights) never reach the optimizer.
 """
@@ -37,9 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 BACKBONE, OFFSETS, DEFAULT, FROZEN = "backbone", "offsets", "default", "frozen"
@@ -61,7 +53,6 @@ def default_optim_config() -> ml_collections.ConfigDict:
             decay_factor=0.1,
             warmup_steps=0,
             warmup_factor=0.001,
-            flatten=False,
             frozen_parts=(),
         )
     )
@@ -105,43 +96,6 @@ def parameter_group(path: tuple, frozen_parts: tuple = ()) -> str:
     return DEFAULT
 
 
-def flattened(inner: optax.GradientTransformation) -> optax.GradientTransformation:
-    """``inner`` applied to one vector: the concatenation of every leaf (raveled, in tree order).
-
-    Like ``optax.flatten``, but a tree without leaves (a parameter group without
-    members, e.g. no ``sampling_offsets`` in a RetinaNet) goes to ``inner`` as it is
-    (a zero-length vector would be an array checkpoints cannot save), and the leaves
-    must share one dtype (they are not cast). Empty-pytree markers in the tree
-    (``optax.MaskedNode`` of ``multi_transform``'s other groups) are kept.
-    """
-
-    def ravel(tree):
-        leaves, treedef = jax.tree_util.tree_flatten(tree)
-        dtypes = {leaf.dtype for leaf in leaves}
-        if len(dtypes) > 1:
-            raise ValueError(f"flattened optimizer: parameters of one group have several dtypes {sorted(map(str, dtypes))}")
-        if not leaves:
-            return tree, lambda same: same
-        shapes = [leaf.shape for leaf in leaves]
-
-        def unravel(vector):
-            parts = jnp.split(vector, np.cumsum([int(np.prod(shape)) for shape in shapes])[:-1])
-            return jax.tree_util.tree_unflatten(treedef, [p.reshape(sh) for p, sh in zip(parts, shapes)])
-
-        return jnp.concatenate([jnp.ravel(x) for x in leaves]), unravel
-
-    def init_fn(params):
-        return inner.init(ravel(params)[0])
-
-    def update_fn(updates, state, params=None):
-        flat_updates, unravel = ravel(updates)
-        flat_params = None if params is None else ravel(params)[0]
-        flat_updates, state = inner.update(flat_updates, state, flat_params)
-        return unravel(flat_updates), state
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
 def learning_rate_schedule(base_lr: float, cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
     """Piecewise-constant drops after ``cfg.decay_epochs``, with optional linear warm-up."""
     boundaries = {int(round(e * steps_per_epoch)): cfg.decay_factor for e in cfg.decay_epochs}
@@ -168,11 +122,8 @@ def build_optimizer(
                          f"(its parts: {sorted(parts)})")
     labels = jax.tree_util.tree_map_with_path(lambda path, _: parameter_group(path, frozen), params)
 
-    def adamw(schedule):
-        tx = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
-        return flattened(tx) if cfg.get("flatten", False) else tx
-
-    transforms = {name: adamw(s) for name, s in schedules.items()}
+    transforms = {name: optax.adamw(s, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+                  for name, s in schedules.items()}
     if frozen:  # only then: the optimizer state of runs without frozen parts keeps its layout
         transforms[FROZEN] = optax.set_to_zero()
     tx = optax.multi_transform(transforms, labels)

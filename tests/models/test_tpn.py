@@ -12,7 +12,6 @@ from flax import nnx
 from msvision.models.build import build_part
 from msvision.models.layers import GroupNorm
 from msvision.models.necks.bfpn import BottleneckFPN
-from msvision.models.necks.bifpn import BiFPN
 from msvision.models.necks.bottleneck import Bottleneck
 from msvision.models.necks.tpn import TPN, BottomUp, TopDown, TPNLayer
 from msvision.models.abstract import abstract_init
@@ -41,7 +40,6 @@ def _count(model, cls):
 
 
 IN_P3 = {3: 16, 4: 24, 5: 40}
-IN_P34 = {3: 16, 4: 24}
 IN_P2 = {2: 8, 3: 16, 4: 24, 5: 40}
 
 
@@ -225,53 +223,3 @@ def test_registry_builds_full_size_neck():
         cfg = dict(name=name, num_layers=L, num_bottlenecks=B)
         model = abstract_init(lambda: build_part("neck", cfg, in_channels=in_channels, rngs=nnx.Rngs(0)))
         assert count_variables(model) == n, (name, L, B)
-
-
-def assert_same_gradients(grads_a, grads_b):
-    """Same parameter paths and values to float32 rounding of sums in another order:
-    within 1e-4 of the largest gradient (a wrong weight or layer order is off by O(1))."""
-    flat_a, flat_b = nnx.to_flat_state(grads_a), nnx.to_flat_state(grads_b)
-    assert [k for k, _ in flat_a] == [k for k, _ in flat_b] and flat_a
-    scale = max(float(jnp.max(jnp.abs(v[...]))) for _, v in flat_b)
-    for (path, a), (_, b) in zip(flat_a, flat_b):
-        np.testing.assert_allclose(a[...], b[...], rtol=1e-3, atol=1e-4 * scale, err_msg=str(path))
-
-
-# Under -m slow: scanning is opt-in (off by default, it slows each step); the default
-# run checks scan_layers through ResNet's scan_blocks (test_resnet.py) and TPN's MAC
-# counts with scan_layers=True (tests/analysis/test_cost.py).
-@pytest.mark.slow
-@pytest.mark.parametrize("neck", ["tpn", "bifpn"])
-def test_scanned_layers_equal_the_python_loop(neck):
-    """``scan_layers=True`` (TPN and BiFPN) runs the L layers as one lax.scan
-    over stacked weights: same outputs and parameter gradients as the unrolled loop,
-    with padding."""
-    if neck == "tpn":
-        cls, kw = TPN, dict(num_layers=2, num_bottlenecks=1, channels=16, hidden_channels=8)
-    else:
-        cls, kw = BiFPN, dict(num_layers=2, channels=16)
-    scanned = cls(IN_P34, out_levels=(3, 4), scan_layers=True, rngs=nnx.Rngs(3), **kw)
-    looped = cls(IN_P34, out_levels=(3, 4), scan_layers=False, rngs=nnx.Rngs(3), **kw)
-    graphdef_s, state = nnx.split(scanned)
-    graphdef_l, _ = nnx.split(looped)
-    feats = _features(IN_P34, (45, 37))
-    sizes = jnp.asarray([[45, 37], [30, 21]], jnp.int32)
-
-    def loss(graphdef):
-        def fn(state):
-            out = nnx.merge(graphdef, state)(feats, sizes)
-            total = sum(jnp.sum(jnp.sin(out[level])) for level in out)
-            return total, out
-        return jax.jit(jax.value_and_grad(fn, has_aux=True))(state)
-
-    (value_s, out_s), grads_s = loss(graphdef_s)
-    (value_l, out_l), grads_l = loss(graphdef_l)
-    for level in out_s:
-        np.testing.assert_allclose(out_s[level], out_l[level], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(value_s, value_l, rtol=1e-5)
-    assert_same_gradients(grads_s, grads_l)
-    # the scanned version really is one loop: a while loop and one body of convolutions
-    text = jax.jit(lambda s: nnx.merge(graphdef_s, s)(feats, sizes)[3]).lower(state).as_text()
-    unrolled = jax.jit(lambda s: nnx.merge(graphdef_l, s)(feats, sizes)[3]).lower(state).as_text()
-    assert "stablehlo.while" in text and "stablehlo.while" not in unrolled
-    assert text.count("stablehlo.convolution") < unrolled.count("stablehlo.convolution")

@@ -123,21 +123,6 @@ def test_eiou_vs_formula():
     assert np.all(np.isfinite(g)) and np.abs(g).sum() > 0
 
 
-def test_efficient_iou_vs_formula():
-    rng = np.random.default_rng(4)
-    a, b = box_pairs(rng)
-    p, t = a.astype(np.float64), b.astype(np.float64)
-    iw = np.clip(np.minimum(p[:, 2], t[:, 2]) - np.maximum(p[:, 0], t[:, 0]), 0, None)
-    ih = np.clip(np.minimum(p[:, 3], t[:, 3]) - np.maximum(p[:, 1], t[:, 1]), 0, None)
-    wp, hp, wt, ht = p[:, 2] - p[:, 0], p[:, 3] - p[:, 1], t[:, 2] - t[:, 0], t[:, 3] - t[:, 1]
-    iou = iw * ih / (wp * hp + wt * ht - iw * ih)
-    cw = np.maximum(p[:, 2], t[:, 2]) - np.minimum(p[:, 0], t[:, 0])
-    ch = np.maximum(p[:, 3], t[:, 3]) - np.minimum(p[:, 1], t[:, 1])
-    rho2 = ((p[:, 0] + p[:, 2] - t[:, 0] - t[:, 2]) / 2) ** 2 + ((p[:, 1] + p[:, 3] - t[:, 1] - t[:, 3]) / 2) ** 2
-    ref = 1 - iou + rho2 / (cw**2 + ch**2) + (wp - wt) ** 2 / cw**2 + (hp - ht) ** 2 / ch**2
-    np.testing.assert_allclose(L.efficient_iou_loss(a, b), ref, rtol=1e-4, atol=1e-5)
-
-
 def test_ciou_alpha_no_gradient():
     a = jnp.array([[0.0, 0.0, 10.0, 20.0]])
     b = jnp.array([[2.0, 1.0, 14.0, 15.0]])

@@ -99,29 +99,12 @@ def test_no_intact_checkpoint_stops_naming_the_directory(tmp_path):
         loop.find_checkpoint_step(str(tmp_path))
 
 
-def test_checkpoint_without_checksums_is_incomplete_unless_an_older_version_wrote_it(tmp_path, caplog):
+def test_checkpoint_without_checksums_is_a_save_that_never_finished(tmp_path):
     directory = tmp_path / "checkpoints"
     _save(directory, async_save=False)
-    assert json.loads((directory / checkpoint_lib.UNVERIFIED_STEPS).read_text()) == {"steps": []}
-    # This version saved here: step 2 without checksums is a save that never finished.
     os.remove(directory / "2" / checkpoint_lib.MANIFEST)
     step, skipped = checkpoint_lib.select_checkpoint(str(directory))
-    assert step == 1 and "save never finished" in skipped[0].reason
-
-    # A directory of an older version (no checksums anywhere): accepted with a warning.
-    os.remove(directory / "1" / checkpoint_lib.MANIFEST)
-    os.remove(directory / checkpoint_lib.UNVERIFIED_STEPS)
-    ckpt = checkpoint_lib.Checkpointer(str(directory), every_steps=1)
-    with caplog.at_level(logging.WARNING):
-        step, state, _ = ckpt.restore(_abstract())
-    assert step == 2 and "older version without checksums" in caplog.text
-    # Resumed and saved by this version: the old steps stay accepted, the new one is checked.
-    ckpt.save(3, _state(3))
-    ckpt.close()
-    assert json.loads((directory / checkpoint_lib.UNVERIFIED_STEPS).read_text()) == {"steps": [1, 2]}
-    assert checkpoint_lib.verify_checkpoint(str(directory), 2, {1, 2}) is None
-    assert (directory / "3" / checkpoint_lib.MANIFEST).exists()
-    assert checkpoint_lib.select_checkpoint(str(directory)) == (3, [])
+    assert step == 1 and "save never finished" in skipped[0].reason and skipped[0].unfinished
 
 
 def test_checksums_stay_valid_after_later_saves_and_deletions(tmp_path):
@@ -131,7 +114,7 @@ def test_checksums_stay_valid_after_later_saves_and_deletions(tmp_path):
         ckpt.save(step, _state(step))
     ckpt.close()
     assert checkpoint_lib.checkpoint_steps(str(directory)) == [2, 3]
-    assert all(checkpoint_lib.verify_checkpoint(str(directory), s, set()) is None for s in (2, 3))
+    assert all(checkpoint_lib.verify_checkpoint(str(directory), s) is None for s in (2, 3))
 
 
 def test_resume_sets_damaged_newer_checkpoints_aside_and_saves_them_again(tmp_path):

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 
@@ -75,43 +74,6 @@ def test_parameter_group_names():
         == "offsets"
     )
     assert optimizer_lib.parameter_group((key.DictKey("neck"), key.DictKey("backbone_proj"))) == "default"
-
-
-def test_flattened_adamw_equals_per_array_adamw_over_steps():
-    """``optim.flatten`` runs each group's AdamW on one vector: the same updates as
-    AdamW on the separate arrays, step after step, with weight decay, clipping and
-    a group without members (no ``sampling_offsets`` here)."""
-
-    class _NoOffsets(nnx.Module):
-        def __init__(self, rngs):
-            self.backbone = nnx.Linear(3, 5, rngs=rngs)
-            self.head = nnx.Linear(5, 2, rngs=rngs)
-
-    params = nnx.state(_NoOffsets(nnx.Rngs(0)), nnx.Param)
-    cfg = _config(weight_decay=0.05, clip_norm=0.3, flatten=True)
-    flat_tx, _ = optimizer_lib.build_optimizer(cfg, params, steps_per_epoch=10)
-    cfg.flatten = False
-    tree_tx, _ = optimizer_lib.build_optimizer(cfg, params, steps_per_epoch=10)
-    flat_state, tree_state = flat_tx.init(params), tree_tx.init(params)
-    # one moment vector per non-empty group instead of one per array
-    assert len(jax.tree.leaves(flat_state)) < len(jax.tree.leaves(tree_state))
-    p_flat = p_tree = params
-    rng = np.random.default_rng(0)
-    for _ in range(4):
-        grads = jax.tree.map(lambda x: jnp.asarray(rng.standard_normal(x.shape), x.dtype), params)
-        u_flat, flat_state = flat_tx.update(grads, flat_state, p_flat)
-        u_tree, tree_state = tree_tx.update(grads, tree_state, p_tree)
-        p_flat, p_tree = optax.apply_updates(p_flat, u_flat), optax.apply_updates(p_tree, u_tree)
-    for a, b in zip(jax.tree.leaves(p_flat), jax.tree.leaves(p_tree)):
-        assert a.shape == b.shape
-        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
-    assert not np.allclose(jax.tree.leaves(p_flat)[0], jax.tree.leaves(params)[0])  # they did move
-
-
-def test_flattened_refuses_mixed_dtypes():
-    tx = optimizer_lib.flattened(optax.sgd(0.1))
-    with pytest.raises(ValueError, match="several dtypes"):
-        tx.init({"a": jnp.zeros(3, jnp.float32), "b": jnp.zeros(2, jnp.bfloat16)})
 
 
 class _Detector(nnx.Module):

@@ -20,8 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msvision.models.layers import (Conv2d, FrozenBatchNorm, GroupNorm, kaiming_normal_fan_out, max_pool_3x3_s2,
-                                     scan_layers)
+from msvision.models.layers import Conv2d, FrozenBatchNorm, GroupNorm, kaiming_normal_fan_out, max_pool_3x3_s2
 from msvision.ops.padding import apply_mask, padding_mask
 
 Array = jax.Array
@@ -133,11 +132,6 @@ class ResNet(nnx.Module):
       norm: ``'frozen_bn'`` (thesis, for pretrained weights) or ``'group_norm'``
         (trainable GroupNorm(8), for training from scratch; not loadable from
         torchvision weights).
-      scan_blocks: run the identical blocks after each stage's first as one
-        ``lax.scan`` (:func:`msvision.models.layers.scan_layers`): same outputs and
-        parameter tree, each stage's block traced and compiled once. Off by default:
-        a shorter compile but a slower step (R50-FPN RetinaNet train step on the CPU:
-        +14 %; benchmarks/RESULTS.md, "Compile time").
       dtype: compute dtype; parameters stay float32.
 
     Call: ``images [B, H, W, 3]`` (normalised, zero on the padding), optional
@@ -157,7 +151,6 @@ class ResNet(nnx.Module):
         freeze_bn: bool = True,
         blocks_per_stage: Optional[Sequence[int]] = None,
         norm: str = "frozen_bn",
-        scan_blocks: bool = False,
         dtype=None,
         rngs: nnx.Rngs,
     ):
@@ -173,7 +166,6 @@ class ResNet(nnx.Module):
         self.out_levels = out_levels
         self.width = width
         self.frozen_stages = frozen_stages
-        self.scan_blocks = scan_blocks
         train_bn = not freeze_bn
 
         self.conv1 = Conv2d(
@@ -219,11 +211,8 @@ class ResNet(nnx.Module):
         for i, stage in enumerate(self.stages()):
             x = stage[0](x, image_sizes, stride)
             stride *= stage[0].stride  # the other blocks of a stage have stride 1
-
-            def apply(block, x, stride=stride):
-                return block(x, image_sizes, stride)
-
-            x = scan_layers(stage[1:], apply, x, scan=self.scan_blocks)
+            for block in stage[1:]:
+                x = block(x, image_sizes, stride)
             if i + 1 <= self.frozen_stages:
                 x = jax.lax.stop_gradient(x)
             if i + 2 in self.out_levels:

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msvision.models.layers import Conv2d, kaiming_uniform, scan_layers, torch_default_bias
+from msvision.models.layers import Conv2d, kaiming_uniform, torch_default_bias
 from msvision.models.necks.base import InitialPyramid
 from msvision.models.necks.bottleneck import group_norm
 from msvision.ops.padding import apply_mask, padding_mask, resize_between_strides
@@ -207,10 +207,6 @@ class BiFPN(nnx.Module):
       separable_conv: nodes with a depthwise-separable 3×3 conv (table 3.1's
         parameter count); False: a regular 3×3 conv without bias
         (:class:`ConvNode`, the author's other option).
-      scan_layers: run the L layers as one ``lax.scan``
-        (:func:`msvision.models.layers.scan_layers`): same outputs, the layer is
-        traced once; a shorter compile, a slower step (see :class:`TPN`). Off by
-        default: the Python loop.
       dtype: compute dtype.
 
     Call: ``features = {level: [B, H/2^l, W/2^l, C_l]}``, optional ``image_sizes
@@ -231,12 +227,10 @@ class BiFPN(nnx.Module):
         p7_norm: bool = True,
         input_init: str = "torch",
         separable_conv: bool = True,
-        scan_layers: bool = False,
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):
         self.in_levels = tuple(sorted(in_channels))
-        self.scan_layers = scan_layers
         self.out_levels = tuple(sorted(out_levels))
         self.channels = channels
         self.num_layers = num_layers
@@ -253,9 +247,6 @@ class BiFPN(nnx.Module):
     def __call__(self, features: dict[int, Array], image_sizes: Optional[Array] = None) -> dict[int, Array]:
         pyramid = self.input_proj(features, image_sizes)
         maps = [pyramid[level] for level in self.out_levels]
-
-        def apply(layer, maps):
-            return layer(maps, image_sizes, self.out_levels[0])
-
-        maps = scan_layers(self.layers, apply, maps, scan=self.scan_layers)
+        for layer in self.layers:
+            maps = layer(maps, image_sizes, self.out_levels[0])
         return dict(zip(self.out_levels, maps))

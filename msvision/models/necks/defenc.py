@@ -62,7 +62,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.models.attention.msda import MultiScaleDeformableAttention
-from msvision.models.layers import Conv2d, GroupNorm, scan_layers, torch_default_bias
+from msvision.models.layers import Conv2d, GroupNorm, rematerialized_scan, torch_default_bias
 from msvision.ops.padding import padding_mask
 from msvision.models.necks.bottleneck import GROUP_NORM_EPS
 
@@ -299,4 +299,4 @@ class DefEncoder(nnx.Module):
         def apply(layer, x):
             return layer(x, pos, reference_points, spatial_shapes, padding_mask)
 
-        return scan_layers(self.layers, apply, x, remat=True)
+        return rematerialized_scan(self.layers, apply, x)

@@ -41,7 +41,6 @@ from typing import Any, Optional, Sequence
 import jax
 from flax import nnx
 
-from msvision.models.layers import scan_layers
 from msvision.models.necks.base import InitialPyramid
 from msvision.models.necks.bottleneck import BottleneckBranch, PreActConv, SelfProcessing
 from msvision.ops import padding
@@ -177,11 +176,6 @@ class TPN(nnx.Module):
       num_layers (L), num_bottlenecks (B).
       input_proj: :class:`~msvision.models.necks.base.InitialPyramid`.
       layers: L :class:`TPNLayer`.
-      scan_layers: run the L layers as one ``lax.scan``
-        (:func:`msvision.models.layers.scan_layers`): same outputs, the layer is
-        traced once instead of L times (TPN(3,2) train step with the ResNet blocks
-        scanned too: compile −18 %, but each step slower; benchmarks/RESULTS.md,
-        "Compile time"). Off by default: the Python loop.
     """
 
     def __init__(
@@ -196,12 +190,10 @@ class TPN(nnx.Module):
         num_groups: int = 8,
         extra_source: str = "input",
         p6_relu: bool = True,
-        scan_layers: bool = False,
         dtype: Optional[Dtype] = None,
         rngs: nnx.Rngs,
     ):
         self.in_levels = tuple(sorted(in_channels))
-        self.scan_layers = scan_layers
         self.out_levels = tuple(sorted(out_levels))
         self.channels = channels
         self.num_layers = num_layers
@@ -219,9 +211,6 @@ class TPN(nnx.Module):
     def __call__(self, features: dict[int, Array], image_sizes: Optional[Array] = None) -> dict[int, Array]:
         pyramid = self.input_proj(features, image_sizes)
         maps = [pyramid[level] for level in self.out_levels]
-
-        def apply(layer, maps):
-            return layer(maps, image_sizes, self.out_levels[0])
-
-        maps = scan_layers(self.layers, apply, maps, scan=self.scan_layers)
+        for layer in self.layers:
+            maps = layer(maps, image_sizes, self.out_levels[0])
         return dict(zip(self.out_levels, maps))
