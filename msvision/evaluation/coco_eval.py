@@ -127,6 +127,14 @@ def _with_positive_ann_ids(coco):
     return fixed
 
 
+def load_coco(path: Union[str, os.PathLike]):
+    """A COCO instances JSON as a ``pycocotools.coco.COCO`` (without pycocotools' prints)."""
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return COCO(os.fspath(path))
+
+
 def write_results_json(path: Union[str, os.PathLike], results: Sequence[dict]) -> None:
     """Write COCO results as a JSON list (the format of the COCO evaluation server)."""
     with open(path, "w") as f:
@@ -143,11 +151,8 @@ class CocoEvaluator:
     """
 
     def __init__(self, gt, iou_types: Sequence[str] = ("bbox",)):
-        from pycocotools.coco import COCO
-
         if isinstance(gt, (str, os.PathLike)):
-            with contextlib.redirect_stdout(io.StringIO()):
-                gt = COCO(os.fspath(gt))
+            gt = load_coco(gt)
         self.coco_gt = _with_positive_ann_ids(gt)
         for iou_type in iou_types:
             if iou_type not in ("bbox", "segm", "boundary"):

@@ -5,7 +5,8 @@ segmentation (:class:`~msvision.evaluation.panoptic_postprocess.PanopticPostProc
 writes it in COCO panoptic format — one PNG per image (segment id = R + 256·G + 256²·B)
 under ``<out_dir>/`` and ``<out_dir>.json`` with the ``segments_info`` — and scores the
 folder against the ground truth with :mod:`msvision.evaluation.panoptic` (PQ, SQ, RQ
-overall, things, stuff; fractions).
+overall, things, stuff; fractions). :class:`PanopticGroundTruth` is a split's ground truth
+(categories, per-image annotations, PNG folder), read once by every evaluation step that needs it.
 
 :func:`panoptic_to_coco_instances` is panopticapi's
 ``convert_panoptic_to_detection_coco_format`` (``things_only=False``, as DetSeg
@@ -17,6 +18,7 @@ annotation (RLE of the whole segment, its ``bbox``, ``iscrowd``), the ground tru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -59,6 +61,47 @@ def panoptic_segmentation(postprocess: PanopticPostProcess, probs: np.ndarray, m
                        label_to_category=label_to_category)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class PanopticGroundTruth:
+    """A COCO panoptic split's ground truth (load with :meth:`load`).
+
+    Attributes:
+      json_path: the COCO panoptic JSON; png_dir: the folder of its PNGs.
+      categories: the JSON's category records (``id``, ``isthing``, …).
+      by_image: ``{image_id: annotation}``, each with the PNG ``file_name`` and ``segments_info``.
+    """
+
+    json_path: str
+    png_dir: str
+    categories: list
+    by_image: dict
+
+    @classmethod
+    def load(cls, json_path: str, png_dir: str) -> "PanopticGroundTruth":
+        data = _load_json(json_path)
+        return cls(json_path, png_dir, data["categories"], {int(a["image_id"]): a for a in data["annotations"]})
+
+    def isthing(self) -> dict[int, bool]:
+        """``{category_id: isthing}`` (a category without the flag is a thing)."""
+        return {int(c["id"]): bool(c.get("isthing", 1)) for c in self.categories}
+
+    def label_is_thing(self, label_to_category: Sequence[int]) -> list[bool]:
+        """``[K]`` isthing of each contiguous label of a model.
+
+        Raises:
+          KeyError: a model category is not a panoptic category of this split.
+        """
+        isthing = self.isthing()
+        unknown = [int(c) for c in label_to_category if int(c) not in isthing]
+        if unknown:
+            raise KeyError(f"model categories {unknown[:5]} are not panoptic categories of {self.json_path}")
+        return [isthing[int(c)] for c in label_to_category]
+
+    def id_map(self, image_id: int) -> np.ndarray:
+        """``[H, W]`` segment ids of an image's ground-truth PNG."""
+        return read_id_map(os.path.join(self.png_dir, self.by_image[int(image_id)]["file_name"]))
+
+
 class PanopticPredictionWriter:
     """Post-processes, writes and scores panoptic predictions, image by image.
 
@@ -73,17 +116,13 @@ class PanopticPredictionWriter:
 
     def __init__(self, gt_json: str, gt_dir: str, out_dir: str, label_to_category: Sequence[int],
                  postprocess: PanopticPostProcess = PanopticPostProcess()):
-        self.gt = _load_json(gt_json)
+        ground_truth = PanopticGroundTruth.load(gt_json, gt_dir)
         self.gt_dir, self.out_dir = gt_dir, out_dir
         self.postprocess = postprocess
-        self.categories = self.gt["categories"]
-        isthing = {int(c["id"]): bool(c.get("isthing", 1)) for c in self.categories}
+        self.categories = ground_truth.categories
         self.label_to_category = [int(c) for c in label_to_category]
-        unknown = [c for c in self.label_to_category if c not in isthing]
-        if unknown:
-            raise KeyError(f"model categories {unknown[:5]} are not panoptic categories of {gt_json}")
-        self.label_is_thing = [isthing[c] for c in self.label_to_category]
-        self.gt_by_image = {int(a["image_id"]): a for a in self.gt["annotations"]}
+        self.label_is_thing = ground_truth.label_is_thing(self.label_to_category)
+        self.gt_by_image = ground_truth.by_image
         self.annotations: list[dict] = []
         self.pq = PanopticQuality(self.categories)
         os.makedirs(out_dir, exist_ok=True)
@@ -173,5 +212,5 @@ def single_category_baseline(gt_json: str, gt_dir: str, category_id: Optional[in
     return dict(pq.summary(), category_id=category_id)
 
 
-__all__ = ["PanopticPredictionWriter", "panoptic_segmentation", "panoptic_to_coco_instances", "single_category_baseline",
-           "PQ_KEYS"]
+__all__ = ["PanopticGroundTruth", "PanopticPredictionWriter", "panoptic_segmentation", "panoptic_to_coco_instances",
+           "single_category_baseline", "PQ_KEYS"]

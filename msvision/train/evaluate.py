@@ -1,4 +1,13 @@
-"""Inference over the validation split and COCO evaluation of the results.
+"""Inference over the validation split and its evaluation.
+
+:func:`evaluate_detector` is a short loop: for every global batch it runs the model,
+gathers inputs and predictions to the host with each image once
+(:func:`gather_global_batch`), post-processes them once
+(:class:`~msvision.evaluation.evaluators.EvalPostProcess`: masks pasted at the original
+size, COCO results, panoptic segmentation) and hands them to every evaluator of
+:func:`build_evaluators`; then it merges the evaluators' metrics
+(:mod:`msvision.evaluation.evaluators`; files and pictures:
+:mod:`msvision.evaluation.eval_writers`).
 
 Writes, under ``WORKDIR/eval/``: ``results_<step>.json`` (COCO results format,
 the dataset's own category ids), ``metrics_<step>.json`` (``bbox/AP``,
@@ -7,8 +16,8 @@ the dataset's own category ids), ``metrics_<step>.json`` (``bbox/AP``,
 :mod:`msvision.evaluation.masks`, and with ``eval.box_mask_baseline``
 ``box_as_mask/AP``, …: the mask metrics of the predicted boxes filled as masks, the
 trivial baseline of a mask head; with ``eval.boundary_ap`` ``boundary/AP``, …: mask AP
-with the Boundary IoU, :mod:`msvision.evaluation.coco_boundary`) and, when asked, ``vis_<step>/*.png`` with
-predicted boxes (solid, masks blended) and ground truth (dashed).
+with the Boundary IoU, :mod:`msvision.evaluation.coco_boundary`) and, when asked,
+``vis_<step>/*.png`` with predicted boxes (solid, masks blended) and ground truth (dashed).
 
 A panoptic dataset (``data.source='coco_panoptic'``) also gets the panoptic
 post-processing of every image (``eval.panoptic``,
@@ -19,16 +28,16 @@ computed against every segment as an instance (things and stuff,
 :func:`~msvision.evaluation.panoptic_predictions.panoptic_to_coco_instances`), and the
 pictures show the panoptic prediction beside the ground truth.
 
-Several processes: each reads its share of every global batch (process ``i`` of
-``n``: images ``≡ i (mod n)``, ``msvision.data.pipeline``), the predictions are
-gathered to every process, and process 0 alone writes the files and runs the COCO
-evaluation (the others return ``{}``). Each image is evaluated exactly once:
-padding samples and repeats (an unreadable image replaced by the next readable
-one) are dropped, ``num_images`` counts the distinct images.
+Several processes: each reads its share of every global batch, the predictions are
+gathered to every process, and process 0 alone runs the evaluators and writes the files
+(the others return ``{}``). Each image is evaluated exactly once: padding samples and
+repeats (an unreadable image replaced by the next readable one) are dropped,
+``num_images`` counts the distinct images.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -39,11 +48,11 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from msvision.evaluation import coco_eval, visualize
-from msvision.evaluation import panoptic as panoptic_metric
-from msvision.evaluation.masks import detection_box_masks, detection_image_masks
+from msvision.evaluation import coco_eval
+from msvision.evaluation import evaluators as evaluators_lib
+from msvision.evaluation import eval_writers
 from msvision.evaluation.panoptic_postprocess import PanopticPostProcess
-from msvision.evaluation.panoptic_predictions import PanopticPredictionWriter, panoptic_to_coco_instances
+from msvision.evaluation.panoptic_predictions import PanopticGroundTruth, panoptic_to_coco_instances
 from msvision.structures import Batch, Detections
 from msvision.train import data_setup
 from msvision.train import sharding as sharding_lib
@@ -67,95 +76,114 @@ def evaluate_detector(
     ``visualize_count`` images get a PNG with their predictions and ground truth;
     ``extra_metrics`` (e.g. ``checkpoint/skipped`` from ``eval.py``) are added to the
     metrics written and returned.
+
+    Raises:
+      msvision.evaluation.evaluators.NoImagesError: no validation image could be read
+        (after ``results_<step>.json`` is written, before the metrics file).
     """
+    is_main = jax.process_index() == 0
+    out_dir = os.path.join(workdir, "eval")
+    postprocess, evaluators = (build_evaluators(config, dataset_info, out_dir, step, visualize_count=visualize_count)
+                               if is_main else (None, None))
     eval_iter = data_setup.build_eval_iterator(
         dataset_info, shard_index=jax.process_index(), shard_count=jax.process_count()
     )
-    results: list[dict] = []
     seen: set[int] = set()
-    box_mask_results: list[dict] = []  # eval.box_mask_baseline: the boxes filled as masks
-    box_mask_baseline = bool(config.get("eval", {}).get("box_mask_baseline", False))
-    vis_dir = os.path.join(workdir, "eval", f"vis_{step}")
-    drawn = 0
-    is_main = jax.process_index() == 0
-    has_masks = False
-    data_cfg = dataset_info.data_cfg
-    panoptic = None  # the panoptic predictions of a panoptic dataset (process 0)
-    if data_cfg.source == "coco_panoptic" and is_main:
-        section = config.get("eval", {}).get("panoptic", None)
-        post = PanopticPostProcess(**(section.to_dict() if section is not None else {}))
-        panoptic = PanopticPredictionWriter(data_cfg.val.panoptic, data_cfg.val.panoptic_dir,
-                                            os.path.join(workdir, "eval", f"panoptic_{step}"),
-                                            dataset_info.label_to_category, post)
+    num_detections = 0
     for local_batch in tqdm(eval_iter, desc="eval", disable=not is_main, dynamic_ncols=True):
         batch = sharding_lib.shard_batch(local_batch, mesh)
-        # Every process gets the whole global batch: its own images and the others'.
-        detections = sharding_lib.gather_to_host(predict(batch))
-        image_ids = _first_occurrences(sharding_lib.gather_to_host(batch.image_ids), seen)
-        orig_sizes = sharding_lib.gather_to_host(batch.orig_sizes) if detections.masks is not None else None
-        input_sizes = sharding_lib.gather_to_host(batch.image_sizes) if data_cfg.source == "coco_panoptic" else None
-        if not is_main:
-            continue
-        panoptic_ids = {}
-        if panoptic is not None:
-            if detections.masks is None:
-                raise ValueError("a panoptic dataset needs a segmentation head (model.seg_head)")
-            for i, image_id in enumerate(image_ids):
-                if image_id >= 0:
-                    v = np.asarray(detections.valid[i], bool)
-                    panoptic_ids[int(image_id)] = panoptic.add(
-                        image_id, detections.masks[i][v], detections.mask_boxes[i][v], detections.scores[i][v],
-                        detections.labels[i][v], input_sizes[i], orig_sizes[i])
-        image_masks = None
-        if detections.masks is not None:  # segmentation head: masks at the original size
-            has_masks = True
-            image_masks = detection_image_masks(detections, orig_sizes)
-            if box_mask_baseline:
-                box_mask_results.extend(coco_eval.detections_to_coco_results(
-                    detections, image_ids, dataset_info.label_to_category,
-                    image_masks=detection_box_masks(detections, orig_sizes)))
-        results.extend(
-            coco_eval.detections_to_coco_results(detections, image_ids, dataset_info.label_to_category,
-                                                 image_masks=image_masks)
-        )
-        if drawn < visualize_count and panoptic is not None:
-            drawn += _draw_panoptic(image_ids, panoptic_ids, panoptic, dataset_info, vis_dir, visualize_count - drawn)
-        elif drawn < visualize_count:
-            drawn += _draw(image_ids, detections, dataset_info, vis_dir, visualize_count - drawn,
-                           image_masks=image_masks)
+        inputs, detections = gather_global_batch(batch, predict(batch), seen)
+        if is_main:
+            outputs = postprocess(inputs, detections)
+            num_detections += len(outputs.instances)
+            evaluators.process(inputs, outputs)
     if len(seen) != len(dataset_info.val_source):
         log.warning("evaluated %d of the %d validation images (unreadable ones are skipped)",
                     len(seen), len(dataset_info.val_source))
-    metrics: dict[str, float] = {}
-    if is_main:
-        out_dir = os.path.join(workdir, "eval")
-        os.makedirs(out_dir, exist_ok=True)
-        coco_eval.write_results_json(os.path.join(out_dir, f"results_{step}.json"), results)
-        ground_truth = dataset_info.val_annotations
-        if data_cfg.source == "coco_panoptic":  # every segment an instance (as DetSeg's panoptic training)
-            ground_truth = panoptic_to_coco_instances(data_cfg.val.panoptic, data_cfg.val.panoptic_dir, seen)
-        iou_types = ("bbox", "segm") if has_masks else ("bbox",)
-        if has_masks and bool(config.get("eval", {}).get("boundary_ap", False)):
-            iou_types += ("boundary",)
-        evaluator = coco_eval.CocoEvaluator(ground_truth, iou_types=iou_types)
-        evaluator.add(results)
-        metrics = evaluator.evaluate()
-        if box_mask_results:
-            baseline = coco_eval.CocoEvaluator(ground_truth, iou_types=("segm",))
-            baseline.add(box_mask_results)
-            metrics.update({f"box_as_mask/{k.split('/', 1)[1]}": v for k, v in baseline.evaluate().items()})
-        print(f"COCO evaluation at step {step} ({len(seen)} images, {len(results)} detections):")
-        print(coco_eval.format_table(metrics))
-        if panoptic is not None:
-            summary = panoptic.finish()
-            print(f"Panoptic quality at step {step} ({panoptic.pq.num_images} images):")
-            print(panoptic_metric.format_table(summary))
-            metrics.update({f"panoptic/{k}": float(v) for k, v in summary.items()})
-        metrics["num_images"] = float(len(seen))
-        metrics.update(extra_metrics or {})
-        with open(os.path.join(out_dir, f"metrics_{step}.json"), "w") as f:
-            json.dump(dict(metrics, step=step), f, indent=2)
+    if not is_main:
+        return {}
+    print(f"Evaluation at step {step} ({len(seen)} images, {num_detections} detections):")
+    metrics = evaluators.evaluate()
+    metrics["num_images"] = float(len(seen))
+    metrics.update(extra_metrics or {})
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, f"metrics_{step}.json"), "w") as f:
+        json.dump(dict(metrics, step=step), f, indent=2)
     return {f"eval/{k}": v for k, v in metrics.items()}
+
+
+def build_evaluators(config: ml_collections.ConfigDict, dataset_info, out_dir: str, step: int, *,
+                     visualize_count: int = 0
+                     ) -> tuple[evaluators_lib.EvalPostProcess, evaluators_lib.DatasetEvaluators]:
+    """The host post-processing and the evaluators of ``config.eval`` for ``dataset_info``'s
+    validation split, writing under ``out_dir`` (``WORKDIR/eval``).
+
+    Always box AP and ``results_<step>.json``; with a segmentation head (``model.seg_head``)
+    mask AP, with ``eval.boundary_ap`` Boundary AP and with ``eval.box_mask_baseline`` the
+    boxes-as-masks AP; on a panoptic split (``data.source='coco_panoptic'``) PQ and the
+    ``panoptic_<step>`` files, its box and mask AP against every segment as an instance;
+    pictures of the first ``visualize_count`` images.
+    """
+    data_cfg = dataset_info.data_cfg
+    label_to_category = dataset_info.label_to_category
+    has_masks = config.model.seg_head.name != "none"
+    panoptic_gt = None
+    if data_cfg.source == "coco_panoptic":
+        panoptic_gt = PanopticGroundTruth.load(data_cfg.val.panoptic, data_cfg.val.panoptic_dir)
+        postprocess = evaluators_lib.EvalPostProcess(
+            label_to_category, panoptic=PanopticPostProcess(**config.eval.panoptic.to_dict()),
+            label_is_thing=panoptic_gt.label_is_thing(label_to_category))
+        # Every segment, thing or stuff, an instance (panopticapi's converter, things_only=False),
+        # converted once for the evaluated images and shared by the AP evaluators.
+        instances_gt = functools.lru_cache(maxsize=1)(
+            lambda image_ids: panoptic_to_coco_instances(data_cfg.val.panoptic, data_cfg.val.panoptic_dir,
+                                                         set(image_ids)))
+    else:
+        postprocess = evaluators_lib.EvalPostProcess(label_to_category)
+        instances_gt = coco_eval.load_coco(dataset_info.val_annotations)
+
+    evaluators: list[evaluators_lib.DatasetEvaluator] = [
+        eval_writers.CocoResultsWriter(os.path.join(out_dir, f"results_{step}.json")),
+        evaluators_lib.BoxAPEvaluator(instances_gt),
+    ]
+    if has_masks:
+        evaluators.append(evaluators_lib.MaskAPEvaluator(instances_gt))
+        if config.eval.boundary_ap:
+            evaluators.append(evaluators_lib.BoundaryAPEvaluator(instances_gt))
+        if config.eval.box_mask_baseline:
+            evaluators.append(evaluators_lib.BoxAsMaskAPEvaluator(instances_gt, label_to_category))
+    if panoptic_gt is not None:
+        evaluators += [evaluators_lib.PanopticQualityEvaluator(panoptic_gt),
+                       eval_writers.PanopticPredictionFiles(os.path.join(out_dir, f"panoptic_{step}"), panoptic_gt)]
+    if visualize_count > 0:
+        vis_dir = os.path.join(out_dir, f"vis_{step}")
+        load_image = functools.partial(data_setup.load_original_image, dataset_info)
+        if panoptic_gt is not None:
+            evaluators.append(eval_writers.PanopticPictures(
+                vis_dir, visualize_count, panoptic_gt, load_image=load_image,
+                class_names=dataset_info.class_names, label_to_category=label_to_category))
+        else:
+            evaluators.append(eval_writers.DetectionPictures(
+                vis_dir, visualize_count, load_image=load_image,
+                load_ground_truth=functools.partial(data_setup.original_ground_truth, dataset_info),
+                class_names=dataset_info.class_names))
+    return postprocess, evaluators_lib.DatasetEvaluators(evaluators)
+
+
+def gather_global_batch(batch: Batch, detections: Detections, seen: set[int]
+                        ) -> tuple[evaluators_lib.EvalInputs, Detections]:
+    """One global batch's inputs and predictions, gathered from every process and device to
+    numpy on every process, with each image once.
+
+    Every process reads its share of the global batch (process ``i`` of ``n``: images
+    ``≡ i (mod n)``, ``msvision.data.pipeline``) and gets the whole of it here. The ids of
+    padding samples are ``-1`` already; the ids of images in ``seen`` or earlier in the
+    batch are set to ``-1`` (:func:`_first_occurrences`) and the new ones added to ``seen``.
+    """
+    detections, image_ids, image_sizes, orig_sizes = sharding_lib.gather_to_host(
+        (detections, batch.image_ids, batch.image_sizes, batch.orig_sizes))
+    inputs = evaluators_lib.EvalInputs(_first_occurrences(image_ids, seen), image_sizes, orig_sizes)
+    return inputs, detections
 
 
 def _first_occurrences(image_ids: np.ndarray, seen: set[int]) -> np.ndarray:
@@ -177,55 +205,3 @@ def _first_occurrences(image_ids: np.ndarray, seen: set[int]) -> np.ndarray:
         else:
             seen.add(int(image_id))
     return ids
-
-
-def _draw_panoptic(image_ids: np.ndarray, panoptic_ids: dict, writer: PanopticPredictionWriter, dataset_info,
-                   out_dir: str, limit: int) -> int:
-    """Writes up to ``limit`` PNGs: the panoptic prediction (left) beside the ground truth (right)."""
-    os.makedirs(out_dir, exist_ok=True)
-    names = dict(zip(dataset_info.label_to_category, dataset_info.class_names))
-    labels = {c: k for k, c in enumerate(dataset_info.label_to_category)}
-    isthing = {int(c["id"]): int(c.get("isthing", 1)) for c in writer.categories}
-    count = 0
-    for image_id in np.asarray(image_ids).reshape(-1):
-        if count >= limit or int(image_id) not in panoptic_ids:
-            continue
-        image = data_setup.load_original_image(dataset_info, int(image_id))
-        ids, segments = panoptic_ids[int(image_id)]
-        pictures = [visualize.draw_panoptic(image, ids, segments, names, category_labels=labels)]
-        gt = writer.gt_by_image.get(int(image_id))
-        if gt is not None:
-            gt_ids = panoptic_metric.read_id_map(os.path.join(writer.gt_dir, gt["file_name"]))
-            gt_segments = [dict(s, isthing=isthing.get(int(s["category_id"]), 1)) for s in gt["segments_info"]]
-            pictures.append(visualize.draw_panoptic(image, gt_ids, gt_segments, names, category_labels=labels))
-        visualize.save_grid(pictures, os.path.join(out_dir, f"{int(image_id)}.png"), num_columns=2)
-        count += 1
-    return count
-
-
-def _draw(image_ids: np.ndarray, detections: Detections, dataset_info, out_dir: str, limit: int,
-          image_masks=None) -> int:
-    """Writes up to ``limit`` PNGs (original resolution) of a gathered global batch:
-    ``image_ids [B] int`` (``-1`` = padding) and its ``detections``; returns how many.
-    ``image_masks``: optional per image ``[K, h, w] bool`` masks of the detections (drawn)."""
-    os.makedirs(out_dir, exist_ok=True)
-    count = 0
-    for i, image_id in enumerate(np.asarray(image_ids).reshape(-1)):
-        if count >= limit or image_id < 0:
-            continue
-        image_id = int(image_id)
-        image = data_setup.load_original_image(dataset_info, image_id)
-        gt_boxes, gt_labels = data_setup.original_ground_truth(dataset_info, image_id)
-        picture = visualize.draw_detections(
-            image,
-            detections.boxes[i][detections.valid[i]],
-            detections.labels[i][detections.valid[i]],
-            detections.scores[i][detections.valid[i]],
-            dataset_info.class_names,
-            gt_boxes=gt_boxes,
-            gt_labels=gt_labels,
-            masks=None if image_masks is None else image_masks[i][detections.valid[i]],
-        )
-        picture.save(os.path.join(out_dir, f"{image_id}.png"))
-        count += 1
-    return count

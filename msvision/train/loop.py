@@ -301,8 +301,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
     final = dict(last_metrics)
     final["perf/compiled_train_shapes"] = len(shapes_seen)
     if config.train.eval_at_end:
-        visualize_count = config.get("eval", {}).get("visualize", 0)
-        eval_metrics = evaluate_state(trainer, state, workdir, step, visualize_count=visualize_count)
+        eval_metrics = evaluate_state(trainer, state, workdir, step, visualize_count=config.eval.visualize)
         writer.write(step, eval_metrics)
         final.update(eval_metrics)
     writer.close()
