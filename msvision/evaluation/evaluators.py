@@ -199,8 +199,8 @@ def _require_images(evaluator: DatasetEvaluator, image_ids: set) -> None:
 class _CocoAPEvaluator(DatasetEvaluator):
     """COCO AP/AR of one IoU type with pycocotools (:class:`coco_eval.CocoEvaluator`).
 
-    Only the images with a detection are scored, as ``CocoEvaluator.add`` without
-    ``image_ids`` (an image with no detection does not count its ground truth).
+    Every processed image is scored, also one without a detection (its ground truth
+    counts as missed), as ``CocoEvaluator.add(..., image_ids=...)``.
     """
 
     iou_type: str  # "bbox" | "segm" | "boundary"
@@ -225,7 +225,7 @@ class _CocoAPEvaluator(DatasetEvaluator):
         _require_images(self, self._image_ids)
         evaluator = coco_eval.CocoEvaluator(_coco_ground_truth(self.ground_truth, self._image_ids),
                                             iou_types=(self.iou_type,))
-        evaluator.add(self._results)
+        evaluator.add(self._results, image_ids=self._image_ids)
         metrics = {f"{self.key_prefix}/{key.split('/', 1)[1]}": value for key, value in evaluator.evaluate().items()}
         print(coco_eval.format_table(metrics))
         return metrics

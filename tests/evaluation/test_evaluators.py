@@ -149,13 +149,13 @@ def coco(gt_dict):
     return out
 
 
-def cocoeval_by_hand(gt_dict, results, iou_type):
+def cocoeval_by_hand(gt_dict, results, iou_type, image_ids=IMAGE_IDS):
     if iou_type == "bbox":
         results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
     gt = coco(gt_dict)
     with contextlib.redirect_stdout(io.StringIO()):
         evaluation = COCOeval(gt, gt.loadRes(copy.deepcopy(results)), iou_type)
-        evaluation.params.imgIds = sorted({r["image_id"] for r in results})
+        evaluation.params.imgIds = sorted(image_ids)
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
@@ -186,6 +186,20 @@ def test_box_and_mask_ap_equal_pycocotools_by_hand(scene, make, iou_type):
     expected = cocoeval_by_hand(scene["gt"], scene["results"], iou_type)
     np.testing.assert_allclose(list(metrics.values()), expected, rtol=0, atol=1e-12)
     assert 0.2 < metrics[f"{iou_type}/AP"] < 0.95  # neither trivial nor perfect
+
+
+@pytest.mark.parametrize("make, iou_type", [(ev.BoxAPEvaluator, "bbox"), (ev.MaskAPEvaluator, "segm")])
+def test_an_image_without_detections_counts_its_ground_truth_as_missed(scene, make, iou_type):
+    """Image 13 processed with no detection: its objects are missed (recall drops), not
+    left out of the score."""
+    (first, (inputs, outputs)) = scene["batches"]
+    silent = [first, (inputs, dataclasses.replace(outputs, instances=[]))]
+    metrics = run(make(coco(scene["gt"])), silent)
+    results = [r for r in scene["results"] if r["image_id"] != 13]
+    expected = cocoeval_by_hand(scene["gt"], results, iou_type, image_ids=IMAGE_IDS)
+    np.testing.assert_allclose(list(metrics.values()), expected, rtol=0, atol=1e-12)
+    only_detected = cocoeval_by_hand(scene["gt"], results, iou_type, image_ids=(11, 12))
+    assert metrics[f"{iou_type}/AR100"] < only_detected[8]
 
 
 def test_ground_truth_as_a_path_or_a_function_of_the_evaluated_images(scene, tmp_path):
