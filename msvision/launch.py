@@ -7,7 +7,7 @@ and a free port picked now, or ``--port``), ``JAX_NUM_PROCESSES`` and
 ``JAX_PROCESS_ID``, which :func:`msvision.train.sharding.initialize_distributed`
 turns into ``jax.distributed.initialize``. This is how the multi-process tests run,
 and a way to try multi-process code on one machine; on real hosts start one process
-per host yourself (or with SLURM / Open MPI), see the README.
+per host yourself (or with SLURM / Open MPI), see ``docs/multihost.md``.
 
 - A command starting with a ``.py`` file or ``-m`` runs under this Python.
 - ``--cpu-devices-per-process K`` sets ``JAX_NUM_CPU_DEVICES=K`` (CPU backend only),

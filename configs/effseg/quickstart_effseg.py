@@ -37,7 +37,8 @@ head setting are the thesis's. Evaluation also scores the boxes filled as masks
 Reached (2026-11-30, synthetic val split, 600 steps): segm AP / AP50 / AP75 0.616 / 0.881 /
 0.653 (boxes filled as masks: 0.200 / 0.625 / 0.106; bbox 0.625 / 0.901 / 0.739; Boundary AP
 0.447), 17 min 55 s wall for ``train.py`` (its evaluation included) on an idle 2-core machine
-(2026-12-01; 29 CPU-minutes); with 12 epochs (900 steps) 0.673 / 0.931 / 0.731 in 43 CPU-minutes (README, "Instance segmentation").
+(2026-12-01; 29 CPU-minutes); with 12 epochs (900 steps) 0.673 / 0.931 / 0.731 in 43 CPU-minutes
+(``benchmarks/RESULTS.md``, "Segmentation and panoptic quickstarts").
 
     python train.py --config=configs/effseg/quickstart_effseg.py --workdir=runs/quickstart_effseg
 

@@ -24,7 +24,7 @@ Reached (2026-11-30, synthetic val split, step 600): panoptic PQ / SQ / RQ 0.425
 0.512 (things 0.428, stuff 0.419); with the released code's void rule
 (``--config.eval.panoptic.void_rule=winner_prob``) 0.527 / 0.859 / 0.616; the trivial all-sky
 prediction 0.007. ``train.py`` 17 min 11 s wall (its evaluation included) on an idle 2-core
-machine (2026-12-01; 29 CPU-minutes; README, "Panoptic segmentation").
+machine (2026-12-01; 29 CPU-minutes; ``benchmarks/RESULTS.md``, "Segmentation and panoptic quickstarts").
 
     python train.py --config=configs/panoptic/quickstart_panoptic.py --workdir=runs/quickstart_panoptic
 
