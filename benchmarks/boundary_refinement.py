@@ -39,13 +39,14 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from msvision import config as config_lib  # noqa: E402
+from msvision.checkpoint import find_checkpoint_step  # noqa: E402
+from msvision.inference.restore import restore_for_inference  # noqa: E402
 from msvision.models.heads.effseg.postprocess import upsample2x  # noqa: E402
 from msvision.models.heads.effseg.targets import mask_targets, select_train_rois  # noqa: E402
 from msvision.models.heads.mask_baselines import common  # noqa: E402
 from msvision.models.heads.mask_baselines.points import overwrite_points, subdivision_points  # noqa: E402
 from msvision.train import data_setup  # noqa: E402
 from msvision.train import sharding as sharding_lib  # noqa: E402
-from msvision.train.loop import find_checkpoint_step, restore_for_inference  # noqa: E402
 
 GRIDS = (56, 112)
 COUNTS = ("outline", "refined", "refined_outline", "correct_refined", "correct_unrefined")

@@ -41,6 +41,8 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from msvision import config as config_lib  # noqa: E402
+from msvision.checkpoint import find_checkpoint_step  # noqa: E402
+from msvision.inference.restore import restore_for_inference  # noqa: E402
 from msvision.models.build import build_model  # noqa: E402
 from msvision.models.heads.effseg.criterion import gather_cells  # noqa: E402
 from msvision.models.heads.effseg.postprocess import assemble_mask_logits, upsample2x  # noqa: E402
@@ -48,7 +50,6 @@ from msvision.models.heads.effseg.targets import mask_targets, select_train_rois
 from msvision.train import data_setup  # noqa: E402
 from msvision.train import sharding as sharding_lib  # noqa: E402
 from msvision.train.evaluate import evaluate_detector  # noqa: E402
-from msvision.train.loop import find_checkpoint_step, restore_for_inference  # noqa: E402
 
 KEYS = (("segm/AP", "mask AP"), ("segm/AP50", "AP50"), ("segm/AP75", "AP75"), ("segm/APl", "AP_L"),
         ("boundary/AP", "Boundary AP"), ("bbox/AP", "box AP"))

@@ -31,8 +31,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.effseg_diagnostics import evaluate_variant, run_parser, table, variant_graphdef  # noqa: E402
 from msvision import config as config_lib  # noqa: E402
+from msvision.checkpoint import find_checkpoint_step  # noqa: E402
+from msvision.inference.restore import restore_for_inference  # noqa: E402
 from msvision.train import data_setup  # noqa: E402
-from msvision.train.loop import find_checkpoint_step, restore_for_inference  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, dict]:

@@ -93,7 +93,7 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
 
 
 def _user_errors() -> tuple[type, ...]:
-    from msvision.config import ConfigError
+    from msvision.config_schema import ConfigError
     from msvision.train.workdir_lock import WorkdirLockedError
 
     # OSError covers missing files and folders (FileNotFoundError, the checkpoint

@@ -22,8 +22,8 @@ Array = Any  # np.ndarray or jax.Array
 
 
 @struct.dataclass
-class Batch:
-    """A padded batch of images with their padded ground truth.
+class ImageBatch:
+    """A padded batch of images, what inference needs (no ground truth).
 
     Attributes:
       images: ``[B, H, W, 3] uint8`` RGB, resized and zero-padded at the bottom and
@@ -31,6 +31,34 @@ class Batch:
       image_sizes: ``[B, 2] int32`` ``(h, w)`` of the resized image inside the
         padding (the valid region is ``[:h, :w]``).
       orig_sizes: ``[B, 2] int32`` ``(h, w)`` of the image as stored on disk.
+    """
+
+    images: Array
+    image_sizes: Array
+    orig_sizes: Array
+
+    @property
+    def batch_size(self) -> int:
+        return self.images.shape[0]
+
+    def pixel_mask(self, xp=np) -> Array:
+        """``[B, H, W] bool``: True on image pixels, False on padding.
+
+        ``xp`` is the array module (``numpy`` or ``jax.numpy``).
+        """
+        h, w = self.images.shape[1:3]
+        rows = xp.arange(h)[None, :, None] < self.image_sizes[:, 0, None, None]
+        cols = xp.arange(w)[None, None, :] < self.image_sizes[:, 1, None, None]
+        return rows & cols
+
+
+@struct.dataclass
+class Batch(ImageBatch):
+    """A padded batch of images (the fields of :class:`ImageBatch`) with their padded
+    ground truth.
+
+    Attributes:
+      images, image_sizes, orig_sizes: as in :class:`ImageBatch`.
       image_ids: ``[B] int32`` dataset image ids; ``-1`` marks a padding sample
         (an incomplete last batch in evaluation).
       boxes: ``[B, M, 4] float32`` ground-truth boxes ``(x0, y0, x1, y1)`` in pixels
@@ -48,9 +76,6 @@ class Batch:
         each box-frame mask covers (None for full-image masks).
     """
 
-    images: Array
-    image_sizes: Array
-    orig_sizes: Array
     image_ids: Array
     boxes: Array
     labels: Array
@@ -60,22 +85,8 @@ class Batch:
     mask_boxes: Optional[Array] = None
 
     @property
-    def batch_size(self) -> int:
-        return self.images.shape[0]
-
-    @property
     def max_instances(self) -> int:
         return self.boxes.shape[1]
-
-    def pixel_mask(self, xp=np) -> Array:
-        """``[B, H, W] bool``: True on image pixels, False on padding.
-
-        ``xp`` is the array module (``numpy`` or ``jax.numpy``).
-        """
-        h, w = self.images.shape[1:3]
-        rows = xp.arange(h)[None, :, None] < self.image_sizes[:, 0, None, None]
-        cols = xp.arange(w)[None, None, :] < self.image_sizes[:, 1, None, None]
-        return rows & cols
 
 
 @struct.dataclass

@@ -49,8 +49,8 @@ def inference_workdir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def live_predictor(inference_workdir):
-    """A :class:`msvision.predict.Predictor` of the fixture work directory (score threshold 0)."""
-    from msvision.predict import Predictor
+    """A :class:`msvision.inference.Predictor` of the fixture work directory (score threshold 0)."""
+    from msvision.inference import Predictor
 
     _, workdir, data_root = inference_workdir
     predictor = Predictor.from_workdir(inference_helpers.tiny_inference_config(data_root), workdir,
@@ -68,8 +68,8 @@ def effseg_workdir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def effseg_predictor(effseg_workdir):
-    """A :class:`msvision.predict.Predictor` of :func:`effseg_workdir` (score threshold 0)."""
-    from msvision.predict import Predictor
+    """A :class:`msvision.inference.Predictor` of :func:`effseg_workdir` (score threshold 0)."""
+    from msvision.inference import Predictor
 
     _, workdir, data_root = effseg_workdir
     config = inference_helpers.tiny_inference_config(data_root, inference_helpers.TINY_EFFSEG_CONFIG, ())

@@ -82,7 +82,7 @@ def make_inference_workdir(base: Path, config_file=TINY_CONFIG, overrides=CONFIG
     import jax
     import jax.numpy as jnp
 
-    from msvision.train import checkpoint as checkpoint_lib
+    from msvision import checkpoint as checkpoint_lib
     from msvision.data.pipeline import DatasetMetadata
     from msvision.train import data_setup
     from msvision.train import optimizer as optimizer_lib

@@ -10,9 +10,11 @@ from PIL import Image
 
 import inference_helpers
 from inference_helpers import CATEGORY_IDS, CLASS_NAMES, CONFIG_OVERRIDES, assert_same_detections, coco_mini_images
-from msvision import export as export_lib
+from msvision import export as export_cli
 from msvision.data.batching import collate
-from msvision.predict import Predictor
+from msvision.inference import Predictor, pad_images
+from msvision.inference.artefact import load_exported
+from msvision.inference.exporter import export_detector
 from msvision.train.loop import make_predict_step
 
 
@@ -25,9 +27,9 @@ def _images():
 def test_exported_function_matches_live_model(tmp_path, inference_workdir, live_predictor):
     config_arg, workdir, _ = inference_workdir
     out = tmp_path / "model.jaxexport"
-    assert export_lib.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(out),
+    assert export_cli.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(out),
                             *CONFIG_OVERRIDES]) == 0
-    exported = export_lib.load_exported(str(out))
+    exported = load_exported(str(out))
     assert exported.platforms == ("cpu",) and exported.batch_size is None and exported.step == 5
     assert exported.classes.class_names == CLASS_NAMES and exported.classes.label_to_category == CATEGORY_IDS
     assert sorted(exported.exported) == [(128, 128)]
@@ -38,7 +40,7 @@ def test_exported_function_matches_live_model(tmp_path, inference_workdir, live_
     # float32 rounding (separately compiled programs: box coordinates of a few hundred pixels come out
     # of exp() of the regressed deltas, so compare with a relative tolerance).
     images = _images()
-    batch = collate([live_predictor.preprocessing.record(im) for im in images], (128, 128), max_instances=1)
+    batch = pad_images([live_predictor.preprocessing.resize(im) for im in images], (128, 128))
     live = _live_arrays(live_predictor, batch)
     assert live["valid"].sum() > 0
     _assert_same_arrays(exported(batch.images, batch.image_sizes, batch.orig_sizes), live)
@@ -67,11 +69,11 @@ def _assert_same_arrays(got, live):
 def test_symbolic_batch_runs_at_any_size(tmp_path, inference_workdir, live_predictor):
     config_arg, workdir, _ = inference_workdir
     out = tmp_path / "model.jaxexport"
-    assert export_lib.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(out),
+    assert export_cli.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(out),
                             *CONFIG_OVERRIDES]) == 0
-    exported = export_lib.load_exported(str(out))
+    exported = load_exported(str(out))
     images = _images()
-    batch = collate([live_predictor.preprocessing.record(im) for im in images], (128, 128), max_instances=1)
+    batch = pad_images([live_predictor.preprocessing.resize(im) for im in images], (128, 128))
     live = _live_arrays(live_predictor, batch)
     for sl in (slice(1, 2), slice(0, 2)):
         got = exported(batch.images[sl], batch.image_sizes[sl], batch.orig_sizes[sl])
@@ -82,9 +84,9 @@ def test_symbolic_batch_runs_at_any_size(tmp_path, inference_workdir, live_predi
 def test_static_batch_for_cpu_and_cuda(tmp_path, inference_workdir, live_predictor):
     config_arg, workdir, _ = inference_workdir
     out = tmp_path / "both.jaxexport"
-    assert export_lib.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(out), "--batch-size", "2",
+    assert export_cli.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(out), "--batch-size", "2",
                             "--platform", "cpu", "--platform", "cuda", *CONFIG_OVERRIDES]) == 0
-    exported = export_lib.load_exported(str(out))
+    exported = load_exported(str(out))
     assert exported.platforms == ("cpu", "cuda") and exported.batch_size == 2
     assert exported.exported[(128, 128)].platforms == ("cpu", "cuda")
     assert exported.exported[(128, 128)].in_avals[-3].shape == (2, 128, 128, 3)
@@ -104,7 +106,7 @@ def test_exported_function_matches_evaluation_predict_step(tmp_path):
     # gets random pixels in the padding, evaluation zeros: the model is padding-aware.
     config = inference_helpers.tiny_inference_config(str(tmp_path / "no_data"))
     graphdef, params, rest = inference_helpers.random_model_state(config, num_classes=3, seed=1)
-    exported = export_lib.export_detector(graphdef, params, rest, [(64, 48)], batch_size=2)[(64, 48)]
+    exported = export_detector(graphdef, params, rest, [(64, 48)], batch_size=2)[(64, 48)]
     restored = jax.export.deserialize(exported.serialize())
     assert restored.platforms == ("cpu",) and restored.in_avals[-3].shape == (2, 64, 48, 3)
     rng = np.random.default_rng(0)

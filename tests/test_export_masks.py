@@ -9,18 +9,18 @@ from PIL import Image
 
 import inference_helpers
 from inference_helpers import CATEGORY_IDS, CLASS_NAMES, coco_mini_images
-from msvision import export as export_lib
-from msvision import predict as predict_lib
-from msvision.data.batching import collate
+from msvision.data.classes import ClassList
 from msvision.evaluation.panoptic_postprocess import paste_probs
-from msvision.train.data_setup import ClassList
+from msvision.inference import Predictor, Preprocessing, make_detect_function, pad_images
+from msvision.inference.artefact import save_exported
+from msvision.inference.exporter import export_detector
 
 DETECTION_KEYS = ("boxes", "scores", "labels", "valid", "masks", "mask_boxes")
 
 
 def _model_output(predictor, image: np.ndarray) -> dict:
     """The raw arrays of ``predictor.detect`` for one image (a batch of 1, bucket 128x128)."""
-    batch = collate([predictor.preprocessing.record(image)], (128, 128), max_instances=1)
+    batch = pad_images([predictor.preprocessing.resize(image)], (128, 128))
     out = predictor.detect(batch.images, batch.image_sizes, batch.orig_sizes)
     return {k: np.asarray(out[k]) for k in DETECTION_KEYS}
 
@@ -31,16 +31,16 @@ def test_exported_masks_match_the_live_model(tmp_path):
                                                      ())
     graphdef, params, rest = inference_helpers.random_model_state(config, len(CLASS_NAMES))
     classes = ClassList(CLASS_NAMES, CATEGORY_IDS)
-    preprocessing = predict_lib.Preprocessing.from_config(config.data)
+    preprocessing = Preprocessing.from_config(config.data)
     weights, treedef = jax.tree.flatten((params, rest))
-    detect = jax.jit(predict_lib.make_detect_function(graphdef, treedef))
-    live = predict_lib.Predictor(lambda *args: jax.device_get(detect(weights, *args)), classes, preprocessing,
-                                 score_threshold=0.0)
+    detect = jax.jit(make_detect_function(graphdef, treedef))
+    live = Predictor(lambda *args: jax.device_get(detect(weights, *args)), classes, preprocessing,
+                     score_threshold=0.0)
     path = tmp_path / "effseg.jaxexport"
-    exported = export_lib.export_detector(graphdef, params, rest, preprocessing.buckets)
-    export_lib.save_exported(str(path), exported, weights, classes, preprocessing, batch_size=None, step=3,
-                             config=config.to_dict())
-    loaded = predict_lib.Predictor.from_exported(str(path), score_threshold=0.0)
+    exported = export_detector(graphdef, params, rest, preprocessing.buckets)
+    save_exported(str(path), exported, weights, classes, preprocessing, batch_size=None, step=3,
+                  config=config.to_dict())
+    loaded = Predictor.from_exported(str(path), score_threshold=0.0)
     assert loaded.panoptic is None and loaded.classes == classes
     out_names = {str(k) for k in jax.tree.leaves(jax.tree_util.tree_map_with_path(
         lambda p, _: jax.tree_util.keystr(p), loaded.detect.exported[(128, 128)].out_tree.unflatten(

@@ -13,9 +13,11 @@ from PIL import Image
 
 import inference_helpers
 from inference_helpers import CATEGORY_IDS, CLASS_NAMES, CONFIG_OVERRIDES, assert_same_detections, coco_mini_images
-from msvision import predict as predict_lib
+from msvision import predict as predict_cli
+from msvision.data.classes import ClassList, read_class_list
 from msvision.data.image_files import list_image_files
 from msvision.data.pipeline import DatasetMetadata
+from msvision.inference import Predictor
 from msvision.train import data_setup
 
 
@@ -43,7 +45,7 @@ def test_cli_predictions_json_pictures_and_skipped_files(tmp_path, inference_wor
 
     # Batches of 3 (the second one padded) in a 256x256 bucket, where live_predictor runs one image at a
     # time in 128x128: every layer is padding-aware, so the detections must not change.
-    code = predict_lib.main([f"--config={config_arg}", f"--workdir={workdir}", str(inputs), str(single),
+    code = predict_cli.main([f"--config={config_arg}", f"--workdir={workdir}", str(inputs), str(single),
                              str(tmp_path / "missing.jpg"), str(tiny), "--out", str(out), "--batch-size", "3",
                              "--score-threshold", "0", "--config.data.buckets=((256, 256),)", *CONFIG_OVERRIDES])
     assert code == 0
@@ -140,8 +142,8 @@ def test_array_inputs(live_predictor):
         live_predictor(as_rgb.astype(np.float32))
     with pytest.raises(ValueError):
         live_predictor(np.zeros((0, 10, 3), np.uint8))
-    strict = predict_lib.Predictor(live_predictor.detect, live_predictor.classes, live_predictor.preprocessing,
-                                   score_threshold=0.9)
+    strict = Predictor(live_predictor.detect, live_predictor.classes, live_predictor.preprocessing,
+                       score_threshold=0.9)
     result = strict(as_rgb)
     assert all(d["score"] >= 0.9 for d in result)
     assert len(result) == sum(d["score"] >= 0.9 for d in live_predictor(as_rgb))
@@ -155,7 +157,7 @@ def test_array_inputs(live_predictor):
 def test_class_list_from_dataset_json_only(tmp_path, inference_workdir, capsys):
     meta = DatasetMetadata(("x", "y"), (5, 2), 7, "")
     data_setup.save_dataset_metadata(data_setup.DatasetInfo(meta, None), str(tmp_path))
-    assert data_setup.read_class_list(str(tmp_path)) == data_setup.ClassList(("x", "y"), (5, 2))
+    assert read_class_list(str(tmp_path)) == ClassList(("x", "y"), (5, 2))
     # A work directory without dataset.json is an error naming the file, even when the config's
     # training annotations exist (they are never read instead).
     config_arg, workdir, _ = inference_workdir
@@ -167,8 +169,8 @@ def test_class_list_from_dataset_json_only(tmp_path, inference_workdir, capsys):
         config.data.train.annotations = str(inference_helpers.COCO_MINI / "annotations" / "instances_train2017.json")
         config.data.train.images = str(inference_helpers.COCO_MINI / "train2017")
     with pytest.raises(FileNotFoundError, match=re.escape(str(bare / "dataset.json"))):
-        predict_lib.Predictor.from_workdir(config, str(bare))
-    code = predict_lib.main([f"--config={config_arg}", f"--workdir={bare}", str(tmp_path), "--out",
+        Predictor.from_workdir(config, str(bare))
+    code = predict_cli.main([f"--config={config_arg}", f"--workdir={bare}", str(tmp_path), "--out",
                              str(tmp_path / "out"), *CONFIG_OVERRIDES])
     assert code == 2 and str(bare / "dataset.json") in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

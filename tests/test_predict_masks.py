@@ -12,9 +12,9 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from inference_helpers import CATEGORY_IDS, coco_mini_images
-from msvision import predict as predict_lib
-from msvision.data.batching import collate
+from msvision import predict as predict_cli
 from msvision.evaluation.masks import detection_image_masks
+from msvision.inference import Predictor, pad_images
 from msvision.structures import Detections
 
 DETECTION_KEYS = ("boxes", "scores", "labels", "valid", "masks", "mask_boxes")
@@ -27,7 +27,7 @@ def _read_rgb(path) -> np.ndarray:
 def _model_output(predictor, image: np.ndarray) -> tuple[dict, np.ndarray]:
     """The raw arrays of ``predictor.detect`` for one image (a batch of 1 in the config's bucket,
     as the CLI runs it by default) and the batch's ``orig_sizes [1, 2]``."""
-    batch = collate([predictor.preprocessing.record(image)], (128, 128), max_instances=1)
+    batch = pad_images([predictor.preprocessing.resize(image)], (128, 128))
     out = predictor.detect(batch.images, batch.image_sizes, batch.orig_sizes)
     return {k: np.asarray(out[k]) for k in DETECTION_KEYS}, np.asarray(batch.orig_sizes)
 
@@ -44,7 +44,7 @@ def test_cli_rles_are_evaluations_masks_at_the_file_size(tmp_path, effseg_workdi
     photo = Image.open(coco_mini_images(2)[1]).convert("RGB")
     photo.resize((45, 61), Image.BILINEAR).save(inputs / "small.png")  # 61x45 -> 128x94 (enlarged)
     out = tmp_path / "out"
-    assert predict_lib.main([f"--config={config_arg}", f"--workdir={workdir}", str(inputs), "--out", str(out),
+    assert predict_cli.main([f"--config={config_arg}", f"--workdir={workdir}", str(inputs), "--out", str(out),
                              "--score-threshold", "0"]) == 0
     predictions = json.loads((out / "predictions.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
@@ -89,8 +89,8 @@ def test_array_masks_and_threshold(effseg_predictor):
     with pytest.raises(ValueError, match="masks"):
         effseg_predictor(image, masks="png")
     # A higher mask threshold keeps a subset of every mask's pixels (the same detections).
-    strict = predict_lib.Predictor(effseg_predictor.detect, effseg_predictor.classes, effseg_predictor.preprocessing,
-                                   score_threshold=0.0, mask_threshold=0.7)
+    strict = Predictor(effseg_predictor.detect, effseg_predictor.classes, effseg_predictor.preprocessing,
+                       score_threshold=0.0, mask_threshold=0.7)
     shrunk = 0
     for a, b in zip(as_array, strict(image, masks="array")):
         assert a["bbox"] == b["bbox"]

@@ -1,7 +1,7 @@
 """Panoptic configs in ``msvision.predict`` (tiny FQDet + EffSeg on the panoptic class list, random
 weights): COCO panoptic PNGs whose segment ids match ``segments_info``, the dataset's category
 ids, the same segmentation evaluation writes for the model output; ``isthing`` from
-``dataset.json`` or the config's panoptic JSON; the export carries both."""
+``dataset.json``; the export carries both."""
 
 import json
 import re
@@ -14,13 +14,15 @@ from PIL import Image
 import inference_helpers
 from inference_helpers import (PANOPTIC_CATEGORY_IDS, PANOPTIC_CLASS_NAMES, PANOPTIC_IS_THING,
                                TINY_PANOPTIC_CONFIG, coco_mini_images)
-from msvision import export as export_lib
-from msvision import predict as predict_lib
-from msvision.data.batching import collate
+from msvision import export as export_cli
+from msvision import predict as predict_cli
+from msvision.cli import InputError
+from msvision.data.classes import ClassList, read_class_list
 from msvision.evaluation.panoptic import read_id_map
 from msvision.evaluation.panoptic_postprocess import PanopticPostProcess
 from msvision.evaluation.panoptic_predictions import PanopticPredictionWriter
-from msvision.train.data_setup import ClassList
+from msvision.inference import Predictor, pad_images
+from msvision.inference.panoptic import require_isthing
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def test_cli_writes_panoptic_pngs_matching_segments_info(tmp_path, panoptic_work
     shutil.copy(coco_mini_images(1)[0], inputs / "photo.jpg")  # 426x640
     Image.open(coco_mini_images(2)[1]).convert("RGB").resize((45, 61), Image.BILINEAR).save(inputs / "photo.png")
     out = tmp_path / "out"
-    assert predict_lib.main([f"--config={config_arg}", f"--workdir={workdir}", str(inputs), "--out", str(out)]) == 0
+    assert predict_cli.main([f"--config={config_arg}", f"--workdir={workdir}", str(inputs), "--out", str(out)]) == 0
     predictions = json.loads((out / "predictions.json").read_text())
     assert [e["panoptic"]["file_name"] for e in predictions] == ["photo.png", "photo_1.png"]  # unique names
 
@@ -54,7 +56,7 @@ def test_cli_writes_panoptic_pngs_matching_segments_info(tmp_path, panoptic_work
     (tmp_path / "gt.json").write_text(json.dumps({"categories": categories, "annotations": []}))
     writer = PanopticPredictionWriter(str(tmp_path / "gt.json"), "", str(tmp_path / "eval_pngs"),
                                       PANOPTIC_CATEGORY_IDS, PanopticPostProcess(**config.eval.panoptic.to_dict()))
-    predictor = predict_lib.Predictor.from_workdir(config, workdir)
+    predictor = Predictor.from_workdir(config, workdir)
     assert predictor.panoptic.min_area == 4 and predictor.panoptic.score_threshold == 0.0  # eval.panoptic
     is_thing = dict(zip(PANOPTIC_CATEGORY_IDS, PANOPTIC_IS_THING))
     num_segments = 0
@@ -78,7 +80,7 @@ def test_cli_writes_panoptic_pngs_matching_segments_info(tmp_path, panoptic_work
         assert len(stuff) == len(set(stuff))  # merge_stuff: one segment per stuff category
         assert (out / entry["picture"]).is_file()
 
-        batch = collate([predictor.preprocessing.record(image)], (128, 128), max_instances=1)
+        batch = pad_images([predictor.preprocessing.resize(image)], (128, 128))
         raw = predictor.detect(batch.images, batch.image_sizes, batch.orig_sizes)
         v = np.asarray(raw["valid"][0], bool)
         expected_ids, expected_segments = writer.add(image_id, raw["masks"][0][v], raw["mask_boxes"][0][v],
@@ -94,39 +96,29 @@ def test_cli_writes_panoptic_pngs_matching_segments_info(tmp_path, panoptic_work
 
     # The export carries the class list with isthing and the config's panoptic settings.
     path = tmp_path / "panoptic.jaxexport"
-    assert export_lib.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(path)]) == 0
-    exported = predict_lib.Predictor.from_exported(str(path))
+    assert export_cli.main([f"--config={config_arg}", f"--workdir={workdir}", "--out", str(path)]) == 0
+    exported = Predictor.from_exported(str(path))
     assert exported.classes == predictor.classes and exported.panoptic == predictor.panoptic
 
 
-def test_isthing_from_the_config_panoptic_json(tmp_path):
-    import ml_collections
-
+def test_a_panoptic_config_needs_isthing_from_the_class_list(tmp_path, panoptic_workdir, capsys):
     classes = ClassList(("cat", "sky"), (17, 187))
-    panoptic_json = tmp_path / "panoptic_val.json"
-    panoptic_json.write_text(json.dumps({"categories": [{"id": 187, "name": "sky", "isthing": 0},
-                                                        {"id": 17, "name": "cat", "isthing": 1},
-                                                        {"id": 5, "name": "bus", "isthing": 1}]}))
-    data = ml_collections.ConfigDict({"val": {"panoptic": str(panoptic_json)}, "train": {"panoptic": ""}})
-    assert predict_lib.panoptic_class_list(classes, data).label_is_thing == (True, False)
-    saved = ClassList(("cat", "sky"), (17, 187), (False, True))  # dataset.json's own flags win
-    assert predict_lib.panoptic_class_list(saved, data) is saved
-    data.val.panoptic = str(tmp_path / "missing.json")
-    with pytest.raises(FileNotFoundError, match=re.escape("label_is_thing")):
-        predict_lib.panoptic_class_list(classes, data)
-    data.train.panoptic = str(panoptic_json)
-    assert predict_lib.panoptic_class_list(ClassList(("bus",), (5,)), data).label_is_thing == (True,)
-    with pytest.raises(KeyError, match="99"):
-        predict_lib.panoptic_class_list(ClassList(("x",), (99,)), data)
+    with pytest.raises(InputError, match=re.escape("run/dataset.json") + ".*label_is_thing"):
+        require_isthing(classes, "run/dataset.json")
+    saved = ClassList(("cat", "sky"), (17, 187), (True, False))
+    assert require_isthing(saved, "run/dataset.json") is saved
     with pytest.raises(ValueError, match="label_is_thing"):
-        predict_lib.Predictor(lambda *a: {}, classes, None, panoptic=PanopticPostProcess())
-    # A synthetic-data config (the panoptic quickstart) names no JSON: the generated dataset's
-    # ROOT/val/panoptic.json is read, without generating anything.
-    (tmp_path / "shapes" / "val").mkdir(parents=True)
-    (tmp_path / "shapes" / "val" / "panoptic.json").write_text(panoptic_json.read_text())
-    synthetic = ml_collections.ConfigDict({"synthetic": {"enabled": True, "root": str(tmp_path / "shapes")},
-                                           "val": {"panoptic": ""}, "train": {"panoptic": ""}})
-    assert predict_lib.panoptic_class_list(classes, synthetic).label_is_thing == (True, False)
+        Predictor(lambda *a: {}, classes, None, panoptic=PanopticPostProcess())
+    # A panoptic work directory whose dataset.json has no isthing: one line naming the file.
+    config_arg, workdir, _ = panoptic_workdir
+    bare = tmp_path / "run"
+    shutil.copytree(f"{workdir}/checkpoints", bare / "checkpoints")
+    saved = json.loads(open(f"{workdir}/dataset.json").read())
+    del saved["label_is_thing"]
+    (bare / "dataset.json").write_text(json.dumps(saved))
+    assert predict_cli.main([f"--config={config_arg}", f"--workdir={bare}", str(tmp_path), "--out",
+                             str(tmp_path / "out")]) == 2
+    assert str(bare / "dataset.json") in capsys.readouterr().err
 
 
 def test_train_writes_isthing_of_a_panoptic_source(tmp_path):
@@ -139,7 +131,7 @@ def test_train_writes_isthing_of_a_panoptic_source(tmp_path):
     source = PanopticSource(sample / "panoptic_examples.json", sample / "panoptic", sample / "images")
     meta = DatasetMetadata(tuple(source.class_names), tuple(source.label_to_category), len(source), "")
     data_setup.save_dataset_metadata(data_setup.DatasetInfo(meta, None, source), str(tmp_path))
-    classes = data_setup.read_class_list(str(tmp_path))
+    classes = read_class_list(str(tmp_path))
     with open(sample / "panoptic_examples.json") as f:
         isthing = {c["id"]: bool(c["isthing"]) for c in json.load(f)["categories"]}
     assert len(classes.label_is_thing) == 133 and 0 < sum(classes.label_is_thing) < 133

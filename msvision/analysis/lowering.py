@@ -100,7 +100,7 @@ def module_summary(text: str) -> dict:
     counts = total("main")
     partitions = _NUM_PARTITIONS.search(text)
     # Convolutions tell the kernel-gradient paths apart: XLA's own (a convolution per
-    # gradient) outside the CPU, matmuls of im2col windows on the CPU (ops/conv.py).
+    # gradient) outside the CPU, matmuls of im2col windows on the CPU (ops/conv_xla.py).
     return dict(
         custom_calls={k.split(":", 1)[1]: n for k, n in sorted(counts.items()) if k.startswith("custom_call:") and n},
         triton_kernels={k.split(":", 1)[1]: n for k, n in sorted(counts.items()) if k.startswith("triton:") and n},

@@ -44,16 +44,25 @@ def choose_bucket(sizes: Sequence[Bucket], buckets: Sequence[Bucket]) -> Bucket:
     return max(buckets, key=lambda b: (b[0] * b[1], b))
 
 
+def shrunk_size(size: tuple[int, int], bucket: Bucket) -> tuple[int, int]:
+    """``(h, w)`` of an image of ``size`` shrunk, keeping its aspect ratio, to fit ``bucket``;
+    ``size`` itself when it fits."""
+    h, w = size
+    if h <= bucket[0] and w <= bucket[1]:
+        return h, w
+    scale = min(bucket[0] / h, bucket[1] / w)
+    return min(bucket[0], max(1, int(h * scale))), min(bucket[1], max(1, int(w * scale)))
+
+
 def fit_into(record: dict[str, Any], bucket: Bucket) -> dict[str, Any]:
     """Shrink a record (keeping its aspect ratio) when its image exceeds ``bucket``.
 
     Only happens for images whose size differed from the planned one (a replaced
     corrupt image, a wrong size in the annotation file)."""
     h, w = record["image"].shape[:2]
-    if h <= bucket[0] and w <= bucket[1]:
+    size = shrunk_size((h, w), bucket)
+    if size == (h, w):
         return record
-    scale = min(bucket[0] / h, bucket[1] / w)
-    size = (min(bucket[0], max(1, int(h * scale))), min(bucket[1], max(1, int(w * scale))))
     logger.warning("%s: image of size %s shrunk to %s to fit bucket %s",
                    record.get("file_name"), (h, w), size, bucket)
     return resize(record, size)

@@ -32,8 +32,8 @@ byte-identical JSON. Command line::
 Variants (``variant``, ``data.synthetic.variant``): ``'shapes'`` (this module's objects,
 the quickstarts' data) and ``'large'`` (:mod:`msvision.data.synthetic_large`: objects
 96–400 px across with 1–4 px outline detail on ~448 px images, for comparing mask heads
-where a 112² mask has something to resolve). Both share the backgrounds, stuff classes,
-layout and determinism.
+where a 112² mask has something to resolve). Both share the backgrounds, stuff classes
+(:mod:`msvision.data.synthetic_scene`), layout and determinism.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from msvision.data.panoptic import segment_ids_to_rgb
+from msvision.data.synthetic_scene import EMPTY_IMAGE_PROB, STUFF_CLASSES, draw_background, paint_object
 
 FORMAT_VERSION = 1
 
@@ -64,17 +65,9 @@ THING_CLASSES = [
     (5, "hexagon", (250, 130, 20)),
     (6, "cross", (30, 30, 30)),
 ]
-# (COCO id, name, RGB base colour, texture strength)
-STUFF_CLASSES = [
-    (11, "sky", (140, 195, 240), 10.0),
-    (12, "grass", (70, 150, 60), 28.0),
-    (13, "water", (40, 120, 150), 20.0),
-    (14, "sand", (215, 195, 140), 18.0),
-]
 SPLITS = {"train": 0, "val": 1}
 MAX_OCCLUSION = 0.3      # a new object may cover at most this fraction of an older one
 MIN_VISIBLE_AREA = 120   # pixels; smaller (e.g. border-cut) objects are redrawn
-EMPTY_IMAGE_PROB = 0.06
 
 
 # ------------------------------------------------------------------ shapes
@@ -120,38 +113,6 @@ def mask_bbox(mask: np.ndarray) -> list[float]:
     return [float(x0), float(y0), float(x1 - x0 + 1), float(y1 - y0 + 1)]
 
 
-# -------------------------------------------------------------- background
-def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
-    grid = rng.standard_normal((height // cell + 2, width // cell + 2)).astype(np.float32)
-    return np.asarray(Image.fromarray(grid, mode="F").resize((width, height), Image.BILINEAR))
-
-
-def draw_background(rng: np.random.Generator, height: int, width: int):
-    """Textured stuff regions: returns ``image [h, w, 3] float32`` and a list of
-    ``(category_id, mask)``."""
-    image = np.zeros((height, width, 3), np.float32)
-    y = np.arange(height)[:, None]
-    x = np.arange(width)[None, :]
-    ground_index = int(rng.integers(1, len(STUFF_CLASSES)))
-    if rng.random() < 0.2:  # ground only
-        regions = [(STUFF_CLASSES[ground_index], np.ones((height, width), bool))]
-    else:
-        horizon = height * rng.uniform(0.3, 0.6) + height * 0.05 * np.sin(
-            x * rng.uniform(0.01, 0.05) + rng.uniform(0, 2 * np.pi))
-        sky = y < horizon
-        regions = [(STUFF_CLASSES[0], sky), (STUFF_CLASSES[ground_index], ~sky)]
-    noise = _smooth_noise(rng, height, width, 16) + 0.5 * rng.standard_normal(
-        (height, width)).astype(np.float32)
-    stuff = []
-    for (category_id, name, colour, strength), mask in regions:
-        texture = noise * strength
-        if name == "water":
-            texture = texture + 12 * np.sin(y * 0.4 + 3 * noise)
-        image[mask] = (np.array(colour, np.float32) + texture[..., None])[mask]
-        stuff.append((category_id, mask))
-    return image, stuff
-
-
 # ------------------------------------------------------------------ images
 def draw_image(rng: np.random.Generator, image_size: int):
     """One image: ``uint8 [h, w, 3]``, ``things`` = list of dicts
@@ -178,29 +139,6 @@ def draw_image(rng: np.random.Generator, image_size: int):
         paint_object(image, things, mask, rng, category_id, colour, (cx, cy), flat, gradient=0.6,
                      min_area=MIN_VISIBLE_AREA, max_occlusion=MAX_OCCLUSION)
     return np.clip(image, 0, 255).round().astype(np.uint8), things, stuff
-
-
-def paint_object(image: np.ndarray, things: list[dict], mask: np.ndarray, rng: np.random.Generator,
-                 category_id: int, colour, centre: tuple[float, float], polygon, *, gradient: float,
-                 min_area: int, max_occlusion: float) -> bool:
-    """Paints the object ``mask`` over ``image`` and appends it to ``things`` (the older ones
-    lose the pixels it covers), unless it shows fewer than ``min_area`` pixels or covers more
-    than ``max_occlusion`` of an older object's visible pixels: then nothing changes and it
-    returns False. Colour: ``colour`` with a random shade, a linear light ``gradient`` per
-    pixel from ``centre`` and pixel noise."""
-    if mask.sum() < min_area:
-        return False
-    if any((t["visible"] & mask).sum() > max_occlusion * t["visible"].sum() for t in things):
-        return False
-    for t in things:
-        t["visible"] = t["visible"] & ~mask
-    shade = (np.array(colour, np.float32) + rng.uniform(-20, 20, 3)).astype(np.float32)
-    slope = rng.uniform(-gradient, gradient, 2)
-    ys, xs = np.nonzero(mask)
-    light = (xs - centre[0]) * slope[0] + (ys - centre[1]) * slope[1]
-    image[ys, xs] = shade + light[:, None] + rng.normal(0, 4, (len(ys), 3))
-    things.append({"category_id": category_id, "polygon": polygon, "mask": mask, "visible": mask.copy()})
-    return True
 
 
 def _encode_rle(mask: np.ndarray) -> dict[str, Any]:

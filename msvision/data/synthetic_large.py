@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from msvision.data.synthetic import EMPTY_IMAGE_PROB, draw_background, paint_object
+from msvision.data.synthetic_scene import EMPTY_IMAGE_PROB, draw_background, paint_object
 
 # (COCO id, name, RGB colour): the default variant's colours, new outlines.
 THING_CLASSES = [

@@ -137,13 +137,17 @@ def resize(record: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
     if (h, w) == tuple(size):
         return record
     out_h, out_w = size
-    record["image"] = np.asarray(Image.fromarray(record["image"]).resize(
-        (out_w, out_h), Image.BILINEAR))
+    record["image"] = resize_image(record["image"], size)
     scale = np.array([out_w / w, out_h / h, out_w / w, out_h / h], np.float32)
     record["boxes"] = (record["boxes"] * scale).astype(np.float32)
     if "masks" in record:
         record["masks"] = resize_masks_nearest(record["masks"], size)
     return record
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``[h, w, 3] uint8`` → ``[H, W, 3]`` for ``size = (H, W)``, PIL bilinear."""
+    return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
 
 
 def resize_masks_nearest(masks: np.ndarray, size: tuple[int, int]) -> np.ndarray:

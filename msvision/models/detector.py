@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.ops.boxes import clip_boxes, scale_boxes
-from msvision.structures import Batch, Detections
+from msvision.structures import Batch, Detections, ImageBatch
 
 Array = jax.Array
 
@@ -27,10 +27,10 @@ class Detector(nnx.Module):
     Args:
       backbone: ``images [B, H, W, 3] → {level: feature}``.
       neck: ``{level: feature} → {level: [B, H_l, W_l, D]}``.
-      head: has ``losses(pyramid, batch)`` and ``predict(pyramid, batch)``.
+      head: has ``losses(pyramid, batch)`` and ``predict(pyramid, inputs)``.
       seg_head: optional segmentation head (thesis chapter 5) with
         ``losses(pyramid, batch, queries)`` (``losses(..., rng=key)`` when it sets
-        ``uses_rng``) and ``predict(pyramid, batch, dets, queries)``; the head then
+        ``uses_rng``) and ``predict(pyramid, inputs, dets, queries)``; the head then
         also provides ``losses_with_queries`` and ``predict_with_queries``
         (:class:`~msvision.structures.QueryOutputs`).
       pixel_mean, pixel_std: RGB normalisation in 0..255 units.
@@ -57,14 +57,14 @@ class Detector(nnx.Module):
         self.pixel_std = tuple(float(v) for v in pixel_std)
         self.dtype = dtype
 
-    def normalize_images(self, batch: Batch) -> Array:
+    def normalize_images(self, batch: ImageBatch) -> Array:
         """``[B, H, W, 3]`` uint8 → normalised ``dtype`` images, zero on the padding."""
         images = jnp.asarray(batch.images, jnp.float32)
         images = (images - jnp.asarray(self.pixel_mean)) / jnp.asarray(self.pixel_std)
         mask = batch.pixel_mask(jnp)[..., None]
         return jnp.where(mask, images, 0.0).astype(self.dtype)
 
-    def pyramid(self, batch: Batch, rng: Optional[Array] = None) -> dict[int, Array]:
+    def pyramid(self, batch: ImageBatch, rng: Optional[Array] = None) -> dict[int, Array]:
         """The neck's pyramid; every part is padding-aware (``batch.image_sizes``), so an
         image's features do not depend on the padding of its batch. ``rng``: a key for
         the backbone's training-time randomness (Swin's stochastic depth); None at
@@ -91,18 +91,22 @@ class Detector(nnx.Module):
             metrics = dict(metrics, **seg_metrics)
         return loss.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
 
-    def predict(self, batch: Batch) -> Detections:
+    def predict(self, inputs: ImageBatch) -> Detections:
         """Detections with boxes in ORIGINAL image pixels, clipped to the original size
-        (with a segmentation head also ``masks`` on ``mask_boxes``, in original pixels, unclipped)."""
-        pyramid = self.pyramid(batch)
+        (with a segmentation head also ``masks`` on ``mask_boxes``, in original pixels, unclipped).
+
+        ``inputs``: the images alone; a :class:`~msvision.structures.Batch` (evaluation's)
+        is one too, and its ground truth is not read.
+        """
+        pyramid = self.pyramid(inputs)
         if self.seg_head is None:
-            dets = self.head.predict(pyramid, batch)
+            dets = self.head.predict(pyramid, inputs)
         else:
-            dets, queries = self.head.predict_with_queries(pyramid, batch)
-            dets = self.seg_head.predict(pyramid, batch, dets, queries)
+            dets, queries = self.head.predict_with_queries(pyramid, inputs)
+            dets = self.seg_head.predict(pyramid, inputs, dets, queries)
         # max(·, 1): padding samples of an incomplete eval batch have size 0.
-        image_sizes = jnp.maximum(jnp.asarray(batch.image_sizes, jnp.float32), 1.0)  # resized (h, w)
-        orig_sizes = jnp.asarray(batch.orig_sizes, jnp.float32)
+        image_sizes = jnp.maximum(jnp.asarray(inputs.image_sizes, jnp.float32), 1.0)  # resized (h, w)
+        orig_sizes = jnp.asarray(inputs.orig_sizes, jnp.float32)
         inv_scale_hw = orig_sizes / image_sizes  # evaluation resizes without cropping
         boxes = scale_boxes(dets.boxes.astype(jnp.float32), inv_scale_hw[:, None, ::-1])
         boxes = clip_boxes(boxes, orig_sizes[:, None, :])

@@ -17,7 +17,7 @@ other platform:
   ``default`` branch (XLA), never a kernel of this machine;
 - inside :func:`tracing_for` ``(platforms)``, those platforms. Lowering for other
   platforms than the local one with their kernels (``msvision.analysis.lowering``,
-  ``msvision.export``, ``jax.jit(f).trace(x).lower(lowering_platforms=...)``) goes
+  ``msvision.inference.exporter``, ``jax.jit(f).trace(x).lower(lowering_platforms=...)``) goes
   through it.
 
 A trace is cached by ``jax.jit`` on the function and argument types, not on this

@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 import msvision.data as data_lib
+from msvision.data.classes import DATASET_FILE, ClassList, read_dataset_file, write_dataset_file
 from msvision.data.pipeline import DatasetMetadata
 
 
@@ -87,80 +88,16 @@ def dataset_info(data_cfg) -> DatasetInfo:
     return DatasetInfo(data_lib.dataset_metadata(data_cfg, train_source), data_cfg, train_source)
 
 
-DATASET_FILE = "dataset.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class ClassList:
-    """The classes of a trained model: ``class_names[k]`` and ``label_to_category[k]``
-    (the dataset's category id) of contiguous label ``k``; for a panoptic dataset also
-    ``label_is_thing[k]`` (the category's ``isthing``; None otherwise)."""
-
-    class_names: tuple[str, ...]
-    label_to_category: tuple[int, ...]
-    label_is_thing: Optional[tuple[bool, ...]] = None
-
-    def __post_init__(self):
-        if len(self.class_names) != len(self.label_to_category):
-            raise ValueError(f"{len(self.class_names)} class names but {len(self.label_to_category)} category ids")
-        if self.label_is_thing is not None and len(self.label_is_thing) != len(self.class_names):
-            raise ValueError(f"{len(self.class_names)} class names but {len(self.label_is_thing)} isthing flags")
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def to_json(self) -> dict:
-        out = {"class_names": list(self.class_names), "label_to_category": list(self.label_to_category)}
-        if self.label_is_thing is not None:
-            out["label_is_thing"] = [bool(t) for t in self.label_is_thing]
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict) -> "ClassList":
-        is_thing = data.get("label_is_thing")
-        return cls(tuple(str(n) for n in data["class_names"]), tuple(int(c) for c in data["label_to_category"]),
-                   None if is_thing is None else tuple(bool(t) for t in is_thing))
-
-
 def save_dataset_metadata(info: DatasetInfo, workdir: str) -> None:
-    """Writes the class list of a training run to ``WORKDIR/dataset.json``::
-
-        {"class_names": ["person", ...], "label_to_category": [1, ...], "num_train_images": 118287}
-
-    plus ``"label_is_thing": [true, ..., false]`` when the training source is panoptic
-    (it has ``label_is_thing``; prediction needs it for the panoptic post-processing).
-    Evaluation, prediction and export read it (:func:`read_class_list`), so they
-    need no training annotations.
-    """
+    """Writes the class list of a training run to ``WORKDIR/dataset.json``
+    (:mod:`msvision.data.classes`), with ``label_is_thing`` when the training source is
+    panoptic (it has ``label_is_thing``; prediction needs it for the panoptic
+    post-processing)."""
     meta = info.metadata
     is_thing = getattr(info.train_source, "label_is_thing", None)
     classes = ClassList(tuple(meta.class_names), tuple(int(c) for c in meta.label_to_category),
                         None if is_thing is None else tuple(bool(t) for t in is_thing))
-    with open(os.path.join(workdir, DATASET_FILE), "w") as f:
-        json.dump(dict(**classes.to_json(), num_train_images=meta.num_train_images), f, indent=2)
-
-
-def _read_dataset_file(workdir: str) -> dict:
-    path = os.path.join(workdir, DATASET_FILE)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{path} not found: train.py writes the class list of a run there. Point --workdir at a "
-            "training run's work directory (one written before dataset.json existed needs it added: "
-            '{"class_names": [...], "label_to_category": [...]}).')
-    from msvision.cli import read_json
-
-    return read_json(path, "the run's class list")
-
-
-def read_class_list(workdir: str) -> ClassList:
-    """The class list of the model trained in ``workdir`` (its ``dataset.json``).
-
-    Raises:
-      FileNotFoundError: ``WORKDIR/dataset.json`` does not exist (the message names it);
-        the training annotations are never read instead.
-    """
-    return ClassList.from_json(_read_dataset_file(workdir))
+    write_dataset_file(workdir, classes, meta.num_train_images)
 
 
 def eval_dataset_info(data_cfg, workdir: Optional[str] = None) -> DatasetInfo:
@@ -173,7 +110,7 @@ def eval_dataset_info(data_cfg, workdir: Optional[str] = None) -> DatasetInfo:
     prepare_synthetic(data_cfg)
     val_source = data_lib.build_source(data_cfg.val, data_cfg)
     if workdir and os.path.exists(os.path.join(workdir, DATASET_FILE)):
-        saved = _read_dataset_file(workdir)
+        saved = read_dataset_file(workdir)
         classes = ClassList.from_json(saved)
         num_train = int(saved.get("num_train_images", 0))
     else:

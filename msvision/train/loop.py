@@ -40,11 +40,11 @@ import numpy as np
 import optax
 from flax import nnx
 
+from msvision import checkpoint as checkpoint_lib
 from msvision import config as config_lib
 from msvision.cache import enable_compilation_cache
 from msvision.models.abstract import abstract_init, cheap_tracer_errors
 from msvision.models.build import build_model
-from msvision.train import checkpoint as checkpoint_lib
 from msvision.train import data_setup as data_lib
 from msvision.train import metrics as metrics_lib
 from msvision.train import optimizer as optimizer_lib
@@ -325,7 +325,7 @@ def initialize_from(state: dict, workdir: str, parts: tuple[str, ...]) -> dict:
     if missing:
         raise ValueError(f"train.init_parts {missing} are not parts of this model "
                          f"(its parts: {sorted(state['params'])})")
-    step = find_checkpoint_step(workdir)
+    step = checkpoint_lib.find_checkpoint_step(workdir)
     source = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
     try:
         saved = source.state_metadata(step)["params"]
@@ -471,36 +471,18 @@ def evaluate_state(trainer: Trainer, state: dict, workdir: str, step: int, *, vi
 NoCheckpointError = checkpoint_lib.NoCheckpointError
 
 
-def find_checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
-    """The checkpoint step to restore from ``workdir``: the newest intact one (checked against
-    its checksums, see :mod:`msvision.train.checkpoint`; newer ones that fail are logged
-    and skipped) or ``step``, which must be intact. Checked before anything is built.
-
-    Raises:
-      NoCheckpointError: no checkpoint, none intact, or ``step`` absent or not intact.
-    """
-    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-    if not checkpoint_lib.checkpoint_steps(directory):
-        what = "no such directory" if not os.path.isdir(directory) else "no step folders (orbax checkpoints)"
-        raise NoCheckpointError(
-            f"no checkpoint to restore in {os.path.abspath(workdir)}: looked for orbax checkpoints in {directory} "
-            f"and found {what}. Train first (python train.py --config=... --workdir={workdir}) or point "
-            "--workdir at a training run."
-        )
-    return checkpoint_lib.select_checkpoint(directory, step)[0]
-
-
 def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Optional[int] = None):
     """Restores a checkpoint (latest by default) for evaluation: ``(trainer, state, step,
     skipped)``, ``skipped`` the newer checkpoints that failed verification and were passed
-    over (:class:`msvision.train.checkpoint.SkippedCheckpoint`, logged).
+    over (:class:`msvision.checkpoint.SkippedCheckpoint`, logged).
 
     Checks that the checkpoint exists before building anything, initialises
     multi-process mode like :func:`train`, and reads only the validation split (the
     class list comes from ``WORKDIR/dataset.json``, written at training time, or from
     the validation annotations).
     """
-    find_checkpoint_step(workdir, step)  # no checkpoint at all: one clear error, before anything is built
+    # No checkpoint at all: one clear error, before anything is built.
+    checkpoint_lib.find_checkpoint_step(workdir, step)
     step, skipped = checkpoint_lib.select_checkpoint(os.path.abspath(os.path.join(workdir, "checkpoints")), step)
     enable_compilation_cache()
     sharding_lib.initialize_distributed()
@@ -510,34 +492,3 @@ def restore_for_eval(config: ml_collections.ConfigDict, workdir: str, step: Opti
     step, state, _ = ckpt.restore(checkpoint_lib.abstract_like(trainer.state), step=step)
     ckpt.close()
     return trainer, state, step, skipped
-
-
-def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_classes: int,
-                          step: Optional[int] = None):
-    """Restores only the model of a checkpoint (latest by default): ``(graphdef, params, rest, step)``.
-
-    Needs neither the dataset nor the optimizer: the model is built abstractly
-    (``nnx.eval_shape``) with ``num_classes`` classes and only ``params`` and
-    ``rest`` are read from the checkpoint (onto the first local device); the
-    optimizer state is not read.
-
-    Raises:
-      NoCheckpointError: no checkpoint (or not ``step``), before anything is built.
-    """
-    step = find_checkpoint_step(workdir, step)
-    with config.unlocked():
-        config.model.num_classes = num_classes
-    model_cfg = config.model.copy_and_resolve_references()
-    with model_cfg.unlocked():
-        model_cfg.backbone.pretrained = ""  # the checkpoint holds the weights
-    abstract_model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(config.seed)))
-    graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-                            dict(params=params, rest=rest))
-    ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0)
-    try:
-        step, state = ckpt.restore_subtree(abstract, step=step)
-    finally:
-        ckpt.close()
-    return graphdef, state["params"], state["rest"], step

@@ -29,7 +29,7 @@ from typing import Optional
 
 import jax
 
-from msvision.train import checkpoint as checkpoint_lib
+from msvision import checkpoint as checkpoint_lib
 
 log = logging.getLogger(__name__)
 

@@ -21,7 +21,7 @@ runs started on two hosts within the same moment are not told apart).
 In a multi-process run only process 0 takes the lock; the others learn from it
 whether it succeeded (:func:`acquire_for_run`) and stop with it when it did not.
 Evaluation and prediction do not take the lock: they only read checkpoints, which
-are theirs once complete (:mod:`msvision.train.checkpoint`).
+are theirs once complete (:mod:`msvision.checkpoint`).
 """
 
 from __future__ import annotations

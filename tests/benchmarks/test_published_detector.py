@@ -13,8 +13,8 @@ from flax import nnx
 
 from msvision.config import load_config
 from msvision.models.build import build_model
-from msvision.train import checkpoint as checkpoint_lib
-from msvision.train.checkpoint import path_name
+from msvision import checkpoint as checkpoint_lib
+from msvision.checkpoint import path_name
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 WEIGHTS = ROOT / "benchmarks" / "weights" / "large_detector"

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from jax import lax
 
-from msvision.ops.conv import conv2d, kernel_grad_im2col
+from msvision.ops.conv import conv2d
+from msvision.ops.conv_xla import kernel_grad_im2col
 
 CASES = [  # (H, W, in, out, k, stride, padding, dilation)
     (9, 11, 5, 7, 3, 1, ((1, 1), (1, 1)), 1),
@@ -77,7 +78,7 @@ def test_which_kernel_gradient_runs_on_cpu_and_cuda(kernel_size, stride, cpu_con
 
 
 def test_large_stride1_conv_uses_im2col_on_cpu():
-    from msvision.ops.conv import IM2COL_MIN_MACS, _im2col_pays_off
+    from msvision.ops.conv_xla import IM2COL_MIN_MACS, _im2col_pays_off
 
     x = jnp.ones((2, 48, 48, 64))
     kernel = jnp.ones((3, 3, 64, 64))

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msvision.train import checkpoint as checkpoint_lib
+from msvision import checkpoint as checkpoint_lib
 from msvision.train import loop, sharding, workdir_lock
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msvision.train import checkpoint as checkpoint_lib
+from msvision import checkpoint as checkpoint_lib
 from msvision.train import loop
 
 PARAMS_SHAPE, OPT_SHAPE = (64, 64), (160, 160)  # distinct sizes: the data file of each is found by size
@@ -83,7 +83,7 @@ def test_damaged_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, where,
         ckpt.restore(_abstract(), step=2)
     ckpt.close()
     # The same choice for evaluation, prediction and export, before anything is built.
-    assert loop.find_checkpoint_step(str(tmp_path)) == 1
+    assert checkpoint_lib.find_checkpoint_step(str(tmp_path)) == 1
 
 
 def test_no_intact_checkpoint_stops_naming_the_directory(tmp_path):
@@ -96,7 +96,7 @@ def test_no_intact_checkpoint_stops_naming_the_directory(tmp_path):
         ckpt.restore(_abstract())
     ckpt.close()
     with pytest.raises(loop.NoCheckpointError, match="no intact checkpoint"):
-        loop.find_checkpoint_step(str(tmp_path))
+        checkpoint_lib.find_checkpoint_step(str(tmp_path))
 
 
 def test_checkpoint_without_checksums_is_a_save_that_never_finished(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from msvision import config as config_lib
-from msvision.predict import Predictor
+from msvision.inference import Predictor
 from msvision.train import loop
 
 HERE = os.path.dirname(os.path.abspath(__file__))

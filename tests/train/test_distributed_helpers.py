@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from msvision.train import checkpoint as checkpoint_lib
+from msvision import checkpoint as checkpoint_lib
 from msvision.train import sharding as sharding_lib
 from msvision.train.evaluate import _first_occurrences
 

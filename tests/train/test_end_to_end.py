@@ -8,8 +8,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import pytest  # noqa: E402
 import tiny_config  # noqa: E402
 
+from msvision.data.classes import read_class_list  # noqa: E402
 from msvision.train import loop  # noqa: E402
-from msvision.train.data_setup import read_class_list  # noqa: E402
 from msvision.train.metrics import read_metrics  # noqa: E402
 
 

@@ -10,8 +10,8 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_config  # noqa: E402
 
-from msvision.train import checkpoint as checkpoint_lib  # noqa: E402
-from msvision.train import data_setup  # noqa: E402
+from msvision import checkpoint as checkpoint_lib  # noqa: E402
+from msvision.data.classes import read_class_list  # noqa: E402
 from msvision.train import loop  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     good = _params_at(workdir, 4)
     assert all(np.isfinite(x).all() for x in good)
     # The run's class list, read by evaluation, prediction and export (one file: dataset.json).
-    assert data_setup.read_class_list(workdir).label_to_category == (1, 2, 3, 4, 5, 6)
+    assert read_class_list(workdir).label_to_category == (1, 2, 3, 4, 5, 6)
     assert not os.path.exists(os.path.join(workdir, "classes.json"))
 
     # Resume with an absurd learning rate: the weights blow up and the loss becomes non-finite.

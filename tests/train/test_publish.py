@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from inference_helpers import TINY_EFFSEG_CONFIG, make_inference_workdir, random_model_state, tiny_inference_config
-from msvision.train import checkpoint as checkpoint_lib
-from msvision.train.loop import initialize_from, restore_for_inference
+from msvision import checkpoint as checkpoint_lib
+from msvision.inference.restore import restore_for_inference
+from msvision.train.loop import initialize_from
 from msvision.train.publish import publish
 
 

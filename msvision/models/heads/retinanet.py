@@ -68,7 +68,7 @@ from msvision.ops.boxes import box_ioa, box_iou, clip_boxes, decode_box_deltas, 
 from msvision.ops.losses import l1_loss, sigmoid_focal_loss, smooth_l1_loss
 from msvision.ops.matching import absolute_iou_matching
 from msvision.ops.nms import batched_nms_padded
-from msvision.structures import Batch, Detections
+from msvision.structures import Batch, Detections, ImageBatch
 
 Array = jax.Array
 
@@ -282,7 +282,7 @@ class RetinaNetHead(nnx.Module):
 
     # --- inference -------------------------------------------------------------------
 
-    def predict(self, pyramid: dict[int, Array], batch: Batch) -> Detections:
+    def predict(self, pyramid: dict[int, Array], batch: ImageBatch) -> Detections:
         """Detections in padded-input pixels, ``max_detections`` per image."""
         image_sizes = jnp.asarray(batch.image_sizes, jnp.int32)
         logits, deltas = self(pyramid, image_sizes)

@@ -30,7 +30,7 @@ One op, several implementations behind ``impl``:
   TPU, anything else        XLA
   ========================  ==========================================================
 
-  :mod:`msvision.export` traces with the native kernel off (XLA on the CPU): an
+  :mod:`msvision.inference.exporter` traces with the native kernel off (XLA on the CPU): an
   artefact must not depend on a custom call that only a process with a compiler has.
 
 :mod:`.reference` is the plain-autodiff transcription of Deformable DETR's

@@ -12,7 +12,7 @@ What runs where (code lowered for ...):
   If the build fails, ``"auto"`` warns once (:class:`NativeKernelFallbackWarning`)
   and uses XLA; it never raises. Its thread count is decided at run time
   (``num_threads=0``), so a traced graph does not carry this machine's CPU count.
-  :func:`without_native_cpu_kernel` keeps it out of a trace: :mod:`msvision.export`
+  :func:`without_native_cpu_kernel` keeps it out of a trace: :mod:`msvision.inference.exporter`
   does so, as ``jax.export`` refuses custom calls without a compatibility guarantee
   and an artefact must run where no compiler is.
 - TPU and anything else: the XLA implementation (:mod:`.xla`).

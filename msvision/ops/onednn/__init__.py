@@ -97,6 +97,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from msvision.ops import platforms
+from msvision.ops.conv_xla import conv2d_xla
 from msvision.ops.onednn import ffi
 from msvision.ops.onednn.ffi import available, unavailable_reason
 
@@ -110,11 +111,9 @@ class OnednnFallbackWarning(UserWarning):
 
 
 def _xla_conv2d(x, kernel, stride: int, padding: Padding, dilation: int, groups: int):
-    """The XLA path: :func:`msvision.ops.conv.conv2d` (groups = 1), else ``lax.conv_general_dilated``."""
+    """The XLA path: :func:`msvision.ops.conv_xla.conv2d_xla` (groups = 1), else ``lax.conv_general_dilated``."""
     if groups == 1:
-        from msvision.ops import conv
-
-        return conv.conv2d(x, kernel, stride, padding, dilation, impl="xla")
+        return conv2d_xla(x, kernel, stride, padding, dilation)
     return lax.conv_general_dilated(x, kernel, (stride, stride), padding, rhs_dilation=(dilation, dilation),
                                     dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
 

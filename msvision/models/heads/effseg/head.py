@@ -68,7 +68,7 @@ from msvision.models.layers import Conv2d, halving_widths, kaiming_normal_fan_ou
 from msvision.ops.padding import mask_padding
 from msvision.ops.roi_align import multilevel_roi_align, multilevel_sample_bilinear, roi_levels
 from msvision.ops.sps import SPS, select_and_split, sps_capacities, sps_from_dense
-from msvision.structures import Batch, Detections, QueryOutputs
+from msvision.structures import Batch, Detections, ImageBatch, QueryOutputs
 
 Array = jax.Array
 
@@ -308,7 +308,7 @@ class EffSegHead(nnx.Module):
         metrics["seg/positive_queries"] = jnp.sum(rois.num_positive).astype(jnp.float32)
         return total, metrics
 
-    def predict(self, pyramid: dict[int, Array], batch: Batch, dets: Detections,
+    def predict(self, pyramid: dict[int, Array], batch: ImageBatch, dets: Detections,
                 queries: QueryOutputs) -> Detections:
         """``dets`` with ``masks [B, K, S, S]`` probabilities on ``mask_boxes`` and, with
         ``inference.score_weighting``, scores ``s_cls · mean(p | p > 0.5)`` (eq. 5.3),

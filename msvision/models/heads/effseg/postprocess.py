@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from msvision.ops.padding import resize_bilinear
-from msvision.structures import Batch, Detections
+from msvision.structures import Detections, ImageBatch
 
 Array = jax.Array
 
@@ -157,7 +157,7 @@ def _take(x: Array, index: Array) -> Array:
     return jnp.take_along_axis(x, index.reshape(index.shape + (1,) * (x.ndim - 2)), axis=1)
 
 
-def score_and_sort(batch: Batch, dets: Detections, probs: Array, mask_boxes: Array,
+def score_and_sort(batch: ImageBatch, dets: Detections, probs: Array, mask_boxes: Array,
                    postprocess: EffSegPostProcess) -> Detections:
     """``dets`` with ``masks = probs [B, K, S, S]`` on ``mask_boxes [B, K, 4]`` and, with
     ``postprocess.score_weighting``, scores ``s_cls · mean(p | p > 0.5)`` over the pasted

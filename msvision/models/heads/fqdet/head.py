@@ -60,7 +60,7 @@ from msvision.ops.anchors import AnchorSpec, anchor_cells, anchors_in_valid_map
 from msvision.ops.boxes import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, decode_box_deltas, elementwise_box_iou
 from msvision.ops.padding import mask_padding
 from msvision.ops.queries import select_topk_queries
-from msvision.structures import Batch, Detections, QueryOutputs
+from msvision.structures import Batch, Detections, ImageBatch, QueryOutputs
 
 Array = jax.Array
 
@@ -217,7 +217,7 @@ class FQDetHead(nnx.Module):
             out.append(logits.reshape(logits.shape[0], -1))
         return jnp.concatenate(out, axis=1)
 
-    def __call__(self, pyramid: dict[int, Array], batch: Batch) -> dict[str, Any]:
+    def __call__(self, pyramid: dict[int, Array], batch: ImageBatch) -> dict[str, Any]:
         """Both stages.
 
         Returns a dict with ``sel_logits [B, N]``, ``anchor_valid [B, N]``,
@@ -325,11 +325,11 @@ class FQDetHead(nnx.Module):
                                match_quality=quality)
         return total, metrics, queries
 
-    def predict(self, pyramid: dict[int, Array], batch: Batch) -> Detections:
+    def predict(self, pyramid: dict[int, Array], batch: ImageBatch) -> Detections:
         """Detections in padded-input pixels, ``inference.max_detections`` per image."""
         return self.predict_with_queries(pyramid, batch)[0]
 
-    def predict_with_queries(self, pyramid: dict[int, Array], batch: Batch) -> tuple[Detections, QueryOutputs]:
+    def predict_with_queries(self, pyramid: dict[int, Array], batch: ImageBatch) -> tuple[Detections, QueryOutputs]:
         """:meth:`predict` plus the queries, their unclipped boxes and the query of every
         detection (a segmentation head computes one mask per query, as the released EffSeg)."""
         res = self(pyramid, batch)

@@ -34,7 +34,7 @@ from msvision.models.heads.mask_baselines import common
 from msvision.models.heads.mask_baselines.modules import FCNMaskHead
 from msvision.models.heads.mask_baselines.targets import crop_resize_targets
 from msvision.ops.roi_align import multilevel_roi_align, roi_levels
-from msvision.structures import Batch, Detections, QueryOutputs
+from msvision.structures import Batch, Detections, ImageBatch, QueryOutputs
 
 Array = jax.Array
 
@@ -131,7 +131,7 @@ class MaskRCNNHead(nnx.Module):
                    **common.roi_metrics(train)}
         return loss, metrics
 
-    def predict(self, pyramid: dict[int, Array], batch: Batch, dets: Detections,
+    def predict(self, pyramid: dict[int, Array], batch: ImageBatch, dets: Detections,
                 queries: QueryOutputs) -> Detections:
         """``dets`` with ``masks [B, K, 28, 28]`` probabilities of each detection's class on
         ``mask_boxes`` (its query's predicted box) and eq. 5.3 scores, re-sorted."""

@@ -48,7 +48,7 @@ from msvision.models.heads.mask_baselines.points import (overwrite_points, point
 from msvision.models.heads.mask_baselines.targets import crop_resize_targets, point_targets
 from msvision.ops.padding import mask_padding
 from msvision.ops.roi_align import sample_bilinear
-from msvision.structures import Batch, Detections, QueryOutputs
+from msvision.structures import Batch, Detections, ImageBatch, QueryOutputs
 
 Array = jax.Array
 
@@ -214,7 +214,7 @@ class PointRendHead(nnx.Module):
                                     values.reshape(batch * num, -1)).reshape(batch, num, size, size)
         return mask
 
-    def predict(self, pyramid: dict[int, Array], batch: Batch, dets: Detections,
+    def predict(self, pyramid: dict[int, Array], batch: ImageBatch, dets: Detections,
                 queries: QueryOutputs) -> Detections:
         """``dets`` with ``masks [B, K, S, S]`` (S = 28 · 2^subdivision_steps) probabilities of each
         detection's class on ``mask_boxes`` and eq. 5.3 scores, re-sorted. The coarse head

@@ -55,7 +55,7 @@ from msvision.models.layers import halving_widths
 from msvision.models.heads.refinemask.postprocess import RefineMaskPostProcess, assemble_mask_logits
 from msvision.ops.padding import mask_padding, padding_mask, resize_bilinear
 from msvision.ops.roi_align import multilevel_roi_align, roi_levels, sample_bilinear
-from msvision.structures import Batch, Detections, QueryOutputs
+from msvision.structures import Batch, Detections, ImageBatch, QueryOutputs
 
 Array = jax.Array
 
@@ -251,7 +251,7 @@ class RefineMaskHead(nnx.Module):
         p = self.postprocess
         return jax.nn.sigmoid(assemble_mask_logits(stages, p.band_width, p.first_stage))
 
-    def predict(self, pyramid: dict[int, Array], batch: Batch, dets: Detections,
+    def predict(self, pyramid: dict[int, Array], batch: ImageBatch, dets: Detections,
                 queries: QueryOutputs) -> Detections:
         """``dets`` with ``masks [B, K, 112, 112]`` probabilities on ``mask_boxes`` and, with
         ``inference.score_weighting``, scores ``s_cls · mean(p | p > 0.5)`` (eq. 5.3), re-sorted.

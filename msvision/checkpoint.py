@@ -181,6 +181,25 @@ def select_checkpoint(directory: str, step: Optional[int] = None) -> tuple[int, 
                             + "; ".join(f"step {s.step}: {s.reason}" for s in skipped), skipped)
 
 
+def find_checkpoint_step(workdir: str, step: Optional[int] = None) -> int:
+    """The checkpoint step to restore from ``workdir``: the newest intact one (checked against
+    its checksums; newer ones that fail are logged and skipped) or ``step``, which must be
+    intact. Checked before anything is built.
+
+    Raises:
+      NoCheckpointError: no checkpoint, none intact, or ``step`` absent or not intact.
+    """
+    directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if not checkpoint_steps(directory):
+        what = "no such directory" if not os.path.isdir(directory) else "no step folders (orbax checkpoints)"
+        raise NoCheckpointError(
+            f"no checkpoint to restore in {os.path.abspath(workdir)}: looked for orbax checkpoints in {directory} "
+            f"and found {what}. Train first (python train.py --config=... --workdir={workdir}) or point "
+            "--workdir at a training run."
+        )
+    return select_checkpoint(directory, step)[0]
+
+
 class Checkpointer:
     """Saves every ``every_steps`` steps and on demand; keeps the last ``keep``; verifies on restore."""
 
