@@ -25,7 +25,7 @@ import numpy as np
 
 from msvision.config import load_config
 from msvision.data.pipeline import build_train_iterator
-from msvision.models.heads.effseg.targets import mask_targets
+from msvision.models.heads.roi_mask.targets import mask_targets
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 

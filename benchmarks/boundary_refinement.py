@@ -41,10 +41,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from msvision import config as config_lib  # noqa: E402
 from msvision.checkpoint import find_checkpoint_step  # noqa: E402
 from msvision.inference.restore import restore_for_inference  # noqa: E402
-from msvision.models.heads.effseg.postprocess import upsample2x  # noqa: E402
-from msvision.models.heads.effseg.targets import mask_targets, select_train_rois  # noqa: E402
-from msvision.models.heads.mask_baselines import common  # noqa: E402
+from msvision.models.heads.mask_baselines.class_logits import pick_class  # noqa: E402
 from msvision.models.heads.mask_baselines.points import overwrite_points, subdivision_points  # noqa: E402
+from msvision.models.heads.roi_mask.postprocess import upsample2x  # noqa: E402
+from msvision.models.heads.roi_mask.rois import gather_train_rois, select_train_rois  # noqa: E402
+from msvision.models.heads.roi_mask.targets import mask_targets  # noqa: E402
 from msvision.train import data_setup  # noqa: E402
 from msvision.train import sharding as sharding_lib  # noqa: E402
 
@@ -92,10 +93,10 @@ def effseg_grids(model, pyramid, batch, queries, capacity):
 
 def pointrend_grids(model, pyramid, batch, queries, capacity):
     head = model.seg_head
-    inputs, rois, labels = common.gather_train_rois(queries, batch, capacity)
+    inputs, rois, labels = gather_train_rois(queries, batch, capacity)
     coarse = head(pyramid, batch.image_sizes, inputs.queries, inputs.boxes)
     b, r = labels.shape
-    mask = common.pick_class(coarse, labels)
+    mask = pick_class(coarse, labels)
     out = {}
     for _ in range(head.subdivision_steps):  # the head's own refine(), keeping the refined cells
         mask = upsample2x(mask)

@@ -35,7 +35,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,8 +44,10 @@ from msvision.checkpoint import find_checkpoint_step  # noqa: E402
 from msvision.inference.restore import restore_for_inference  # noqa: E402
 from msvision.models.build import build_model  # noqa: E402
 from msvision.models.heads.effseg.criterion import gather_cells  # noqa: E402
-from msvision.models.heads.effseg.postprocess import assemble_mask_logits, upsample2x  # noqa: E402
-from msvision.models.heads.effseg.targets import mask_targets, select_train_rois  # noqa: E402
+from msvision.models.heads.effseg.postprocess import assemble_mask_logits  # noqa: E402
+from msvision.models.heads.roi_mask.postprocess import upsample2x  # noqa: E402
+from msvision.models.heads.roi_mask.rois import select_train_rois  # noqa: E402
+from msvision.models.heads.roi_mask.targets import mask_targets  # noqa: E402
 from msvision.train import data_setup  # noqa: E402
 from msvision.train import sharding as sharding_lib  # noqa: E402
 from msvision.train.evaluate import evaluate_detector  # noqa: E402

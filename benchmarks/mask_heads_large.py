@@ -275,10 +275,9 @@ def head_costs(runs_dir: str, num_images: int, repeats: int = 3, tag: str = "",
     from msvision.config import load_config
     from msvision.inference.restore import restore_for_inference
     from msvision.models.heads.effseg.cost import effseg_macs
-    from msvision.models.heads.effseg.postprocess import unique_queries
+    from msvision.models.heads.roi_mask.rois import unique_queries
     from msvision.models.heads.mask_baselines.cost import maskrcnn_macs, pointrend_macs
     from msvision.models.heads.refinemask.cost import refinemask_macs
-    from msvision.models.build import build_model
     from msvision.train import data_setup
     from msvision.train import sharding as sharding_lib
 

@@ -5,7 +5,7 @@ box (``Detections.masks`` on ``Detections.mask_boxes``, thesis §5.3.3). COCO ``
 results need binary masks of the original image: :func:`paste_masks_numpy` pastes
 with mmdet's ``_do_paste_mask`` interpolation (pixel centres, bilinear,
 ``align_corners=False``, zero outside the grid; the same as the in-graph
-:func:`msvision.models.heads.effseg.postprocess.paste_masks`), computing each mask only
+:func:`msvision.models.heads.roi_mask.postprocess.paste_masks`), computing each mask only
 on the pixels near its box (zero elsewhere by construction), then thresholds.
 """
 

@@ -1,5 +1,11 @@
 """Small building blocks shared by backbones, necks and heads.
 
+Besides the convolution and normalisation layers: the PyTorch-default ``nn.Linear`` /
+``nn.Conv2d`` (:func:`torch_linear`, :func:`torch_default_conv`), the two-layer MLP of
+the mask heads (:class:`TwoLayerMLP`) and the pre-activation bottleneck of the TPN,
+bFPN/hFPN necks and the FQDet selector (:class:`PreActConv`, :class:`BottleneckBranch`,
+:class:`Bottleneck`; thesis section 3.3.2, figure 3.3).
+
 Layout is NHWC, convolution kernels HWIO. Parameters are stored in float32; each
 module takes a compute ``dtype`` (e.g. ``jnp.bfloat16``) to which inputs and
 weights are cast before the matmul-heavy operation.
@@ -21,11 +27,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.ops.conv import conv2d
-from msvision.ops.padding import apply_mask
+from msvision.ops.padding import apply_mask, padding_mask
 
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
+
+GROUP_NORM_EPS = 1e-5  # torch.nn.GroupNorm default
 
 
 class Frozen(nnx.Variable):
@@ -203,6 +211,153 @@ class GroupNorm(nnx.Module):
         y = ((xf - mean) * jax.lax.rsqrt(var + self.epsilon)).reshape(b, h, w, c)
         y = y * self.scale[...] + self.bias[...]
         return y.astype(self.dtype or x.dtype)
+
+
+# --- PyTorch-default layers ---------------------------------------------------------
+
+
+def torch_linear(in_features: int, out_features: int, *, dtype: Optional[Dtype], rngs: nnx.Rngs,
+                 **kw) -> nnx.Linear:
+    """``nn.Linear(in, out)`` with PyTorch's default init (kaiming-uniform a=√5, bias
+    U(±1/√fan_in)); ``kw`` overrides the initialisers (e.g. ``bias_init``)."""
+    init = dict(kernel_init=kaiming_uniform(math.sqrt(5.0)), bias_init=torch_default_bias(in_features))
+    init.update(kw)
+    return nnx.Linear(in_features, out_features, dtype=dtype, rngs=rngs, **init)
+
+
+def torch_default_conv(
+    in_features: int,
+    out_features: int,
+    kernel_size: int,
+    stride: int = 1,
+    *,
+    dtype: Optional[Dtype],
+    rngs: nnx.Rngs,
+) -> Conv2d:
+    """A ``Conv2d`` with PyTorch's default init (the author's TPN layers set no init)."""
+    fan_in = in_features * kernel_size * kernel_size
+    return Conv2d(
+        in_features, out_features, kernel_size, stride,
+        kernel_init=kaiming_uniform(math.sqrt(5.0)), bias_init=torch_default_bias(fan_in),
+        dtype=dtype, rngs=rngs,
+    )
+
+
+def group_norm(num_features: int, num_groups: int, *, dtype: Optional[Dtype], rngs: nnx.Rngs) -> GroupNorm:
+    """``torch.nn.GroupNorm(num_groups, num_features)`` on NHWC (stats over H, W and the group)."""
+    return GroupNorm(num_features, num_groups, epsilon=GROUP_NORM_EPS, dtype=dtype, rngs=rngs)
+
+
+class TwoLayerMLP(nnx.Module):
+    """``Linear(in, hidden) → ReLU → Linear(hidden, out)`` on ``[..., in]`` (PyTorch-default init)."""
+
+    def __init__(self, in_features: int, hidden: int, out_features: int, *, dtype=None, rngs: nnx.Rngs):
+        self.hidden = torch_linear(in_features, hidden, dtype=dtype, rngs=rngs)
+        self.out = torch_linear(hidden, out_features, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        return self.out(jax.nn.relu(self.hidden(x)))
+
+
+# --- the pre-activation bottleneck (thesis section 3.3.2) ---------------------------
+#
+# Thesis figure 3.3: the base self-processing layer of TPN is the ResNet bottleneck in its
+# pre-activation form (He et al., "Identity mappings", thesis ref. [26]): a skip connection
+# around a residual branch of three convolutions 1×1 (D→H), 3×3 (H→H), 1×1 (H→D), *each
+# preceded by* GroupNorm(8) and ReLU. D = 256 feature size, H = 64 hidden size (section
+# 3.4.1). TPN's bottom-up operation (figure 3.4, right) reuses the residual branch with
+# the 3×3 convolution at stride 2; FQDet's selector (section 4.4.1) uses one bottleneck.
+#
+# Initialisation as the author's code (DetSeg ``models/cores/gc.py``): PyTorch's default
+# ``Conv2d`` init (kaiming_uniform a=√5, bias U(±1/√fan_in)); no zero-init anywhere;
+# GroupNorm eps 1e-5, scale 1, shift 0.
+#
+# NHWC in and out. Calls take the map's ``stride`` and optional ``image_sizes [B, 2]``
+# (h, w inside the padding): GroupNorm statistics and 3×3 convolutions then see each
+# image's valid cells only (:mod:`msvision.ops.padding`).
+
+
+class PreActConv(nnx.Module):
+    """GroupNorm → ReLU → Conv (the pink convolution node of thesis figures 3.3–3.4).
+
+    ``x: [B, H, W, in_features]`` → ``[B, H', W', out_features]`` with
+    ``H' = ceil(H / stride)`` (symmetric padding ``kernel_size // 2``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int,
+        stride: int = 1,
+        *,
+        num_groups: int = 8,
+        dtype: Optional[Dtype] = None,
+        rngs: nnx.Rngs,
+    ):
+        self.stride = stride
+        self.norm = group_norm(in_features, num_groups, dtype=dtype, rngs=rngs)
+        self.conv = torch_default_conv(in_features, out_features, kernel_size, stride, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        """``x`` of stride ``stride`` (relative to the input image)."""
+        mask = padding_mask(image_sizes, x.shape[1:3], stride)
+        return self.conv(jax.nn.relu(self.norm(x, mask)), mask)
+
+
+class BottleneckBranch(nnx.Module):
+    """Residual branch of the bottleneck: 1×1 (D→H), 3×3 at ``stride`` (H→H), 1×1 (H→D).
+
+    ``stride=1`` is the self-processing branch (figure 3.3), ``stride=2`` the TPN
+    bottom-up branch (figure 3.4): ``[B, H, W, D]`` → ``[B, ceil(H/2), ceil(W/2), D]``.
+    """
+
+    def __init__(
+        self,
+        channels: int = 256,
+        hidden_channels: int = 64,
+        *,
+        stride: int = 1,
+        num_groups: int = 8,
+        dtype: Optional[Dtype] = None,
+        rngs: nnx.Rngs,
+    ):
+        kw = dict(num_groups=num_groups, dtype=dtype, rngs=rngs)
+        self.stride = stride
+        self.reduce = PreActConv(channels, hidden_channels, 1, **kw)
+        self.process = PreActConv(hidden_channels, hidden_channels, 3, stride, **kw)
+        self.expand = PreActConv(hidden_channels, channels, 1, **kw)
+
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        """``x`` of stride ``stride``; the output has stride ``stride · self.stride``."""
+        h = self.process(self.reduce(x, image_sizes, stride), image_sizes, stride)
+        return self.expand(h, image_sizes, stride * self.stride)
+
+
+class Bottleneck(nnx.Module):
+    """Pre-activation bottleneck layer ``x + branch(x)`` (thesis figure 3.3).
+
+    ``x: [B, H, W, D]`` → ``[B, H, W, D]``. The skip connection is computation free.
+    """
+
+    def __init__(
+        self,
+        channels: int = 256,
+        hidden_channels: int = 64,
+        *,
+        num_groups: int = 8,
+        dtype: Optional[Dtype] = None,
+        rngs: nnx.Rngs,
+    ):
+        self.branch = BottleneckBranch(
+            channels, hidden_channels, stride=1, num_groups=num_groups, dtype=dtype, rngs=rngs
+        )
+
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        return x + self.branch(x, image_sizes, stride).astype(x.dtype)
+
+
+# --- helpers ------------------------------------------------------------------------
 
 
 def rematerialized_scan(layers: Sequence[nnx.Module], apply: Callable[[nnx.Module, Any], Any], carry: Any) -> Any:

@@ -10,7 +10,8 @@ All functions are pure, jit-friendly and channels-last (NHWC).
   is sampled for RoIs that do not live on it.
 - :func:`roi_levels`: the Mask R-CNN level rule, thesis eq. (5.1).
 - :func:`sample_bilinear` / :func:`multilevel_sample_bilinear`: ``grid_sample(bilinear,
-  zeros, align_corners=False)`` at points, for the neck fusion at cell centres (thesis §5.3.3).
+  zeros, align_corners=False)`` at points, for the neck fusion at cell centres (thesis §5.3.3),
+  with the corner weights of :mod:`msvision.ops.bilinear` (as MSDA's XLA path).
 - :func:`roi_mask_targets`: the EffSeg per-cell ground-truth values v (as the author's
   ``EffSegHead.compute_losses``, DetSeg ``models/heads/seg/effseg.py``) from boolean masks
   without converting them to float.
@@ -29,7 +30,7 @@ from collections.abc import Mapping
 import jax
 import jax.numpy as jnp
 
-from msvision.ops.msda.xla import bilinear_corner_list
+from msvision.ops.bilinear import bilinear_corner_list
 
 __all__ = [
     "roi_align",

@@ -30,7 +30,6 @@ import dataclasses
 import logging
 import math
 import os
-import time
 from typing import Any, Callable, Optional
 
 import jax

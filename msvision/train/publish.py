@@ -20,7 +20,6 @@ heads can be trained without first retraining the detector for 85 minutes.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shutil

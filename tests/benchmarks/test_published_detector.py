@@ -4,7 +4,6 @@ intact and still fits the model those configs build: every detector parameter is
 with its shape, so no head run silently starts from a partly random detector."""
 
 import json
-import os
 import pathlib
 
 import jax

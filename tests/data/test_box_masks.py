@@ -8,7 +8,7 @@ import numpy as np
 
 from msvision.data.batching import collate
 from msvision.data.box_masks import box_frame_masks
-from msvision.models.heads.effseg.targets import _into_box_frames, mask_targets
+from msvision.models.heads.roi_mask.targets import into_box_frames, mask_targets
 from msvision.ops.roi_align import roi_mask_centre_values, roi_mask_targets
 
 
@@ -57,7 +57,7 @@ def test_effseg_targets_from_box_frames_equal_full_image_targets_when_exact():
     frames, coverage = box_frame_masks(masks[0], 16)
     boxes = jnp.asarray([[[10, 8, 30, 27], [14, 12, 22, 20], [5, 4, 40, 35], [0, 28, 20, 47.5]]], jnp.float32)
     gt = jnp.asarray([[0, 0, 0, 1]], jnp.int32)
-    grids, cell_boxes = _into_box_frames(jnp.asarray(coverage[None]), jnp.asarray(frames[None]), boxes, gt)
+    grids, cell_boxes = into_box_frames(jnp.asarray(coverage[None]), jnp.asarray(frames[None]), boxes, gt)
     expected = roi_mask_targets(jnp.asarray(masks), boxes, gt, 1.0, 28, 3, image_sizes=jnp.asarray([[48, 48]]))
     actual = roi_mask_targets(grids, cell_boxes, gt, 1.0, 28, 3)
     for e, a in zip(expected, actual):

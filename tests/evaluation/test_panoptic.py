@@ -1,7 +1,6 @@
 """Panoptic Quality: hand-computed rules, and the real COCO panoptic sample against a
 per-segment loop written from the definitions (thesis eqs. 2.4–2.5, panopticapi's rules)."""
 
-import copy
 import json
 import multiprocessing
 import os

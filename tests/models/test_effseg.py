@@ -18,7 +18,7 @@ from flax import nnx
 
 from msvision.models.abstract import abstract_init
 from msvision.models.heads.effseg import EffSegCriterion, EffSegHead
-from msvision.models.heads.effseg.targets import positive_priority, select_train_rois
+from msvision.models.heads.roi_mask.rois import positive_priority, select_train_rois
 from msvision.structures import Batch, QueryOutputs
 
 C = 16  # tiny pyramid width
@@ -360,7 +360,8 @@ def test_losses_match_numpy_from_the_masks(seg_target):
 def test_predict_masks_per_query_and_scores_by_class_times_mask_probability():
     """One mask per distinct detected query (a query detected with two classes shares it);
     score = class score × mean pasted probability over p > 0.5 (eq. 5.3), re-sorted."""
-    from msvision.models.heads.effseg.postprocess import assemble_mask_logits, paste_masks
+    from msvision.models.heads.effseg.postprocess import assemble_mask_logits
+    from msvision.models.heads.roi_mask.postprocess import paste_masks
     from msvision.structures import Detections
 
     graphdef, state = build(max_selected=40)

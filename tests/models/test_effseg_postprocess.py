@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import math
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from msvision.evaluation.masks import (detection_box_masks, detection_image_masks, filled_box_masks,
                                        paste_masks_numpy)
-from msvision.models.heads.effseg.postprocess import (assemble_mask_logits, mask_scores, paste_masks,
-                                                      unique_queries, upsample2x)
+from msvision.models.heads.effseg.postprocess import assemble_mask_logits
+from msvision.models.heads.roi_mask.postprocess import mask_scores, paste_masks, upsample2x
+from msvision.models.heads.roi_mask.rois import unique_queries
 from msvision.structures import Detections
 
 

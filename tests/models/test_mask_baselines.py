@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from msvision.models.heads.effseg.postprocess import paste_masks
-from msvision.models.heads.effseg.targets import select_train_rois
 from msvision.models.heads.mask_baselines import MaskRCNNHead, PointRendHead
+from msvision.models.heads.roi_mask.postprocess import paste_masks
+from msvision.models.heads.roi_mask.rois import select_train_rois
 from msvision.structures import Batch, Detections, QueryOutputs
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -69,7 +69,7 @@ def test_subdivision_step_matches_numpy():
 
     @jax.jit
     def step(x, values):
-        from msvision.models.heads.effseg.postprocess import upsample2x
+        from msvision.models.heads.roi_mask.postprocess import upsample2x
 
         up = upsample2x(x)
         index, points = subdivision_points(up, 50)

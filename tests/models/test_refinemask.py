@@ -218,7 +218,7 @@ def test_predict_one_mask_per_query_and_class_scored_by_eq_5_3():
     """Class-specific masks: a query detected with two classes gets two masks, each the head's
     112² probabilities for that (query, class) pair; score = class score × mean pasted
     probability over p > 0.5 (eq. 5.3), re-sorted."""
-    from msvision.models.heads.effseg.postprocess import paste_masks
+    from msvision.models.heads.roi_mask.postprocess import paste_masks
     from msvision.structures import Detections
 
     graphdef, state = build()

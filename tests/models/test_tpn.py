@@ -12,7 +12,7 @@ from flax import nnx
 from msvision.models.build import build_part
 from msvision.models.layers import GroupNorm
 from msvision.models.necks.bfpn import BottleneckFPN
-from msvision.models.necks.bottleneck import Bottleneck
+from msvision.models.layers import Bottleneck
 from msvision.models.necks.tpn import TPN, BottomUp, TopDown, TPNLayer
 from msvision.models.abstract import abstract_init
 
@@ -204,7 +204,7 @@ def test_group_norm_matches_torch():
     import torch
     import torch.nn.functional as F
 
-    from msvision.models.necks.bottleneck import group_norm
+    from msvision.models.layers import group_norm
 
     gn = group_norm(D, 8, dtype=None, rngs=nnx.Rngs(0))
     x = np.random.default_rng(0).normal(size=(2, 5, 7, D)).astype(np.float32) * 2 + 1

@@ -13,7 +13,6 @@ from msvision.ops.msda import (
     multiscale_deformable_attention,
     multiscale_deformable_attention_reference,
 )
-from msvision.ops.msda.xla import bilinear_corners
 
 
 def make_inputs(seed, batch, queries, heads, channels, spatial_shapes, points, low=-0.15, high=1.15,
@@ -169,18 +168,6 @@ def test_check_grads_numerically():
             locations[:, :, :, level] = (cell + 0.5 + 0.3) / size
         op = lambda v, l, w: multiscale_deformable_attention(v, shapes, l, w, impl="xla")
         check_grads(op, (value, locations, weights), order=1, modes=("rev",), eps=1e-6, atol=1e-6, rtol=1e-6)
-
-
-def test_bilinear_corner_weights_sum_to_one_inside_and_vanish_outside():
-    # Width 5, height 4: pixel centres span x in [0.1, 0.9], y in [0.125, 0.875].
-    x = jnp.asarray([0.5, 0.15, 0.85, -0.3, 1.3, 0.0])
-    y = jnp.asarray([0.5, 0.5, 0.25, 0.5, 0.5, 0.0])
-    corners = bilinear_corners(x, y, 4, 5)
-    total = np.asarray(corners.weight.sum(-1))
-    np.testing.assert_allclose(total[:3], 1.0, rtol=1e-6)
-    np.testing.assert_allclose(total[3:5], 0.0)
-    # (0, 0) is the outer corner of pixel (0, 0): a quarter of its bilinear footprint.
-    np.testing.assert_allclose(total[5], 0.25, rtol=1e-6)
 
 
 # ----------------------------------------------------------------------------- bf16

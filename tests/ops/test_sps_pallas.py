@@ -135,7 +135,7 @@ def test_auto_lowers_to_triton_for_cuda_and_to_xla_for_cpu():
 
 @pytest.fixture
 def simulated_gpu(monkeypatch):
-    from msvision.ops import kernel_selfcheck, platforms
+    from msvision.ops import kernel_selfcheck
 
     kernel_selfcheck.reset_verdicts()
     kernel_selfcheck.set_mode(None)

@@ -2,7 +2,6 @@
 
 import textwrap
 
-import ml_collections
 import pytest
 
 from msvision import config as config_lib

@@ -33,7 +33,6 @@ def test_one_and_four_devices_give_the_same_steps(tmp_path):
 
 
 def test_batch_size_must_divide_device_count():
-    from jax.sharding import Mesh
 
     from msvision.train import sharding
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from msvision.models.layers import Conv2d, FrozenBatchNorm, GroupNorm, kaiming_normal_fan_out, max_pool_3x3_s2

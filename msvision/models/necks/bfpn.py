@@ -13,7 +13,7 @@ unchanged), as in the author's configs ``configs/gc/bpn_37_bb14_gn.yaml`` and
 convolutions. With that layer the parameter count matches table 3.1 (36.1 M with
 R50 and RetinaNet C=1); 3×3 output convs would add 1.8 M.
 The bottlenecks are the pre-activation bottlenecks of
-:mod:`msvision.models.necks.bottleneck`, separate weights everywhere; the initial
+:class:`msvision.models.layers.Bottleneck`, separate weights everywhere; the initial
 pyramid is the standard one (:class:`msvision.models.necks.base.InitialPyramid`).
 
 Config (``config.model.neck``): name 'bfpn' (``bottlenecks_first=True``) or
@@ -29,9 +29,8 @@ from typing import Any, Optional, Sequence
 import jax
 from flax import nnx
 
-from msvision.models.necks.bottleneck import SelfProcessing
 from msvision.models.necks.base import InitialPyramid
-from msvision.models.necks.tpn import TopDown, self_processing, top_down_pass
+from msvision.models.necks.tpn import SelfProcessing, TopDown, self_processing, top_down_pass
 
 Array = jax.Array
 Dtype = Any

@@ -60,9 +60,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msvision.models.layers import Conv2d, kaiming_uniform, torch_default_bias
+from msvision.models.layers import Conv2d, group_norm, kaiming_uniform, torch_default_bias
 from msvision.models.necks.base import InitialPyramid
-from msvision.models.necks.bottleneck import group_norm
 from msvision.ops.padding import apply_mask, padding_mask, resize_between_strides
 
 Array = jax.Array

@@ -62,9 +62,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.models.attention.msda import MultiScaleDeformableAttention
-from msvision.models.layers import Conv2d, GroupNorm, rematerialized_scan, torch_default_bias
+from msvision.models.layers import GROUP_NORM_EPS, Conv2d, GroupNorm, rematerialized_scan, torch_default_bias
 from msvision.ops.padding import padding_mask
-from msvision.models.necks.bottleneck import GROUP_NORM_EPS
 
 Array = jax.Array
 Dtype = Any

@@ -41,12 +41,39 @@ from typing import Any, Optional, Sequence
 import jax
 from flax import nnx
 
+from msvision.models.layers import Bottleneck, BottleneckBranch, PreActConv
 from msvision.models.necks.base import InitialPyramid
-from msvision.models.necks.bottleneck import BottleneckBranch, PreActConv, SelfProcessing
 from msvision.ops import padding
 
 Array = jax.Array
 Dtype = Any
+
+
+class SelfProcessing(nnx.Module):
+    """B consecutive pre-activation bottleneck layers on one feature map (thesis section 3.3.2).
+
+    Separate weights for every layer (as the author's code); :class:`~msvision.models.layers.Bottleneck`.
+    """
+
+    def __init__(
+        self,
+        num_bottlenecks: int,
+        channels: int = 256,
+        hidden_channels: int = 64,
+        *,
+        num_groups: int = 8,
+        dtype: Optional[Dtype] = None,
+        rngs: nnx.Rngs,
+    ):
+        self.bottlenecks = nnx.List([
+            Bottleneck(channels, hidden_channels, num_groups=num_groups, dtype=dtype, rngs=rngs)
+            for _ in range(num_bottlenecks)
+        ])
+
+    def __call__(self, x: Array, image_sizes: Optional[Array] = None, stride: int = 1) -> Array:
+        for bottleneck in self.bottlenecks:
+            x = bottleneck(x, image_sizes, stride)
+        return x
 
 
 class TopDown(nnx.Module):

@@ -43,7 +43,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
 from msvision.ops.msda.reference import level_start_indices
-from msvision.ops.msda.xla import bilinear_corner_list
+from msvision.ops.bilinear import bilinear_corner_list
 
 SpatialShapes = tuple[tuple[int, int], ...]
 

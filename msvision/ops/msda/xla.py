@@ -2,8 +2,8 @@
 
 Semantics are those of Deformable DETR's ``ms_deform_attn_core_pytorch`` (see
 :mod:`msvision.ops.msda.reference` for shapes and coordinate conventions): per level,
-bilinear ``grid_sample`` with ``align_corners=False`` and zero padding, then a
-weighted sum over levels and points.
+bilinear ``grid_sample`` with ``align_corners=False`` and zero padding (the corner
+weights of :mod:`msvision.ops.bilinear`), then a weighted sum over levels and points.
 
 Implementation choices (measured on CPU, see benchmarks/RESULTS.md):
 - The value is never transposed: it is viewed as a table of rows
@@ -30,101 +30,14 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from msvision.ops.bilinear import BilinearCorners, bilinear_corners
 from msvision.ops.msda.reference import level_start_indices
 
 SpatialShapes = tuple[tuple[int, int], ...]
-
-
-class BilinearCorners(NamedTuple):
-    """The four bilinear corners of a set of sampling points on one level.
-
-    Every field has the shape of the sampled points plus a trailing corner axis of 4,
-    ordered (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1).
-
-    pixel_index: int32 ``y * W + x``, clamped into the map (use with ``weight``).
-    weight: float32 bilinear weight, zero for corners outside the map.
-    d_weight_dx: float32 derivative of ``weight`` w.r.t. the normalised x location.
-    d_weight_dy: float32 derivative of ``weight`` w.r.t. the normalised y location.
-    """
-
-    pixel_index: jax.Array
-    weight: jax.Array
-    d_weight_dx: jax.Array
-    d_weight_dy: jax.Array
-
-
-class Corner(NamedTuple):
-    """One bilinear corner of a set of sampling points (all fields shaped like them).
-
-    pixel_index: int32 ``y * W + x``, clamped into the map (use with ``inside``).
-    inside: bool, the corner lies inside the map (else it samples a zero).
-    weight: float32 bilinear weight, zero when not ``inside``.
-    d_weight_dx, d_weight_dy: float32 derivatives of ``weight`` w.r.t. the
-        normalised x and y locations.
-    """
-
-    pixel_index: jax.Array
-    inside: jax.Array
-    weight: jax.Array
-    d_weight_dx: jax.Array
-    d_weight_dy: jax.Array
-
-
-def bilinear_corner_list(x_normalized: jax.Array, y_normalized: jax.Array, height: int,
-                         width: int) -> list[Corner]:
-    """The four corners of ``grid_sample(bilinear, zeros, align_corners=False)``.
-
-    Args:
-        x_normalized, y_normalized: float32 arrays of the same shape, locations in
-            [0, 1]-normalised map coordinates (outside values allowed).
-        height, width: static map size.
-
-    Returns:
-        Corners (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1). Pure
-        elementwise jnp without stacking, so the Pallas kernels use it too.
-    """
-    # Pixel-centre coordinates (align_corners=False). Clipping far-away points keeps
-    # the int conversion defined; every corner of a clipped point is outside anyway.
-    x = jnp.clip(x_normalized * width - 0.5, -2.0, width + 1.0)
-    y = jnp.clip(y_normalized * height - 0.5, -2.0, height + 1.0)
-    x0f = jnp.floor(x)
-    y0f = jnp.floor(y)
-    fx = x - x0f
-    fy = y - y0f
-    x0 = x0f.astype(jnp.int32)
-    y0 = y0f.astype(jnp.int32)
-
-    corners = []
-    for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
-        xi, yi = x0 + dx, y0 + dy
-        inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
-        inside_f = jnp.where(inside, 1.0, 0.0)
-        wx = fx if dx else 1.0 - fx
-        wy = fy if dy else 1.0 - fy
-        sign_x = 1.0 if dx else -1.0
-        sign_y = 1.0 if dy else -1.0
-        corners.append(Corner(
-            pixel_index=jnp.clip(yi, 0, height - 1) * width + jnp.clip(xi, 0, width - 1),
-            inside=inside,
-            weight=inside_f * wx * wy,
-            # d/dx_normalized = W * d/dx_pixel since x_pixel = x_normalized * W - 0.5.
-            d_weight_dx=inside_f * sign_x * wy * width,
-            d_weight_dy=inside_f * sign_y * wx * height,
-        ))
-    return corners
-
-
-def bilinear_corners(x_normalized: jax.Array, y_normalized: jax.Array, height: int,
-                     width: int) -> BilinearCorners:
-    """:func:`bilinear_corner_list` stacked on a trailing corner axis of 4."""
-    corners = bilinear_corner_list(x_normalized, y_normalized, height, width)
-    stack = lambda field: jnp.stack([getattr(c, field) for c in corners], axis=-1)
-    return BilinearCorners(stack("pixel_index"), stack("weight"), stack("d_weight_dx"), stack("d_weight_dy"))
 
 
 def accumulation_dtype(*arrays) -> jnp.dtype:
@@ -246,7 +159,7 @@ def _backward(spatial_shapes, residuals, output_grad):
     sampling_locations = locations_in.astype(compute)
     attention_weights = weights_in.astype(compute)
     batch, total_pixels, heads, channels = value.shape
-    queries, levels, points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    queries, points = sampling_locations.shape[1], sampling_locations.shape[4]
     rows_table = _value_rows(value)
     output_grad = output_grad.reshape(batch, queries, heads, channels).astype(compute)
     flat = lambda x: x.reshape(batch, queries, heads, points * 4)

@@ -20,7 +20,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from msvision.models.heads.effseg.targets import SEG_TARGETS
+from msvision.models.heads.roi_mask.targets import SEG_TARGETS
 from msvision.ops import losses as loss_ops
 
 Array = jax.Array
@@ -32,7 +32,7 @@ class EffSegCriterion:
 
     ``seg_target``: 'centre' (thesis §5.3.3: the ground truth at the cell centre) or
     'average' (released code: RoIAlign average > 0.5); see
-    :mod:`msvision.models.heads.effseg.targets`.
+    :mod:`msvision.models.heads.roi_mask.targets`.
     """
 
     seg_weights: tuple[float, ...] = (0.25, 0.375, 0.375, 0.5)
@@ -53,7 +53,7 @@ class EffSegCriterion:
           stages: per stage the head's cells: ``seg``, ``ref`` ``[B, A_s]`` float logits,
             ``valid [B, A_s]`` bool, ``roi [B, A_s]`` int32, ``xy [B, A_s, 2]`` int32 (x, y).
           targets: per stage ``(seg, refine)`` ``[B, R, S, S]`` bool
-            (:func:`~msvision.models.heads.effseg.targets.mask_targets`).
+            (:func:`~msvision.models.heads.roi_mask.targets.mask_targets`).
           num_rois: ``[B]`` training RoIs per image (the loss scale, the released code's ``num_matches``).
 
         Returns:

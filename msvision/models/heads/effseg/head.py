@@ -19,8 +19,8 @@ Stages s = 1..num_stages, sparse (SPS, thesis §5.3.3), F_s = F0 / 2^s:
   refinement logits of the actives.
 
 Fixed capacities (per image, static shapes): R RoIs (training: ``max_train_rois``, see
-:mod:`.targets`; inference: one per detection slot), C0 = 196·R stage-0 cells,
-K = min(``max_selected``, C0) selected per stage (10,000 in the thesis, §5.3.3; all
+:mod:`msvision.models.heads.roi_mask.rois`; inference: one per detection slot),
+C0 = 196·R stage-0 cells, K = min(``max_selected``, C0) selected per stage (10,000 in the thesis, §5.3.3; all
 cells with ``processing='dense_sfm'``), 4K actives, passives P1 = C0 − K,
 P_{s+1} = P_s + 3K (:func:`~msvision.ops.sps.sps_capacities`). Nothing overflows at
 the cell level: the selection picks the best K valid cells, and when an image has
@@ -59,14 +59,15 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.models.heads.effseg.criterion import EffSegCriterion
-from msvision.models.heads.effseg.modules import (ChildNetwork, NeckFusion, ProcessingModule, QueryFusion,
-                                                  TwoLayerMLP, sine_position_encoding, torch_linear)
-from msvision.models.heads.effseg.postprocess import (EffSegPostProcess, assemble_mask_logits, score_and_sort,
-                                                      unique_queries, upsample2x)
-from msvision.models.heads.effseg.targets import mask_targets, select_train_rois
-from msvision.models.layers import Conv2d, halving_widths, kaiming_normal_fan_out
+from msvision.models.heads.effseg.modules import ChildNetwork, NeckFusion, ProcessingModule, sine_position_encoding
+from msvision.models.heads.effseg.postprocess import assemble_mask_logits
+from msvision.models.heads.roi_mask import rois as roi_ops
+from msvision.models.heads.roi_mask.features import QueryFusion, multilevel_roi_features
+from msvision.models.heads.roi_mask.postprocess import RoIMaskPostProcess, score_and_sort, upsample2x
+from msvision.models.heads.roi_mask.targets import mask_targets
+from msvision.models.layers import Conv2d, TwoLayerMLP, halving_widths, kaiming_normal_fan_out, torch_linear
 from msvision.ops.padding import mask_padding
-from msvision.ops.roi_align import multilevel_roi_align, multilevel_sample_bilinear, roi_levels
+from msvision.ops.roi_align import multilevel_sample_bilinear
 from msvision.ops.sps import SPS, select_and_split, sps_capacities, sps_from_dense
 from msvision.structures import Batch, Detections, ImageBatch, QueryOutputs
 
@@ -97,11 +98,12 @@ class EffSegHead(nnx.Module):
       selected_per_roi: ρ > 0 ties the budget to the RoIs: ρ · (valid RoIs) cells per image
         and stage, at most ``max_selected`` (see the module docstring); 0: K = ``max_selected``.
         A sequence gives ρ per stage (all ≥ 1).
-      max_train_rois: training RoIs per image (capacity; :mod:`.targets`).
+      max_train_rois: training RoIs per image (capacity; :mod:`~msvision.models.heads.roi_mask.rois`).
       inference_stages: a diagnostic: the masks are assembled from stages 0..n only and
         upsampled ×2 per skipped stage to the full resolution (None: every stage).
       sfm_impl: the SFM implementation (``msvision.ops.sps.sfm``).
-      loss, inference: :class:`.EffSegCriterion`, :class:`.EffSegPostProcess`.
+      loss, inference: :class:`.EffSegCriterion`,
+        :class:`~msvision.models.heads.roi_mask.RoIMaskPostProcess` (eq. 5.3 weighting).
     """
 
     def __init__(
@@ -125,14 +127,12 @@ class EffSegHead(nnx.Module):
         inference_stages: int | None = None,
         sfm_impl: str = "auto",
         loss: EffSegCriterion = EffSegCriterion(),
-        inference: EffSegPostProcess = EffSegPostProcess(),
+        inference: RoIMaskPostProcess = RoIMaskPostProcess(),
         dtype=None,
         rngs: nnx.Rngs,
     ):
         first, last = (int(v) for v in roi_levels)
-        missing = [l for l in range(first, last + 1) if l not in tuple(levels)]
-        if missing:
-            raise ValueError(f"EffSeg reads pyramid levels {first}..{last}; the neck has {tuple(levels)}")
+        roi_ops.check_pyramid_levels("EffSeg", levels, range(first, last + 1))
         widths = halving_widths(channels, num_stages, min_stage_channels)
         if len(loss.seg_weights) < num_stages + 1:
             raise ValueError(f"{num_stages + 1} stages need as many loss weights, got {loss.seg_weights}")
@@ -226,12 +226,11 @@ class EffSegHead(nnx.Module):
         batch, num_rois = roi_valid.shape
         size = self.base_resolution
         first, last = self.roi_levels
-        roi_pyramid = {l: pyramid[l] for l in range(first, last + 1)}
-        k0 = roi_levels(boxes, first, last, self.canonical_size)  # [B, R], eq. 5.1
 
-        # Stage 0 (dense).
-        x = multilevel_roi_align(roi_pyramid, boxes, k0, size, self.roi_sampling_ratio, True,
-                                 image_sizes=image_sizes).astype(dtype)  # [B, R, 14, 14, F]
+        # Stage 0 (dense); k0 [B, R] the eq. 5.1 level of every RoI.
+        x, k0 = multilevel_roi_features(pyramid, boxes, image_sizes, size, self.roi_levels, self.canonical_size,
+                                        self.roi_sampling_ratio)
+        x = x.astype(dtype)  # [B, R, 14, 14, F]
         if self.position_encoding:
             x = x + sine_position_encoding(size, self.channels).astype(dtype)
         x = x.reshape(batch * num_rois, size, size, self.channels)
@@ -291,21 +290,16 @@ class EffSegHead(nnx.Module):
 
     def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs) -> tuple[Array, dict]:
         """Mask losses of the matched queries (stage-2 positives), ``(total, metrics)`` float32."""
-        if batch.masks is None:
-            raise ValueError("the EffSeg head needs ground-truth masks: set data.with_masks=True")
-        rois = select_train_rois(queries, self.max_train_rois)
-        take = lambda x: jnp.take_along_axis(x, rois.query_index[..., None], axis=1)  # noqa: E731
-        boxes = jax.lax.stop_gradient(take(queries.boxes).astype(jnp.float32))
-        stages = self(pyramid, batch.image_sizes, take(queries.queries), boxes, rois.valid)
-        targets = mask_targets(jnp.asarray(batch.masks), boxes, rois.gt_index, self.num_stages, self.base_resolution,
-                               self.criterion.seg_target, image_sizes=jnp.asarray(batch.image_sizes, jnp.int32),
+        rois, train, _ = roi_ops.gather_train_rois(queries, batch, self.max_train_rois, "the EffSeg head")
+        stages = self(pyramid, batch.image_sizes, rois.queries, rois.boxes, rois.valid)
+        targets = mask_targets(jnp.asarray(batch.masks), rois.boxes, train.gt_index, self.num_stages,
+                               self.base_resolution, self.criterion.seg_target,
+                               image_sizes=jnp.asarray(batch.image_sizes, jnp.int32),
                                mask_boxes=None if batch.mask_boxes is None else jnp.asarray(batch.mask_boxes))
         num_kept = jnp.sum(rois.valid, axis=1)
         metrics = self.criterion(stages, targets, num_kept)
         total = metrics["loss_mask_seg"] + metrics["loss_mask_ref"]
-        metrics["seg/rois_per_image"] = jnp.mean(num_kept.astype(jnp.float32))
-        metrics["seg/dropped_rois"] = jnp.sum(rois.num_dropped).astype(jnp.float32)
-        metrics["seg/positive_queries"] = jnp.sum(rois.num_positive).astype(jnp.float32)
+        metrics.update(roi_ops.roi_metrics(train))
         return total, metrics
 
     def predict(self, pyramid: dict[int, Array], batch: ImageBatch, dets: Detections,
@@ -315,20 +309,15 @@ class EffSegHead(nnx.Module):
         re-sorted. One mask per distinct detected query (as the released code); boxes in
         padded-input pixels."""
         num_dets = dets.valid.shape[1]
-        num_queries = queries.queries.shape[1]
-        rois, roi_valid, inverse = jax.vmap(
-            lambda q, v: unique_queries(q, v, num_queries, num_dets))(queries.detection_queries, dets.valid)
-        safe = jnp.minimum(rois, num_queries - 1)
-        take = lambda x: jnp.take_along_axis(x, safe[..., None], axis=1)  # noqa: E731
-        boxes = take(queries.boxes).astype(jnp.float32)
-        stages = self(pyramid, batch.image_sizes, take(queries.queries), boxes, roi_valid)
+        rois, inverse = roi_ops.gather_inference_rois(queries, dets)
+        stages = self(pyramid, batch.image_sizes, rois.queries, rois.boxes, rois.valid)
         used = len(stages) if self.inference_stages is None else self.inference_stages + 1
         logits = assemble_mask_logits(stages[:used], num_dets, self.base_resolution)
         for _ in range(len(stages) - used):
             logits = upsample2x(logits)
         probs = jax.nn.sigmoid(logits)  # [B, R, S, S]
-        per_det = lambda x: jnp.take_along_axis(x, inverse.reshape(inverse.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
-        return score_and_sort(batch, dets, per_det(probs), per_det(boxes), self.postprocess)
+        return score_and_sort(batch, dets, roi_ops.per_detection(probs, inverse),
+                              roi_ops.per_detection(rois.boxes, inverse), self.postprocess)
 
 
 __all__ = ["EffSegHead"]

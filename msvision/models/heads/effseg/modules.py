@@ -4,12 +4,10 @@ DetSeg ``models/heads/seg/effseg.py``, and ``IdConv2d``, DetSeg ``models/modules
 Every layer is a PyTorch-default ``nn.Linear`` (the released EffSeg sets no init of its
 own) except the FCN convolutions (mmcv ``ConvModule``: kaiming-normal fan-out, zero
 bias) and the IdConv weights (kaiming-uniform a=√5 on the ``[out, 9·in]`` matrix, i.e.
-U(±1/√(9·in)), as ``IdConv2d``).
+U(±1/√(9·in)), as ``IdConv2d``). The segmentation / refinement logits come from
+:class:`~msvision.models.layers.TwoLayerMLP` (``Linear → ReLU → Linear``); the query fusion
+is shared by the mask heads (:class:`~msvision.models.heads.roi_mask.QueryFusion`).
 
-- :class:`TwoLayerMLP`: ``Linear → ReLU → Linear`` (segmentation / refinement logits,
-  thesis §5.3.3).
-- :class:`QueryFusion`: ``x += 1×1(ReLU(1×1([ReLU(Linear(q)), x])))`` (thesis §5.3.3; the
-  released code's form).
 - :class:`ChildNetwork`: the 4 child MLPs of a split cell (thesis §5.3.3; as the released
   code, one ``Linear(F, 4F)`` whose four F-slices go through one shared ``Linear(F, F)``).
 - :class:`NeckFusion`: ``act += Linear(ReLU(Linear([act, key])))`` (thesis §5.3.3).
@@ -20,13 +18,13 @@ U(±1/√(9·in)), as ``IdConv2d``).
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msvision.models.layers import kaiming_uniform, torch_default_bias
+from msvision.models.layers import TwoLayerMLP, torch_linear
 from msvision.ops.sps import id_conv, sfm
 from msvision.ops.sps.reference import dense_conv3x3, dense_map
 
@@ -34,43 +32,6 @@ Array = jax.Array
 Dtype = Any
 
 PROCESSING_MODULES = ("mlp", "conv", "deform_conv", "sfm", "dense_sfm")
-
-
-def torch_linear(in_features: int, out_features: int, *, dtype: Optional[Dtype], rngs: nnx.Rngs,
-                 **kw) -> nnx.Linear:
-    """``nn.Linear(in, out)`` with PyTorch's default init."""
-    init = dict(kernel_init=kaiming_uniform(math.sqrt(5.0)), bias_init=torch_default_bias(in_features))
-    init.update(kw)
-    return nnx.Linear(in_features, out_features, dtype=dtype, rngs=rngs, **init)
-
-
-class TwoLayerMLP(nnx.Module):
-    """``Linear(in, hidden) → ReLU → Linear(hidden, out)`` on ``[..., in]``."""
-
-    def __init__(self, in_features: int, hidden: int, out_features: int, *, dtype=None, rngs: nnx.Rngs):
-        self.hidden = torch_linear(in_features, hidden, dtype=dtype, rngs=rngs)
-        self.out = torch_linear(hidden, out_features, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array) -> Array:
-        return self.out(jax.nn.relu(self.hidden(x)))
-
-
-class QueryFusion(nnx.Module):
-    """Fuses each RoI's query into its RoI features (thesis §5.3.3; the released code's layers).
-
-    ``q' = ReLU(Linear_{D→F}(q))``; ``x += 1×1_{F→F}(ReLU(1×1_{2F→F}([q', x])))`` with
-    ``q'`` broadcast over the cells. 1×1 convolutions are linear layers on the channels.
-    """
-
-    def __init__(self, features: int, query_dim: int, *, dtype=None, rngs: nnx.Rngs):
-        self.query_proj = torch_linear(query_dim, features, dtype=dtype, rngs=rngs)
-        self.fuse = TwoLayerMLP(2 * features, features, features, dtype=dtype, rngs=rngs)
-
-    def __call__(self, x: Array, queries: Array) -> Array:
-        """``x: [N, S, S, F]``, ``queries: [N, D]`` → ``[N, S, S, F]``."""
-        q = jax.nn.relu(self.query_proj(queries))
-        q = jnp.broadcast_to(q[:, None, None, :].astype(x.dtype), x.shape[:-1] + q.shape[-1:])
-        return x + self.fuse(jnp.concatenate([q, x], axis=-1)).astype(x.dtype)
 
 
 class ChildNetwork(nnx.Module):
@@ -260,5 +221,5 @@ def deformable_taps(table: Array, id_map: Array, act_xy: Array, act_roi: Array, 
     return total
 
 
-__all__ = ["TwoLayerMLP", "QueryFusion", "ChildNetwork", "NeckFusion", "ProcessingModule", "sine_position_encoding",
+__all__ = ["ChildNetwork", "NeckFusion", "ProcessingModule", "sine_position_encoding",
            "deformable_taps", "PROCESSING_MODULES"]

@@ -32,22 +32,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.models.attention.msda import MultiScaleDeformableAttention
-from msvision.models.layers import kaiming_uniform, torch_default_bias
-from msvision.models.necks.bottleneck import Bottleneck, PreActConv, torch_default_conv
+from msvision.models.layers import (Bottleneck, PreActConv, kaiming_uniform, torch_default_bias, torch_default_conv,
+                                    torch_linear)
 
 Array = jax.Array
 Dtype = Any
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default
-
-
-def torch_linear(
-    in_features: int, out_features: int, *, dtype: Optional[Dtype], rngs: nnx.Rngs, **kw
-) -> nnx.Linear:
-    """``nn.Linear(in, out)`` with PyTorch's default init."""
-    init = dict(kernel_init=kaiming_uniform(math.sqrt(5.0)), bias_init=torch_default_bias(in_features))
-    init.update(kw)
-    return nnx.Linear(in_features, out_features, dtype=dtype, rngs=rngs, **init)
 
 
 def layer_norm(features: int, *, dtype: Optional[Dtype], rngs: nnx.Rngs) -> nnx.LayerNorm:

@@ -12,7 +12,7 @@ Training: the positive queries (EffSeg's training RoIs, fixed capacity); the log
 each RoI's object class against the crop-resized binary mask (:mod:`.targets`); sigmoid
 BCE, mean per RoI, summed over RoIs (as released). Inference: the trunk runs once per distinct
 detected query; each detection takes its class's 28×28 mask, pasted and scored by
-eq. 5.3 (EffSeg's post-processing).
+eq. 5.3 (:mod:`msvision.models.heads.roi_mask.postprocess`, as EffSeg).
 
 With C = 256 and 80 classes: 262,912 (query fusion) + 2,360,320 (convs) + 262,400
 (deconv) + 20,560 (logits) = **2,906,192** parameters (2.9 M in thesis table 5.4).
@@ -28,12 +28,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msvision.models.heads.effseg.modules import QueryFusion
-from msvision.models.heads.effseg.postprocess import EffSegPostProcess
-from msvision.models.heads.mask_baselines import common
+from msvision.models.heads.mask_baselines import class_logits
 from msvision.models.heads.mask_baselines.modules import FCNMaskHead
 from msvision.models.heads.mask_baselines.targets import crop_resize_targets
-from msvision.ops.roi_align import multilevel_roi_align, roi_levels
+from msvision.models.heads.roi_mask import rois as roi_ops
+from msvision.models.heads.roi_mask.features import QueryFusion, multilevel_roi_features
+from msvision.models.heads.roi_mask.postprocess import RoIMaskPostProcess, score_and_sort
 from msvision.structures import Batch, Detections, ImageBatch, QueryOutputs
 
 Array = jax.Array
@@ -52,9 +52,10 @@ class MaskRCNNHead(nnx.Module):
       roi_sampling_ratio: RoIAlign samples per bin and axis (fixed; mmcv's adaptive
         count is data-dependent).
       max_train_rois: training RoIs per image (capacity, EffSeg's
-        :mod:`~msvision.models.heads.effseg.targets`).
+        :mod:`~msvision.models.heads.roi_mask.rois`).
       loss_weight: weight of the mask loss (1, as released).
-      inference: mask threshold, eq. 5.3 score weighting, paste chunk (EffSeg's).
+      inference: mask threshold, eq. 5.3 score weighting, paste chunk
+        (:class:`~msvision.models.heads.roi_mask.RoIMaskPostProcess`, as EffSeg's).
     """
 
     def __init__(
@@ -70,14 +71,12 @@ class MaskRCNNHead(nnx.Module):
         roi_sampling_ratio: int = 2,
         max_train_rois: int = 128,
         loss_weight: float = 1.0,
-        inference: EffSegPostProcess = EffSegPostProcess(),
+        inference: RoIMaskPostProcess = RoIMaskPostProcess(),
         dtype=None,
         rngs: nnx.Rngs,
     ):
         first, last = (int(v) for v in roi_levels)
-        missing = [l for l in range(first, last + 1) if l not in tuple(levels)]
-        if missing:
-            raise ValueError(f"Mask R-CNN++ reads pyramid levels {first}..{last}; the neck has {tuple(levels)}")
+        roi_ops.check_pyramid_levels("Mask R-CNN++", levels, range(first, last + 1))
         self.num_classes = int(num_classes)
         self.channels = channels
         self.roi_resolution = int(roi_resolution)
@@ -112,10 +111,8 @@ class MaskRCNNHead(nnx.Module):
         boxes = jax.lax.stop_gradient(boxes.astype(jnp.float32))
         batch, num_rois = boxes.shape[:2]
         size = self.roi_resolution
-        first, last = self.roi_levels
-        k0 = roi_levels(boxes, first, last, self.canonical_size)  # eq. 5.1
-        x = multilevel_roi_align({l: pyramid[l] for l in range(first, last + 1)}, boxes, k0, size,
-                                 self.roi_sampling_ratio, True, image_sizes=jnp.asarray(image_sizes, jnp.int32))
+        x, _ = multilevel_roi_features(pyramid, boxes, image_sizes, size, self.roi_levels, self.canonical_size,
+                                       self.roi_sampling_ratio)  # eq. 5.1
         x = x.astype(dtype).reshape(batch * num_rois, size, size, self.channels)
         x = self.query_fusion(x, queries.reshape(batch * num_rois, -1).astype(dtype))
         logits = self.mask_head(x)
@@ -123,22 +120,22 @@ class MaskRCNNHead(nnx.Module):
 
     def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs) -> tuple[Array, dict]:
         """Mask loss of the matched queries, ``(total, metrics)`` float32."""
-        rois, train, labels = common.gather_train_rois(queries, batch, self.max_train_rois)
-        logits = common.pick_class(self(pyramid, batch.image_sizes, rois.queries, rois.boxes), labels)
+        rois, train, labels = roi_ops.gather_train_rois(queries, batch, self.max_train_rois, "the Mask R-CNN++ head")
+        logits = class_logits.pick_class(self(pyramid, batch.image_sizes, rois.queries, rois.boxes), labels)
         targets = crop_resize_targets(batch, rois.boxes, train.gt_index, self.mask_resolution)
-        loss = self.loss_weight * common.per_roi_bce(logits, targets, rois.valid)
-        metrics = {"loss_mask": loss, "mask/acc": common.accuracy(logits, targets, rois.valid),
-                   **common.roi_metrics(train)}
+        loss = self.loss_weight * class_logits.per_roi_bce(logits, targets, rois.valid)
+        metrics = {"loss_mask": loss, "mask/acc": class_logits.accuracy(logits, targets, rois.valid),
+                   **roi_ops.roi_metrics(train)}
         return loss, metrics
 
     def predict(self, pyramid: dict[int, Array], batch: ImageBatch, dets: Detections,
                 queries: QueryOutputs) -> Detections:
         """``dets`` with ``masks [B, K, 28, 28]`` probabilities of each detection's class on
         ``mask_boxes`` (its query's predicted box) and eq. 5.3 scores, re-sorted."""
-        rois, inverse = common.gather_inference_rois(queries, dets)
+        rois, inverse = roi_ops.gather_inference_rois(queries, dets)
         logits = self(pyramid, batch.image_sizes, rois.queries, rois.boxes)  # [B, R, 28, 28, NC]
-        probs = jax.nn.sigmoid(common.detection_masks(logits, inverse, dets.labels))
-        return common.score_and_sort(batch, dets, probs, common.per_detection(rois.boxes, inverse), self.postprocess)
+        probs = jax.nn.sigmoid(class_logits.detection_masks(logits, inverse, dets.labels))
+        return score_and_sort(batch, dets, probs, roi_ops.per_detection(rois.boxes, inverse), self.postprocess)
 
 
 __all__ = ["MaskRCNNHead"]

@@ -39,13 +39,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msvision.models.heads.effseg.modules import QueryFusion
-from msvision.models.heads.effseg.postprocess import EffSegPostProcess, upsample2x
-from msvision.models.heads.mask_baselines import common
+from msvision.models.heads.mask_baselines import class_logits
 from msvision.models.heads.mask_baselines.modules import FCNMaskHead, PointHead
 from msvision.models.heads.mask_baselines.points import (overwrite_points, point_sample, subdivision_points,
                                                          uncertain_points_with_randomness)
 from msvision.models.heads.mask_baselines.targets import crop_resize_targets, point_targets
+from msvision.models.heads.roi_mask import rois as roi_ops
+from msvision.models.heads.roi_mask.features import QueryFusion
+from msvision.models.heads.roi_mask.postprocess import RoIMaskPostProcess, score_and_sort, upsample2x
 from msvision.ops.padding import mask_padding
 from msvision.ops.roi_align import sample_bilinear
 from msvision.structures import Batch, Detections, ImageBatch, QueryOutputs
@@ -76,7 +77,8 @@ class PointRendHead(nnx.Module):
         the released code: 3 → 224²; 784 points per step).
       max_train_rois: training RoIs per image (capacity, EffSeg's).
       coarse_loss_weight, point_loss_weight: 1 and 1 (mmdet).
-      inference: mask threshold, eq. 5.3 score weighting, paste chunk (EffSeg's).
+      inference: mask threshold, eq. 5.3 score weighting, paste chunk
+        (:class:`~msvision.models.heads.roi_mask.RoIMaskPostProcess`, as EffSeg's).
     """
 
     uses_rng = True  # the training points are random (Detector passes a key)
@@ -100,12 +102,11 @@ class PointRendHead(nnx.Module):
         max_train_rois: int = 128,
         coarse_loss_weight: float = 1.0,
         point_loss_weight: float = 1.0,
-        inference: EffSegPostProcess = EffSegPostProcess(),
+        inference: RoIMaskPostProcess = RoIMaskPostProcess(),
         dtype=None,
         rngs: nnx.Rngs,
     ):
-        if point_level not in tuple(levels):
-            raise ValueError(f"PointRend++ reads pyramid level {point_level}; the neck has {tuple(levels)}")
+        roi_ops.check_pyramid_levels("PointRend++", levels, (int(point_level),))
         self.num_classes = int(num_classes)
         self.channels = channels
         self.roi_resolution = int(roi_resolution)
@@ -169,7 +170,7 @@ class PointRendHead(nnx.Module):
         coarse_at = point_sample(coarse.reshape(batch * num_rois, size, size, self.num_classes),
                                  points.reshape(batch * num_rois, num_points, 2))
         coarse_at = coarse_at.reshape(batch, num_rois, num_points, self.num_classes)
-        return common.pick_class(self.point_head(fine, coarse_at), labels)
+        return class_logits.pick_class(self.point_head(fine, coarse_at), labels)
 
     # --- training and inference ------------------------------------------------------------
 
@@ -177,11 +178,11 @@ class PointRendHead(nnx.Module):
                rng: Optional[Array] = None) -> tuple[Array, dict]:
         """Coarse and point losses of the matched queries, ``(total, metrics)`` float32.
         ``rng``: the key of the training points (a fixed key when None)."""
-        rois, train, labels = common.gather_train_rois(queries, batch, self.max_train_rois)
+        rois, train, labels = roi_ops.gather_train_rois(queries, batch, self.max_train_rois, "the PointRend++ head")
         coarse_all = self(pyramid, batch.image_sizes, rois.queries, rois.boxes)
-        coarse = common.pick_class(coarse_all, labels)  # [B, R, 28, 28]
+        coarse = class_logits.pick_class(coarse_all, labels)  # [B, R, 28, 28]
         targets = crop_resize_targets(batch, rois.boxes, train.gt_index, coarse.shape[-1])
-        loss_coarse = self.coarse_loss_weight * common.per_roi_bce(coarse, targets, rois.valid)
+        loss_coarse = self.coarse_loss_weight * class_logits.per_roi_bce(coarse, targets, rois.valid)
 
         key = jax.random.PRNGKey(0) if rng is None else rng
         b, r = labels.shape
@@ -190,11 +191,11 @@ class PointRendHead(nnx.Module):
         points = points.reshape(b, r, self.train_points, 2)
         logits = self.point_logits(pyramid, batch.image_sizes, rois.boxes, coarse_all, points, labels)
         point_target = point_targets(batch, rois.boxes, train.gt_index, points)
-        loss_point = self.point_loss_weight * common.per_roi_bce(logits, point_target, rois.valid)
+        loss_point = self.point_loss_weight * class_logits.per_roi_bce(logits, point_target, rois.valid)
         metrics = {"loss_mask": loss_coarse, "loss_mask_point": loss_point,
-                   "mask/acc": common.accuracy(coarse, targets, rois.valid),
-                   "mask/point_acc": common.accuracy(logits, point_target, rois.valid),
-                   **common.roi_metrics(train)}
+                   "mask/acc": class_logits.accuracy(coarse, targets, rois.valid),
+                   "mask/point_acc": class_logits.accuracy(logits, point_target, rois.valid),
+                   **roi_ops.roi_metrics(train)}
         return loss_coarse + loss_point, metrics
 
     def refine(self, pyramid: dict[int, Array], image_sizes: Array, boxes: Array, coarse: Array,
@@ -203,7 +204,7 @@ class PointRendHead(nnx.Module):
         logits, S = 28 · 2^steps, of class ``labels [B, K]`` from the coarse logits
         ``[B, K, 28, 28, num_classes]`` of the RoIs ``boxes [B, K, 4]``."""
         batch, num = labels.shape
-        mask = common.pick_class(coarse, labels)
+        mask = class_logits.pick_class(coarse, labels)
         for _ in range(self.subdivision_steps):
             mask = upsample2x(mask)
             size = mask.shape[-1]
@@ -219,11 +220,11 @@ class PointRendHead(nnx.Module):
         """``dets`` with ``masks [B, K, S, S]`` (S = 28 · 2^subdivision_steps) probabilities of each
         detection's class on ``mask_boxes`` and eq. 5.3 scores, re-sorted. The coarse head
         runs once per distinct detected query, the subdivision per detection."""
-        rois, inverse = common.gather_inference_rois(queries, dets)
-        coarse = common.per_detection(self(pyramid, batch.image_sizes, rois.queries, rois.boxes), inverse)
-        boxes = common.per_detection(rois.boxes, inverse)
+        rois, inverse = roi_ops.gather_inference_rois(queries, dets)
+        coarse = roi_ops.per_detection(self(pyramid, batch.image_sizes, rois.queries, rois.boxes), inverse)
+        boxes = roi_ops.per_detection(rois.boxes, inverse)
         probs = jax.nn.sigmoid(self.refine(pyramid, batch.image_sizes, boxes, coarse, dets.labels))
-        return common.score_and_sort(batch, dets, probs, boxes, self.postprocess)
+        return score_and_sort(batch, dets, probs, boxes, self.postprocess)
 
 
 __all__ = ["PointRendHead", "roi_grid_points"]

@@ -1,7 +1,7 @@
 """Mask targets of the ++ baselines (released code: mmdet ``mask_target``, called by DetSeg
 ``models/heads/seg/mmdet_roi.py``).
 
-Training RoIs are EffSeg's (:func:`msvision.models.heads.effseg.targets.select_train_rois`):
+Training RoIs are EffSeg's (:func:`msvision.models.heads.roi_mask.rois.select_train_rois`):
 the positive queries with their predicted boxes (no gradient) and matched objects.
 
 - :func:`crop_resize_targets`: Mask R-CNN's target (mmdet ``mask_target_single``, a
@@ -13,7 +13,6 @@ the positive queries with their predicted boxes (no gradient) and matched object
 - :func:`point_targets`: PointRend's point targets (mmdet ``MaskPointHead.get_targets``):
   the object's mask read bilinearly (``point_sample``, ``align_corners=False``, zeros
   outside) at each point, a soft value in [0, 1].
-- :func:`roi_labels`: the class of each RoI's object (the class channel it trains).
 
 Masks come as ``Batch.masks``: full-image ``[B, M, H, W] bool`` on the padded input
 grid, or box-frame coverage grids ``[B, M, S, S] uint8`` with ``Batch.mask_boxes``
@@ -25,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from msvision.models.heads.effseg.targets import COVERAGE_SCALE, _into_box_frames
+from msvision.models.heads.roi_mask.targets import COVERAGE_SCALE, into_box_frames
 from msvision.ops.roi_align import roi_mask_targets
 from msvision.structures import Batch
 
@@ -44,7 +43,7 @@ def crop_resize_targets(batch: Batch, boxes: Array, gt_index: Array, size: int =
     boxes = jax.lax.stop_gradient(boxes.astype(jnp.float32))
     image_sizes, scale = jnp.asarray(batch.image_sizes, jnp.int32), 1.0
     if batch.mask_boxes is not None:  # box-frame coverage grids (EffSeg's targets do the same)
-        masks, boxes = _into_box_frames(masks, jnp.asarray(batch.mask_boxes), boxes, gt_index)
+        masks, boxes = into_box_frames(masks, jnp.asarray(batch.mask_boxes), boxes, gt_index)
         image_sizes, scale = None, 1.0 / COVERAGE_SCALE
     # The cell average is pooled from a (4·size)² grid of 2 × 2 samples: 8 × 8 samples per cell.
     v = roi_mask_targets(masks, boxes, gt_index, 1.0, 4 * size, 3, image_sizes=image_sizes)[-1] * scale
@@ -106,9 +105,4 @@ def _bilinear_mask_values(masks: Array, gt_index: Array, xy: Array, limit: Array
     return total
 
 
-def roi_labels(batch: Batch, gt_index: Array) -> Array:
-    """``[B, R] int32`` class label of each RoI's object."""
-    return jnp.take_along_axis(jnp.asarray(batch.labels, jnp.int32), gt_index, axis=1)
-
-
-__all__ = ["crop_resize_targets", "point_targets", "roi_labels"]
+__all__ = ["crop_resize_targets", "point_targets"]

@@ -3,8 +3,8 @@
 Split as EffSeg (STYLE.md): :mod:`.head` (the network, :class:`RefineMaskHead`),
 :mod:`.criterion` (the BAR loss), :mod:`.postprocess` (band-overwrite inference),
 :mod:`.boundary` (boundary bands, align-corners upsampling), :mod:`.modules` (the
-SFM stage, MultiBranchFusionAvg). Training RoIs, mask targets, paste and scores are
-EffSeg's (:mod:`msvision.models.heads.effseg`).
+SFM stage, MultiBranchFusionAvg). Training RoIs, mask targets, query fusion, paste and
+scores are shared with EffSeg (:mod:`msvision.models.heads.roi_mask`).
 """
 
 from msvision.models.heads.refinemask.criterion import RefineMaskCriterion

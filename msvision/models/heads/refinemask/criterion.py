@@ -31,8 +31,8 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from msvision.models.heads.effseg.targets import SEG_TARGETS
 from msvision.models.heads.refinemask.boundary import boundary_band, refine_with_band, upsample_band
+from msvision.models.heads.roi_mask.targets import SEG_TARGETS
 from msvision.ops import losses as loss_ops
 
 Array = jax.Array
@@ -44,7 +44,7 @@ class RefineMaskCriterion:
 
     ``seg_target``: 'average' (released code: mmdet ``crop_and_resize``, the RoIAlign
     average of the mask over the cell ≥ 0.5) or 'centre' (the mask at the cell centre),
-    :func:`msvision.models.heads.effseg.targets.mask_targets`.
+    :func:`msvision.models.heads.roi_mask.targets.mask_targets`.
     """
 
     stage_weights: tuple[float, ...] = (0.5, 0.75, 0.75, 1.0)

@@ -10,7 +10,7 @@ gradient, unclipped), its query feature and a class label (training: the matched
 object's class; inference: the detection's class): the early masks are class-specific.
 
 1. Instance trunk: RoIAlign 14 × 14 from P_k0 (eq. 5.1, P2–P5) → query fusion
-   (thesis §5.3.3, EffSeg's :class:`~msvision.models.heads.effseg.modules.QueryFusion`) →
+   (thesis §5.3.3, EffSeg's, :class:`~msvision.models.heads.roi_mask.QueryFusion`) →
    ``instance_convs`` (2) 3×3 convolutions with ReLUs, F0 = 256.
 2. Semantic branch: ``semantic_convs`` (4) 3×3 convolutions with ReLUs on the whole
    ``semantic_level`` map (P2, stride 4).
@@ -27,7 +27,7 @@ With the thesis config (C = 256, 80 classes, P2) the head has 6,580,590 paramete
 (thesis table 5.4: 6.6 M; the released head exactly).
 
 Static shapes: R training RoIs per image (``max_train_rois``, EffSeg's
-:func:`~msvision.models.heads.effseg.targets.select_train_rois`, overflow counted), one
+:func:`~msvision.models.heads.roi_mask.rois.select_train_rois`, overflow counted), one
 RoI per detection slot at inference (masks are class-specific: one per distinct
 (query, class) pair, EffSeg's unique-query buffer on the pair).
 
@@ -45,16 +45,17 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from msvision.models.heads.effseg.modules import QueryFusion
-from msvision.models.heads.effseg.postprocess import paste_masks, score_and_sort, unique_queries
-from msvision.models.heads.effseg.targets import mask_targets, select_train_rois
 from msvision.models.heads.refinemask.boundary import upsample2x_corners
 from msvision.models.heads.refinemask.criterion import RefineMaskCriterion, semantic_loss
 from msvision.models.heads.refinemask.modules import ClassLogits, SFMStage, conv1x1, conv3x3
-from msvision.models.layers import halving_widths
 from msvision.models.heads.refinemask.postprocess import RefineMaskPostProcess, assemble_mask_logits
+from msvision.models.heads.roi_mask import rois as roi_ops
+from msvision.models.heads.roi_mask.features import QueryFusion, multilevel_roi_features
+from msvision.models.heads.roi_mask.postprocess import paste_masks, score_and_sort
+from msvision.models.heads.roi_mask.targets import mask_targets
+from msvision.models.layers import halving_widths
 from msvision.ops.padding import mask_padding, padding_mask, resize_bilinear
-from msvision.ops.roi_align import multilevel_roi_align, roi_levels, sample_bilinear
+from msvision.ops.roi_align import sample_bilinear
 from msvision.structures import Batch, Detections, ImageBatch, QueryOutputs
 
 Array = jax.Array
@@ -78,7 +79,7 @@ class RefineMaskHead(nnx.Module):
       class_agnostic_last: the last logits are class-agnostic (RefineMask's
         ``stage_num_classes = [80, 80, 80, 1]``).
       roi_levels, canonical_size, roi_sampling_ratio: the RoIAlign as EffSeg's (eq. 5.1, P2–P5).
-      max_train_rois: training RoIs per image (capacity; EffSeg's :mod:`~msvision.models.heads.effseg.targets`).
+      max_train_rois: training RoIs per image (capacity; :mod:`~msvision.models.heads.roi_mask.rois`).
       loss, inference: :class:`.RefineMaskCriterion`, :class:`.RefineMaskPostProcess`.
         ``loss.semantic_weight > 0`` adds a semantic logit (1×1, C → 1) and its loss.
     """
@@ -108,9 +109,7 @@ class RefineMaskHead(nnx.Module):
     ):
         first, last = (int(v) for v in roi_levels)
         needed = sorted(set(range(first, last + 1)) | {int(semantic_level)})
-        missing = [l for l in needed if l not in tuple(levels)]
-        if missing:
-            raise ValueError(f"RefineMask++ reads pyramid levels {needed}; the neck has {tuple(levels)}")
+        roi_ops.check_pyramid_levels("RefineMask++", levels, needed)
         widths = halving_widths(channels, num_stages, min_stage_channels)
         if widths[-1] < 2:  # the stages output F/2 − 1 features and the probability
             raise ValueError(f"{channels} channels cannot be halved {num_stages} times")
@@ -167,12 +166,9 @@ class RefineMaskHead(nnx.Module):
         image_sizes = jnp.asarray(image_sizes, jnp.int32)
         batch, num_rois = roi_valid.shape
         size = self.base_resolution
-        first, last = self.roi_levels
-        k0 = roi_levels(boxes, first, last, self.canonical_size)  # [B, R], eq. 5.1
-
-        x = multilevel_roi_align({l: pyramid[l] for l in range(first, last + 1)}, boxes, k0, size,
-                                 self.roi_sampling_ratio, True, image_sizes=image_sizes).astype(dtype)
-        x = x.reshape(batch * num_rois, size, size, self.channels)
+        x, _ = multilevel_roi_features(pyramid, boxes, image_sizes, size, self.roi_levels, self.canonical_size,
+                                       self.roi_sampling_ratio)  # eq. 5.1
+        x = x.astype(dtype).reshape(batch * num_rois, size, size, self.channels)
         x = self.query_fusion(x, queries.reshape(batch * num_rois, -1).astype(dtype))
         for conv in self.instance_convs:
             x = jax.nn.relu(conv(x))
@@ -218,17 +214,13 @@ class RefineMaskHead(nnx.Module):
 
     def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs) -> tuple[Array, dict]:
         """Mask losses of the matched queries (as EffSeg's), ``(total, metrics)`` float32."""
-        if batch.masks is None:
-            raise ValueError("the RefineMask++ head needs ground-truth masks: set data.with_masks=True")
-        rois = select_train_rois(queries, self.max_train_rois)
-        take = lambda x: jnp.take_along_axis(x, rois.query_index[..., None], axis=1)  # noqa: E731
-        boxes = jax.lax.stop_gradient(take(queries.boxes).astype(jnp.float32))
-        labels = jnp.take_along_axis(jnp.asarray(batch.labels, jnp.int32), rois.gt_index, axis=1)
-        stages, sem_logits = self(pyramid, batch.image_sizes, take(queries.queries), boxes, labels, rois.valid)
+        rois, train, labels = roi_ops.gather_train_rois(queries, batch, self.max_train_rois, "the RefineMask++ head")
+        stages, sem_logits = self(pyramid, batch.image_sizes, rois.queries, rois.boxes, labels, rois.valid)
         image_sizes = jnp.asarray(batch.image_sizes, jnp.int32)
         mask_boxes = None if batch.mask_boxes is None else jnp.asarray(batch.mask_boxes)
-        targets = mask_targets(jnp.asarray(batch.masks), boxes, rois.gt_index, self.num_stages, self.base_resolution,
-                               self.criterion.seg_target, image_sizes=image_sizes, mask_boxes=mask_boxes)
+        targets = mask_targets(jnp.asarray(batch.masks), rois.boxes, train.gt_index, self.num_stages,
+                               self.base_resolution, self.criterion.seg_target, image_sizes=image_sizes,
+                               mask_boxes=mask_boxes)
         metrics = self.criterion(stages, [seg for seg, _ in targets], rois.valid)
         total = metrics["loss_mask"]
         if sem_logits is not None:
@@ -238,10 +230,7 @@ class RefineMaskHead(nnx.Module):
             valid = padding_mask(image_sizes, sem_logits.shape[1:], stride)[..., 0]
             metrics["loss_mask_semantic"] = self.criterion.semantic_weight * semantic_loss(sem_logits, target, valid)
             total = total + metrics["loss_mask_semantic"]
-        num_kept = jnp.sum(rois.valid, axis=1)
-        metrics["seg/rois_per_image"] = jnp.mean(num_kept.astype(jnp.float32))
-        metrics["seg/dropped_rois"] = jnp.sum(rois.num_dropped).astype(jnp.float32)
-        metrics["seg/positive_queries"] = jnp.sum(rois.num_positive).astype(jnp.float32)
+        metrics.update(roi_ops.roi_metrics(train))
         return total, metrics
 
     def mask_probabilities(self, pyramid: dict[int, Array], image_sizes: Array, queries: Array, boxes: Array,
@@ -256,20 +245,10 @@ class RefineMaskHead(nnx.Module):
         """``dets`` with ``masks [B, K, 112, 112]`` probabilities on ``mask_boxes`` and, with
         ``inference.score_weighting``, scores ``s_cls · mean(p | p > 0.5)`` (eq. 5.3), re-sorted.
         One mask per distinct detected (query, class) pair; boxes in padded-input pixels."""
-        num_dets = dets.valid.shape[1]
-        num_queries = queries.queries.shape[1]
-        classes = self.num_classes
-        pairs = queries.detection_queries.astype(jnp.int32) * classes + jnp.clip(dets.labels, 0, classes - 1)
-        rois, roi_valid, inverse = jax.vmap(
-            lambda q, v: unique_queries(q, v, num_queries * classes, num_dets))(pairs, dets.valid)
-        safe = jnp.minimum(rois // classes, num_queries - 1)
-        labels = jnp.where(roi_valid, rois % classes, 0)
-        take = lambda x: jnp.take_along_axis(x, safe[..., None], axis=1)  # noqa: E731
-        boxes = take(queries.boxes).astype(jnp.float32)
-        probs = self.mask_probabilities(pyramid, batch.image_sizes, take(queries.queries), boxes, labels, roi_valid)
-        # The rest as EffSeg's predict (the ++ baselines share its paste and eq. 5.3 scores).
-        per_det = lambda x: jnp.take_along_axis(x, inverse.reshape(inverse.shape + (1,) * (x.ndim - 2)), axis=1)  # noqa
-        return score_and_sort(batch, dets, per_det(probs), per_det(boxes), self.postprocess)
+        rois, labels, inverse = roi_ops.gather_class_inference_rois(queries, dets, self.num_classes)
+        probs = self.mask_probabilities(pyramid, batch.image_sizes, rois.queries, rois.boxes, labels, rois.valid)
+        return score_and_sort(batch, dets, roi_ops.per_detection(probs, inverse),
+                              roi_ops.per_detection(rois.boxes, inverse), self.postprocess)
 
 
 def foreground_target(masks: Array, valid: Array, shape_hw: tuple[int, int], stride: int,

@@ -1,7 +1,7 @@
 """RefineMask++ inference: the 112 × 112 mask from the stage logits (released
 ``RefineMaskRoIHead.get_mask_logits``, DetSeg ``models/heads/seg/mmdet_roi.py``, after
-RefineMask's ``SimpleRefineRoIHead.simple_test_mask``), then EffSeg's paste and eq. 5.3
-scores (:mod:`msvision.models.heads.effseg.postprocess`; the ++ baselines share them).
+RefineMask's ``SimpleRefineRoIHead.simple_test_mask``), then the paste and eq. 5.3
+scores shared by the mask heads (:mod:`msvision.models.heads.roi_mask.postprocess`).
 
 From stage ``first_stage`` (1: 28 × 28; stage 0 only feeds the network) on, every next
 stage upsamples the current logits ×2 (bilinear, align corners) and overwrites only the
@@ -27,7 +27,7 @@ class RefineMaskPostProcess:
     ``band_width``: the boundary band overwritten at every refinement (1, as released);
     ``first_stage``: the stage whose logits start the refinement (1: the 28² logits);
     ``mask_threshold``, ``score_weighting``, ``paste_chunk``: as
-    :class:`~msvision.models.heads.effseg.EffSegPostProcess` (eq. 5.3 weighting).
+    :class:`~msvision.models.heads.roi_mask.RoIMaskPostProcess` (eq. 5.3 weighting).
     """
 
     band_width: int = 1
