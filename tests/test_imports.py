@@ -15,7 +15,7 @@ import pathlib
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1] / "msvision"
-# STYLE.md: "Inference imports nothing from training". Prefixes of importing modules ->
+# Inference imports nothing from training (docs/ARCHITECTURE.md, layering rules). Prefixes of importing modules ->
 # prefixes of the modules they must not import: the inference package sits below its two
 # command lines and beside training; the commands and the neutral modules inference reads
 # checkpoints and class lists with import no training either.

@@ -4,7 +4,8 @@
 section per part, ``backbone``, ``neck``, ``head`` and ``seg_head``, each with a
 ``name`` that picks the module from :data:`BACKBONES`, :data:`NECKS`, :data:`HEADS`
 or :data:`SEG_HEADS`. ``seg_head`` is optional: its default ``'none'`` is a detector;
-a segmentation head (``'effseg'`` or its baseline ``'refinemask'``, thesis chapter 5) adds masks, reading the
+a segmentation head (``'effseg'`` or one of its baselines ``'maskrcnn'``, ``'pointrend'``,
+``'refinemask'``, thesis chapter 5) adds masks, reading the
 pyramid and the detection head's queries, boxes and matches
 (``head.losses_with_queries`` / ``head.predict_with_queries``). The rest
 of a part's section maps one to one onto that module's constructor keyword

@@ -1,4 +1,4 @@
-"""The layout is the architecture (STYLE.md, "Shared parts live in their own room"): the
+"""The layout is the architecture (docs/ARCHITECTURE.md, layering rules: shared parts live in their own module): the
 imports of ``msvision/models`` and ``msvision/ops``, read with ``ast``, follow the data.
 
 - a head imports no neck; a neck imports no head;

@@ -1,4 +1,5 @@
-"""Task heads: ``losses(pyramid, batch)`` and ``predict(pyramid, batch)``.
+"""Task heads: ``losses(pyramid, batch)`` (a training :class:`~msvision.structures.Batch`) and
+``predict(pyramid, inputs)`` (an :class:`~msvision.structures.ImageBatch`: images only).
 
 One package (or module) per head; a head imports no neck and no other head's modules.
 :mod:`.roi_mask` is not a head: it holds the RoI-mask machinery the mask heads share.

@@ -1,6 +1,6 @@
 """EffSeg: the segmentation head with Structure-Preserving Sparsity (thesis chapter 5).
 
-Split as the detection heads are (STYLE.md): :mod:`.head` (the network,
+Split as the detection heads are: :mod:`.head` (the network,
 :class:`EffSegHead`), :mod:`.criterion` (losses), :mod:`.postprocess` (mask assembly from
 the SPS stages), :mod:`.modules` (the networks, table 5.7's processing modules),
 :mod:`.cost` (analytic MACs). Training RoIs, mask targets, query fusion, paste and the

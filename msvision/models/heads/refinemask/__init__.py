@@ -1,6 +1,6 @@
 """RefineMask++: the chapter-5 baseline (thesis §5.4.1; RefineMask, Zhang et al. 2021).
 
-Split as EffSeg (STYLE.md): :mod:`.head` (the network, :class:`RefineMaskHead`),
+Split as EffSeg: :mod:`.head` (the network, :class:`RefineMaskHead`),
 :mod:`.criterion` (the BAR loss), :mod:`.postprocess` (band-overwrite inference),
 :mod:`.boundary` (boundary bands, align-corners upsampling), :mod:`.modules` (the
 SFM stage, MultiBranchFusionAvg). Training RoIs, mask targets, query fusion, paste and
