@@ -14,11 +14,10 @@ beside ground truth).
 """
 
 import argparse
-import logging
 import sys
 
 from msvision import cli
-from msvision import config as config_lib
+from msvision import config_sections
 
 
 def main(argv=None) -> int:
@@ -26,18 +25,16 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    overrides, rest = config_lib.split_config_args(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--workdir", required=True)
+    config_sections.add_config_argument(parser, help="the config file of the trained model")
+    parser.add_argument("--workdir", required=True, help="the work directory of the trained model")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--visualize", type=int, default=0, help="number of images to draw")
     parser.add_argument("--log-level", default="INFO")
     cli.add_verbose_flag(parser)
-    args = parser.parse_args(rest)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
-    config = config_lib.load_config(args.config, overrides)  # a ConfigError: one line (msvision.cli)
+    args = config_sections.parse_args(parser, argv)
+    cli.setup_logging(args.log_level)
+    config = config_sections.config_from_args(args)  # a ConfigError: one line (msvision.cli)
     from msvision.train import loop
 
     trainer, state, step, skipped = loop.restore_for_eval(config, args.workdir, args.step)  # none intact: one line

@@ -11,7 +11,7 @@ import logging
 import sys
 
 from msvision import cli
-from msvision import config as config_lib
+from msvision import config_sections
 
 
 def main(argv=None) -> int:
@@ -19,16 +19,14 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    overrides, rest = config_lib.split_config_args(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="config file (get_config()), optionally path:arg")
+    config_sections.add_config_argument(parser)
     parser.add_argument("--workdir", required=True, help="directory for checkpoints, metrics and evaluation")
     parser.add_argument("--log-level", default="INFO")
     cli.add_verbose_flag(parser)
-    args = parser.parse_args(rest)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every save step at INFO
-    config = config_lib.load_config(args.config, overrides)  # a ConfigError: one line (msvision.cli)
+    args = config_sections.parse_args(parser, argv)
+    cli.setup_logging(args.log_level)
+    config = config_sections.config_from_args(args)  # a ConfigError: one line (msvision.cli)
     from msvision.train import loop
 
     try:

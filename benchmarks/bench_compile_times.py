@@ -36,7 +36,7 @@ def measure_one(config_path: str, inference: bool) -> dict:
     """Runs in the child process."""
     sys.path.insert(0, ROOT)
     from msvision.analysis.cost import compile_times
-    from msvision.config import load_config
+    from msvision.config_sections import load_config
 
     config = load_config(os.path.join(ROOT, config_path), [])
     return compile_times(config.model, inference=inference)

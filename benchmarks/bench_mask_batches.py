@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from msvision.config import load_config
+from msvision.config_sections import load_config
 from msvision.data.pipeline import build_train_iterator
 from msvision.models.heads.roi_mask.targets import mask_targets
 

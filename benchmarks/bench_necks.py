@@ -30,7 +30,7 @@ from flax import nnx
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
-from msvision.config import load_config  # noqa: E402
+from msvision.config_sections import load_config  # noqa: E402
 from msvision.models.build import build_model  # noqa: E402
 from msvision.models.abstract import abstract_init  # noqa: E402
 

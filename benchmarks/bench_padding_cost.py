@@ -23,7 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from msvision.analysis.cost import synthetic_batch
-from msvision.config import load_config
+from msvision.config_sections import load_config
 from msvision.models.build import build_model
 from msvision.models.detector import Detector
 from msvision.train.loop import make_train_step

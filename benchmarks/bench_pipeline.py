@@ -82,7 +82,7 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import grain  # noqa: E402
 
-from msvision.config import load_config  # noqa: E402
+from msvision.config_sections import load_config  # noqa: E402
 from msvision.data.pipeline import build_train_iterator  # noqa: E402
 
 REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from msvision.analysis.cost import synthetic_batch
-from msvision.config import load_config
+from msvision.config_sections import load_config
 from msvision.models.build import build_model
 from msvision.train.loop import make_predict_step, make_train_step
 from msvision.train.optimizer import build_optimizer

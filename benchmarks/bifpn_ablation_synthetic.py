@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from replicate_necks_synthetic import NECKS, neck_config, train_or_read  # noqa: E402
 
-from msvision.config import load_config  # noqa: E402
+from msvision.config_sections import load_config  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 

@@ -39,6 +39,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from msvision import config as config_lib  # noqa: E402
+from msvision import config_sections  # noqa: E402
 from msvision.checkpoint import find_checkpoint_step  # noqa: E402
 from msvision.inference.restore import restore_for_inference  # noqa: E402
 from msvision.models.heads.mask_baselines.class_logits import pick_class  # noqa: E402
@@ -178,7 +179,7 @@ def main(argv=None) -> int:
         config_path, sep2, workdir = rest.rpartition(":")
         if not (sep and sep2 and name):
             parser.error(f"a run is NAME=CONFIG:WORKDIR, got {spec!r}")
-        config = config_lib.load_config(config_path, overrides)
+        config = config_sections.load_config(config_path, overrides)
         results[name] = measure(config, workdir, find_checkpoint_step(workdir, None), args.max_batches)
         print(table({name: results[name]}), flush=True)
         if args.json:

@@ -40,6 +40,7 @@ from flax import nnx
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from msvision import config as config_lib  # noqa: E402
+from msvision import config_sections  # noqa: E402
 from msvision.checkpoint import find_checkpoint_step  # noqa: E402
 from msvision.inference.restore import restore_for_inference  # noqa: E402
 from msvision.models.build import build_model  # noqa: E402
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="", help="also write the results here")
     args = parser.parse_args(rest_args)
     logging.basicConfig(level=logging.WARNING)
-    config = config_lib.load_config(args.config, overrides)
+    config = config_sections.load_config(args.config, overrides)
     if config.model.seg_head.name != "effseg":
         parser.error("the config's model.seg_head is not EffSeg")
     skip = set(filter(None, args.skip.split(",")))

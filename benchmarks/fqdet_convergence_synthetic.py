@@ -16,7 +16,7 @@ import argparse
 import json
 import os
 
-from msvision.config import load_config
+from msvision.config_sections import load_config
 from msvision.train.metrics import read_metrics
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")

@@ -53,7 +53,7 @@ def main() -> int:
     from msvision.analysis.lowering import force_cpu_devices, lower_config
 
     force_cpu_devices(args.devices)  # before JAX's first use
-    from msvision.config import load_config
+    from msvision.config_sections import load_config
 
     paths = args.configs or sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))
     print(f"jax {jax.__version__}, {len(jax.devices('cpu'))} forced CPU devices, "

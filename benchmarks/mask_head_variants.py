@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.effseg_diagnostics import evaluate_variant, run_parser, table, variant_graphdef  # noqa: E402
 from msvision import config as config_lib  # noqa: E402
+from msvision import config_sections  # noqa: E402
 from msvision.checkpoint import find_checkpoint_step  # noqa: E402
 from msvision.inference.restore import restore_for_inference  # noqa: E402
 from msvision.train import data_setup  # noqa: E402
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     except ValueError as e:
         parser.error(str(e))
     logging.basicConfig(level=logging.WARNING)
-    config = config_lib.load_config(args.config, overrides)
+    config = config_sections.load_config(args.config, overrides)
     seg = config.model.seg_head
     for name, fields in variants:
         unknown = [k for k in fields if k not in seg]

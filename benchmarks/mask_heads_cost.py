@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from msvision.analysis.cost import abstract_model, compile_cost, count_parameters, make_predict_fn, synthetic_batch
-from msvision.config import load_config
+from msvision.config_sections import load_config
 from msvision.data.transforms import resized_size
 from msvision.models.abstract import abstract_init, cheap_tracer_errors
 from msvision.models.build import build_model

@@ -184,8 +184,10 @@ def heads_figure(runs_dir: str, out: str, objects: int = 3, tag: str = "") -> No
     heads = [(k, t) for k, t in HEADS if 0 in runs.get(k, {}) and last_metrics(runs[k][0]) is not None]
     if not heads:
         raise SystemExit(f"no evaluated <head>_s0 runs under {runs_dir}")
-    config = json.load(open(os.path.join(runs[heads[0][0]][0], "config.json")))
-    coco = COCO(config["data"]["val"]["annotations"])
+    from msvision.config import read_saved_config
+
+    config = read_saved_config(os.path.join(runs[heads[0][0]][0], "config.json"))  # the record, as written
+    coco = COCO(config.data.val.annotations)
     results = {}
     for key, _ in heads:
         step = last_metrics(runs[key][0])[0]
@@ -272,7 +274,7 @@ def head_costs(runs_dir: str, num_images: int, repeats: int = 3, tag: str = "",
     import jax.numpy as jnp
     from flax import nnx
 
-    from msvision.config import load_config
+    from msvision.config_sections import load_config
     from msvision.inference.restore import restore_for_inference
     from msvision.models.heads.effseg.cost import effseg_macs
     from msvision.models.heads.roi_mask.rois import unique_queries
@@ -288,9 +290,7 @@ def head_costs(runs_dir: str, num_images: int, repeats: int = 3, tag: str = "",
             continue
         workdir = runs[key][0]
         config = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "effseg", f"large_{key}.py"),
-                             (overrides or {}).get(key, []))
-        with config.data.unlocked():
-            config.data.eval_batch_size = 1
+                             [*(overrides or {}).get(key, []), "--config.data.eval_batch_size=1"])
         info = data_setup.eval_dataset_info(config.data, workdir)
         graphdef, params, rest, step = restore_for_inference(config, workdir, info.num_classes)
         seg = config.model.seg_head

@@ -22,7 +22,7 @@ import os
 import ml_collections
 
 from msvision.analysis.cost import abstract_model, compile_cost, count_parameters, make_predict_fn, synthetic_batch
-from msvision.config import load_config
+from msvision.config_sections import load_config
 from msvision.models.build import module_config
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")

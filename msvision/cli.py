@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -90,6 +91,13 @@ def check_record_list(records: Any, name: str, fields: Sequence[str], path: Any)
 def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--verbose", action="store_true",
                         help=f"on an error, print the traceback too (also {VERBOSE_ENV}=1)")
+
+
+def setup_logging(level: str) -> None:
+    """Log lines with time, level and logger at ``level``; absl (orbax) only from WARNING on,
+    as it logs every checkpoint save at INFO."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("absl").setLevel(logging.WARNING)
 
 
 def _user_errors() -> tuple[type, ...]:

@@ -5,21 +5,25 @@ arguments *are* its config schema, and their defaults live in the signature only
 A keyword argument whose default is a frozen dataclass (e.g.
 :class:`msvision.ops.anchors.AnchorSpec`) is a nested config section whose fields
 are the dataclass's fields. Arguments the builder supplies (``rngs``, ``dtype``,
-``in_channels``, ``num_classes`` …) are not config fields.
+``in_channels``, ``num_classes`` …) are not config fields. The sections that build
+no module (``data``, ``optim``, ``train``, ``eval``) follow the same rule with a
+frozen dataclass as their constructor (:mod:`msvision.config_sections`).
 
-:func:`signature_schema` reads a schema; :func:`check_and_complete` validates a
+:func:`signature_schema` reads a schema; :func:`resolve_section` validates a
 ``ConfigDict`` section against a schema — every unknown key fails, naming the
-closest valid keys — and fills the missing fields with their defaults, so the
-config written to the work directory is the config actually used;
-:func:`section_kwargs` turns a checked section back into constructor arguments.
+closest valid keys — and returns a new section with the missing fields at their
+defaults, so the config written to the work directory is the config actually used;
+:func:`section_kwargs` turns a resolved section back into constructor arguments.
+Nothing here changes the section it is given.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import inspect
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -42,7 +46,7 @@ def signature_schema(fn: Callable, supplied: tuple[str, ...] = ()) -> Schema:
     """The config schema of ``fn``'s keyword arguments (a class: its ``__init__``).
 
     Args:
-      fn: a class or function.
+      fn: a class or function (a frozen dataclass: its fields).
       supplied: argument names the builder passes itself (not config fields).
 
     Raises:
@@ -62,9 +66,9 @@ def signature_schema(fn: Callable, supplied: tuple[str, ...] = ()) -> Schema:
 
 
 def _to_configdict(value: Any) -> Any:
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return ml_collections.ConfigDict({k: _to_configdict(v) for k, v in value.items()})
-    return value
+    return copy.deepcopy(value)
 
 
 def schema_config(schema: Schema) -> ml_collections.ConfigDict:
@@ -72,48 +76,56 @@ def schema_config(schema: Schema) -> ml_collections.ConfigDict:
     return _to_configdict(schema)
 
 
-def _unknown_key(path: str, key: str, valid: list[str], what: str = "") -> ConfigError:
-    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    hint = f" Did you mean: {', '.join(f'{path}.{c}' for c in close)}?" if close else ""
+def section_defaults(cls: type) -> ml_collections.ConfigDict:
+    """Every field of the section whose schema is the constructor of ``cls`` (e.g. a frozen
+    dataclass), at its default: ``section_defaults(OptimConfig)``."""
+    return schema_config(signature_schema(cls))
+
+
+def unknown_key_error(path: str, key: str, valid: Sequence[str], what: str = "") -> ConfigError:
+    """The error of every unknown key, from a file or the command line: ``'<path>.<key>'``,
+    the closest valid keys of that section and all of them."""
+    close = difflib.get_close_matches(key, list(valid), n=3, cutoff=0.5)
+    full = f"{path}.{key}" if path else key
+    hint = f" Did you mean: {', '.join(f'{path}.{c}' if path else c for c in close)}?" if close else ""
     where = f" ({what})" if what else ""
-    return ConfigError(f"unknown config key '{path}.{key}'{where}.{hint} Valid keys: {', '.join(sorted(valid))}")
+    return ConfigError(f"unknown config key '{full}'{where}.{hint} Valid keys: {', '.join(sorted(valid))}")
 
 
-def check_and_complete(section: ml_collections.ConfigDict, schema: Mapping[str, Any], path: str,
-                       what: str = "") -> None:
-    """Validates ``section`` against ``schema`` in place and adds missing fields.
+def resolve_section(section: Any, schema: Mapping[str, Any], path: str, what: str = "") -> ml_collections.ConfigDict:
+    """``section`` checked against ``schema`` and completed: a new ``ConfigDict``.
 
     Args:
-      section: the config section (e.g. ``config.model.neck``), changed in place.
-      schema: :func:`signature_schema` output (nested dicts for nested sections),
-        or a reference ``ConfigDict`` of defaults.
+      section: the config section as given (a ``ConfigDict`` or dict, e.g.
+        ``config.model.neck``); not changed.
+      schema: :func:`signature_schema` output (nested dicts for nested sections).
       path: the section's dotted path, for messages (``'model.neck'``).
       what: a note for messages (``"neck 'tpn'"``).
 
+    Returns:
+      Every field of ``schema``: the value given, else the default.
+
     Raises:
       ConfigError: a key of ``section`` is not in ``schema`` (the message names the
-        closest valid keys), or a nested section is given as a plain value.
+        closest valid keys), or a section is given as a plain value.
     """
-    valid = list(schema.keys())
-    with section.unlocked():
-        for key in list(section.keys()):
-            if key not in schema:
-                raise _unknown_key(path, key, valid, what)
-            ref = schema[key]
-            if isinstance(ref, (dict, ml_collections.ConfigDict)):
-                sub = section[key]
-                if isinstance(sub, dict) and not isinstance(sub, ml_collections.ConfigDict):
-                    section[key] = sub = ml_collections.ConfigDict(sub)
-                if not isinstance(sub, ml_collections.ConfigDict):
-                    raise ConfigError(f"config key '{path}.{key}' is a section with fields {sorted(ref)}, "
-                                      f"got the value {sub!r}")
-                check_and_complete(sub, ref, f"{path}.{key}", what)
-        for key, ref in schema.items():
-            if key not in section:
-                if isinstance(ref, ml_collections.ConfigDict):
-                    section[key] = ml_collections.ConfigDict(ref.to_dict())
-                else:
-                    section[key] = _to_configdict(ref)
+    if not isinstance(section, Mapping) and not isinstance(section, ml_collections.ConfigDict):
+        raise ConfigError(f"config key '{path}' is a section with fields {sorted(schema)}, got the value {section!r}")
+    out = ml_collections.ConfigDict()
+    for key in section.keys():
+        if key not in schema:
+            raise unknown_key_error(path, key, list(schema), what)
+    for key, ref in schema.items():
+        if isinstance(ref, Mapping):
+            given = section[key] if key in section else {}
+            out[key] = resolve_section(given, ref, f"{path}.{key}", what)
+        elif key in section:
+            value = section[key]
+            out[key] = value.copy_and_resolve_references() if isinstance(value, ml_collections.ConfigDict) \
+                else copy.deepcopy(value)
+        else:
+            out[key] = _to_configdict(ref)
+    return out
 
 
 def _plain(value: Any) -> Any:
@@ -125,7 +137,7 @@ def _plain(value: Any) -> Any:
 
 
 def section_kwargs(section: ml_collections.ConfigDict, fn: Callable, skip: tuple[str, ...] = ()) -> dict:
-    """Constructor keyword arguments of ``fn`` from a checked config section.
+    """Constructor keyword arguments of ``fn`` from a resolved config section.
 
     Nested sections become the dataclass of the parameter's default
     (``AnchorSpec(**section.anchors)``); keys in ``skip`` (builder-level fields

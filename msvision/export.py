@@ -17,12 +17,12 @@ kernel an export never holds and the Triton options (``--no-triton`` is
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from msvision import cli, config_sections
 from msvision.data.batching import Bucket
 from msvision.inference.exporter import export_workdir
 
@@ -35,20 +35,14 @@ def _parse_buckets(text: str) -> list[Bucket]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from msvision import cli
-
     return cli.run(_main, argv, prog="python -m msvision.export")
 
 
 def _main(argv: list[str]) -> int:
-    from msvision import cli
-    from msvision import config as config_lib
-
-    overrides, rest = config_lib.split_config_args(argv)
     parser = argparse.ArgumentParser(prog="python -m msvision.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--workdir", required=True)
+    config_sections.add_config_argument(parser, help="the config file of the trained model")
+    parser.add_argument("--workdir", required=True, help="the work directory of the trained model")
     parser.add_argument("--out", required=True, help="output file (e.g. model.jaxexport)")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--platform", action="append", default=None,
@@ -60,11 +54,10 @@ def _main(argv: list[str]) -> int:
                         help="MSDA on XLA everywhere: no Triton kernels, an artefact not tied to this jax version")
     parser.add_argument("--log-level", default="WARNING")
     cli.add_verbose_flag(parser)
-    args = parser.parse_args(rest)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    args = config_sections.parse_args(parser, argv)
+    cli.setup_logging(args.log_level)
     platforms = [p.strip() for item in (args.platform or ["cpu"]) for p in item.split(",") if p.strip()]
-    config = config_lib.load_config(args.config, overrides)  # a ConfigError: one line (msvision.cli)
+    config = config_sections.config_from_args(args)  # a ConfigError: one line (msvision.cli)
     manifest = export_workdir(config, args.workdir, args.out, step=args.step, platforms=platforms,
                               batch_size=args.batch_size, buckets=args.buckets, allow_triton=not args.no_triton)
     size = os.path.getsize(args.out)

@@ -59,32 +59,26 @@ list, written by ``train.py``), not the training data.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
 from typing import Optional
 
+from msvision import cli, config_sections
 from msvision.inference.outputs import DEFAULT_MASK_THRESHOLD, DEFAULT_SCORE_THRESHOLD
 from msvision.inference.predictor import Predictor
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from msvision import cli
-
     return cli.run(_main, argv, prog="python -m msvision.predict")
 
 
 def _main(argv: list[str]) -> int:
-    from msvision import cli
-    from msvision import config as config_lib
-
-    overrides, rest = config_lib.split_config_args(argv)
     parser = argparse.ArgumentParser(prog="python -m msvision.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("images", nargs="+", help="image files and folders (walked for jpg/jpeg/png/bmp/webp)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--config", help="config file of the trained model")
+    config_sections.add_config_argument(parser, required=False, help="the config file of the trained model")
     parser.add_argument("--workdir", help="work directory of the trained model")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     parser.add_argument("--exported", help="a .jaxexport file (instead of --config/--workdir)")
@@ -97,14 +91,13 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=4, help="image decoding threads")
     parser.add_argument("--log-level", default="WARNING")
     cli.add_verbose_flag(parser)
-    args = parser.parse_args(rest)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    args = config_sections.parse_args(parser, argv)
+    cli.setup_logging(args.log_level)
     from msvision.cache import enable_compilation_cache
 
     enable_compilation_cache()
     if args.exported:
-        if args.config or args.workdir or overrides:
+        if args.config or args.workdir or args.config_overrides:
             parser.error("--exported replaces --config/--workdir")
         predictor = Predictor.from_exported(args.exported, batch_size=args.batch_size,
                                             score_threshold=args.score_threshold,
@@ -112,7 +105,7 @@ def _main(argv: list[str]) -> int:
     else:
         if not (args.config and args.workdir):
             parser.error("give --config and --workdir (or --exported)")
-        predictor = Predictor.from_workdir(args.config, args.workdir, args.step, overrides=overrides,
+        predictor = Predictor.from_workdir(config_sections.config_from_args(args), args.workdir, args.step,
                                            batch_size=args.batch_size or 1,
                                            score_threshold=args.score_threshold,
                                            mask_threshold=args.mask_threshold)

@@ -24,9 +24,9 @@ PANOPTIC_IS_THING = (True,) * len(CLASS_NAMES) + (False,) * 4
 
 def tiny_inference_config(data_root: str, config_file=TINY_CONFIG, overrides=CONFIG_OVERRIDES):
     """The tiny test config (``tests/train/tiny_config.py`` by default) with ``overrides``."""
-    from msvision import config as config_lib
+    from msvision import config_sections
 
-    return config_lib.load_config(f"{config_file}:{data_root}", overrides)
+    return config_sections.load_config(f"{config_file}:{data_root}", overrides)
 
 
 def random_model_state(config, num_classes: int, seed: int = 0):
@@ -44,9 +44,9 @@ def random_model_state(config, num_classes: int, seed: int = 0):
 
     from msvision.models.build import build_model
 
-    with config.unlocked():
-        config.model.num_classes = num_classes
-    abstract = nnx.eval_shape(lambda: build_model(config.model, rngs=nnx.Rngs(0)))
+    model_cfg = config.model.copy_and_resolve_references()  # the caller's config is unchanged
+    model_cfg.num_classes = num_classes
+    abstract = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     rng = np.random.default_rng(seed)
 

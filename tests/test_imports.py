@@ -25,7 +25,11 @@ FORBIDDEN = {
     "msvision.export": ("msvision.train",),
     "msvision.checkpoint": ("msvision.train",),
     "msvision.data.classes": ("msvision.train",),
+    # The section schemas prediction and export resolve their configs with.
+    "msvision.config_sections": ("msvision.train",),
 }
+# The ground floor of configs knows no section: the schemas are passed in (msvision.config_sections).
+CONFIG_GROUND_FLOOR = ("msvision.config", "msvision.config_schema")
 
 
 def _module_name(path: pathlib.Path) -> str:
@@ -144,3 +148,12 @@ def test_inference_imports_nothing_from_training(importer):
                  for module, edges in graph.items() if _within(module, importer)
                  for target, line in edges.items() if any(_within(target, f) for f in FORBIDDEN[importer])]
     assert not offending, offending
+
+
+@pytest.mark.parametrize("module", CONFIG_GROUND_FLOOR)
+def test_the_config_ground_floor_imports_no_model_data_or_training_module(module):
+    graph = import_graph()
+    imported = sorted(graph[module])
+    assert not [m for m in imported if any(_within(m, p) for p in ("msvision.models", "msvision.data",
+                                                                     "msvision.train"))], imported
+    assert set(imported) <= set(CONFIG_GROUND_FLOOR), imported  # nothing else of msvision either

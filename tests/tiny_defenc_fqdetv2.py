@@ -6,7 +6,7 @@ layer and one decoder layer (``MSDA_LAYERS`` = 2 MSDA calls per forward pass).
 
 import os
 
-from msvision.config import load_config
+from msvision.config_sections import load_config
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "fqdet", "r50_defenc_p3_fqdetv2.py")
 ENCODER_LAYERS, DECODER_LAYERS = 1, 1

@@ -22,8 +22,7 @@ import sys
 
 from msvision.analysis.cost import abstract_model, analyse, count_parameters, format_report
 from msvision.analysis.lowering import PLATFORMS, force_cpu_devices, lower_config
-from msvision import cli
-from msvision.config import load_config, split_config_args
+from msvision import cli, config_sections
 
 
 def main(argv=None) -> int:
@@ -31,9 +30,8 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    overrides, rest = split_config_args(argv)
     parser = argparse.ArgumentParser(prog="python -m msvision.analysis", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="config file with get_config()")
+    config_sections.add_config_argument(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.add_argument("--skip-timing", action="store_true", help="params and FLOPs only (no execution)")
     parser.add_argument("--params-only", action="store_true", help="parameter counts only (nothing compiled)")
@@ -44,10 +42,10 @@ def _main(argv) -> int:
     parser.add_argument("--lower-for", choices=PLATFORMS, help="lower for this platform instead of measuring")
     parser.add_argument("--devices", type=int, default=1, help="forced CPU devices of the mesh (--lower-for)")
     cli.add_verbose_flag(parser)
-    args = parser.parse_args(rest)
+    args = config_sections.parse_args(parser, argv)
     if args.lower_for:
         force_cpu_devices(args.devices)  # before JAX's first use
-    config = load_config(args.config, overrides)
+    config = config_sections.config_from_args(args)
     if args.lower_for:
         return _lower(config, args)
     if args.params_only:

@@ -33,7 +33,7 @@ import numpy as np
 from flax import nnx
 
 from msvision.models.abstract import abstract_init
-from msvision.models.build import build_model
+from msvision.models.build import build_model, resolve_model_config
 from msvision.models.layers import Frozen, FrozenStat, count_variables
 from msvision.structures import Batch
 
@@ -62,18 +62,18 @@ def abstract_model(model_cfg: ml_collections.ConfigDict) -> nnx.Module:
 
 
 def _without_remat(model_cfg) -> Optional[ml_collections.ConfigDict]:
-    """A copy of ``model_cfg`` with ``neck.remat`` off, or None when it is not on."""
-    if not model_cfg.get("neck", {}).get("remat", False):
+    """A copy of ``model_cfg`` with ``neck.remat`` off, or None when it is not on (or the
+    neck has no such option)."""
+    cfg = resolve_model_config(model_cfg)
+    if not ("remat" in cfg.neck and cfg.neck.remat):
         return None
-    cfg = ml_collections.ConfigDict(model_cfg.to_dict())
     cfg.neck.remat = False
     return cfg
 
 
 def _without_pretrained(model_cfg):
-    cfg = ml_collections.ConfigDict(model_cfg.to_dict())
-    if "pretrained" in cfg.backbone:
-        cfg.backbone.pretrained = ""
+    cfg = resolve_model_config(model_cfg)
+    cfg.backbone.pretrained = ""
     return cfg
 
 
@@ -180,7 +180,7 @@ def abstract_steps(model_cfg: ml_collections.ConfigDict, model: Optional[nnx.Mod
 
     model = abstract_model(model_cfg) if model is None else model
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    with_masks = model_cfg.get("seg_head", {}).get("name", "none") != "none"
+    with_masks = resolve_model_config(model_cfg).seg_head.name != "none"
     batch = synthetic_batch(batch_size, image_size, num_objects, model_cfg.num_classes, with_masks=with_masks)
     tx, schedules = build_optimizer(default_optim_config(), params, steps_per_epoch=1000)
     abs_params, abs_rest, abs_batch = _abstract(params), _abstract(rest), _abstract(batch)

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+from msvision import config_sections
 from msvision.analysis.cost import _abstract, abstract_model, synthetic_batch
 from msvision.ops import platforms
 from msvision.train import sharding as sharding_lib
@@ -133,8 +134,8 @@ def lower_config(
     """Lowers ``config``'s sharded train step and predict step for ``platform``; the ``lowering`` report.
 
     Args:
-      config: a full config (``model``, and ``optim`` for the config's optimizer;
-        the defaults of :func:`msvision.train.optimizer.default_optim_config` if absent).
+      config: a run config (``model``, and ``optim`` for the config's optimizer; the
+        sections it does not set take their defaults, :mod:`msvision.config_sections`).
       platform: one of ``PLATFORMS``.
       num_devices: mesh size (default: all CPU devices); must not exceed ``len(jax.devices("cpu"))``
         (forced CPU devices: :func:`force_cpu_devices` before JAX's first use).
@@ -162,10 +163,11 @@ def lower_config(
     batch_size = 2 * num_devices if batch_size is None else int(batch_size)
     sharding_lib.check_batch_size(batch_size, mesh)
 
+    config = config_sections.resolve_config(config)
     model = abstract_model(config.model)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     params, rest = _abstract(params), _abstract(rest)
-    optim_cfg = config.get("optim") or optimizer_lib.default_optim_config()
+    optim_cfg = config.optim
     tx, schedules = optimizer_lib.build_optimizer(optim_cfg, params, steps_per_epoch=1000)
 
     def make_state(params, rest):
@@ -173,11 +175,11 @@ def lower_config(
                     rng=jax.random.PRNGKey(0))
 
     state = jax.eval_shape(make_state, params, rest)
-    with_masks = config.model.get("seg_head", {}).get("name", "none") != "none"
+    with_masks = config.model.seg_head.name != "none"
     batch = _abstract(synthetic_batch(batch_size, image_size, num_objects, config.model.num_classes,
                                       with_masks=with_masks))
     train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state,
-                                                 frozen_parts=tuple(optim_cfg.get("frozen_parts", ())))
+                                                 frozen_parts=tuple(optim_cfg.frozen_parts))
 
     results = {
         "train": _lower(train_step, (state, batch), platform),

@@ -3,7 +3,7 @@
 from msvision.data.batching import choose_bucket, collate, default_buckets
 from msvision.data.coco import CocoSource
 from msvision.data.panoptic import PanopticSource
-from msvision.data.pipeline import (DatasetMetadata, build_eval_iterator, build_source,
+from msvision.data.pipeline import (DataConfig, DatasetMetadata, build_eval_iterator, build_source,
                                     build_train_iterator, buckets_for, dataset_metadata,
                                     default_data_config, eval_dataset, num_train_images,
                                     train_dataset)
@@ -11,7 +11,7 @@ from msvision.data.stats import DataStats
 from msvision.data.transforms import EvalTransform, TrainTransform
 
 __all__ = [
-    "CocoSource", "DataStats", "DatasetMetadata", "EvalTransform", "PanopticSource",
+    "CocoSource", "DataConfig", "DataStats", "DatasetMetadata", "EvalTransform", "PanopticSource",
     "TfdsSource", "TrainTransform", "build_eval_iterator", "build_source",
     "build_train_iterator", "buckets_for", "choose_bucket", "collate",
     "convert_coco_to_tfds", "dataset_metadata", "default_buckets", "default_data_config",

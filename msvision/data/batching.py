@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 
@@ -69,7 +69,7 @@ def fit_into(record: dict[str, Any], bucket: Bucket) -> dict[str, Any]:
 
 
 def collate(records: Sequence[dict[str, Any]], bucket: Bucket, max_instances: int,
-            with_masks: bool = False, mask_format: str = "image", box_mask_size: int = 128) -> Batch:
+            with_masks: bool = False, mask_format: str = "image", box_mask_size: Optional[int] = None) -> Batch:
     """Pad records into a :class:`Batch` of numpy arrays.
 
     Args:
@@ -81,11 +81,14 @@ def collate(records: Sequence[dict[str, Any]], bucket: Bucket, max_instances: in
       with_masks: also pad ``records[i]["masks"]`` to ``[B, M, H, W]``.
       mask_format: ``'image'`` (the padded full-image masks) or ``'box'`` (box-frame
         coverage grids ``[B, M, S, S]`` uint8 with their boxes in ``Batch.mask_boxes``,
-        S = ``box_mask_size``; :mod:`msvision.data.box_masks`).
+        S = ``box_mask_size``, which the box format needs; :mod:`msvision.data.box_masks`).
+        The pipeline passes ``data.mask_format`` and ``data.box_mask_size``.
     """
     if mask_format not in ("image", "box"):
         raise ValueError(f"mask_format must be 'image' or 'box', got {mask_format!r}")
     box_frames = with_masks and mask_format == "box"
+    if box_frames and box_mask_size is None:
+        raise ValueError("mask_format='box' needs box_mask_size (data.box_mask_size)")
     batch_size = len(records)
     height, width = bucket
     images = np.zeros((batch_size, height, width, 3), np.uint8)

@@ -1,51 +1,8 @@
 """grain input pipelines: training (shuffled, augmented, infinite) and evaluation.
 
-Config schema (``config.data``, an ``ml_collections.ConfigDict``; defaults from
-:func:`default_data_config`, COCO scale, overridden by the files in
-``configs/``):
-
-- ``source``: ``'coco'`` (instances JSON + image folder, :class:`CocoSource`),
-  ``'coco_panoptic'`` (panoptic JSON + PNG folder + image folder,
-  :class:`PanopticSource`: the panoptic task, every non-crowd segment, thing or
-  stuff, is a box + mask instance (thesis §5.5, as the released code); evaluation adds PQ)
-  or ``'tfds'`` (:class:`TfdsSource`, boxes only).
-- ``train``, ``val``: one split each, with
-    - ``annotations``: path of the COCO instances JSON (``'coco'``); for ``val``
-      also the file COCO evaluation (pycocotools) reads;
-    - ``images``: folder of the image files;
-    - ``panoptic``, ``panoptic_dir``: panoptic JSON and PNG folder
-      (``'coco_panoptic'``);
-    - ``tfds_name``, ``tfds_split``, ``tfds_data_dir``: TFDS dataset name
-      (e.g. ``'coco/2017'``), split and data directory (``''`` = TFDS default).
-- ``max_instances``: ground-truth slots per image (``Batch.boxes.shape[1]``);
-  images with more objects keep the largest boxes.
-- ``batch_size``: GLOBAL training batch size (all processes together); must be
-  divisible by ``shard_count``, each process gets ``batch_size // shard_count``.
-- ``eval_batch_size``: GLOBAL evaluation batch size, same rule.
-- ``augment``: training augmentation (:mod:`msvision.data.transforms`, thesis
-  section 2.4): ``hflip_prob`` (0.5), ``scales`` (480…800 step 32),
-  ``max_size`` (1333), ``crop_prob`` (0.5, probability of the
-  resize–crop–resize branch), ``crop_resize_scales`` (400, 500, 600),
-  ``crop_min``, ``crop_max`` (384, 600).
-- ``eval_scale``, ``eval_max_size``: evaluation resize (800, 1333).
-- ``buckets``: tuple of padded image shapes ``(H, W)``; ``()`` = automatic,
-  :func:`msvision.data.batching.default_buckets` of
-  ``max(augment.max_size, eval_max_size)`` (9 shapes, edges rounded up to
-  ``bucket_divisor``).
-- ``bucket_divisor``: edge multiple of the automatic buckets (128 = stride of P7).
-- ``num_threads``: grain read threads per process (``ReadOptions.num_threads``).
-- ``prefetch_buffer``: batches prefetched per process
-  (``ReadOptions.prefetch_buffer_size``; at least ``num_threads``).
-- ``num_workers``: grain multiprocessing workers (0 = threads only).
-- ``with_masks``: also produce ``Batch.masks`` (``[B, M, H, W] bool``).
-- ``mask_format``: ``'image'`` (the padded full-image masks) or ``'box'``
-  (``[B, M, S, S] uint8`` coverage grids over each mask's box, boxes in
-  ``Batch.mask_boxes``, S = ``box_mask_size``; :mod:`msvision.data.box_masks`).
-- ``synthetic``: the built-in synthetic dataset (``enabled``, ``root``,
-  ``num_train``, ``num_val``, ``image_size``, ``seed``, ``variant``: ``'shapes'`` or
-  ``'large'``, :mod:`msvision.data.synthetic`); when enabled it is
-  generated if absent and ``train``/``val`` point at it
-  (:mod:`msvision.train.data_setup`).
+Config section ``data``: :class:`DataConfig` (its fields, their defaults — COCO
+scale, DETR's augmentation — and what they do), overridden by the files in
+``configs/``.
 
 Order and determinism. The training stream is a random-access grain
 ``MapDataset``: ``range(len(source)).seed(seed).shuffle().repeat()`` gives the
@@ -74,6 +31,7 @@ import grain
 import ml_collections
 import numpy as np
 
+from msvision.config_schema import section_defaults
 from msvision.data.batching import Bucket, choose_bucket, collate, default_buckets
 from msvision.data.transforms import (EvalTransform, TrainTransform, apply_plan,
                                       default_scales, plan_output_size)
@@ -82,37 +40,132 @@ from msvision.data.transforms import (EvalTransform, TrainTransform, apply_plan,
 PADDING_IMAGE_SIZE = (32, 32)
 
 
-def default_data_config() -> ml_collections.ConfigDict:
-    """COCO-scale defaults (DETR's augmentation); see the module docstring."""
-    def split(tfds_split: str) -> ml_collections.ConfigDict:
-        return ml_collections.ConfigDict(dict(
-            annotations="", images="", panoptic="", panoptic_dir="",
-            tfds_name="", tfds_split=tfds_split, tfds_data_dir=""))
+@dataclasses.dataclass(frozen=True)
+class SplitConfig:
+    """Config sections ``data.train`` and ``data.val``: where one split is.
 
-    return ml_collections.ConfigDict(dict(
-        source="coco",
-        train=split("train"),
-        val=split("validation"),
-        max_instances=100,
-        batch_size=16,
-        eval_batch_size=8,
-        augment=dict(hflip_prob=0.5, scales=tuple(default_scales()), max_size=1333,
-                     crop_prob=0.5, crop_resize_scales=(400, 500, 600),
-                     crop_min=384, crop_max=600),
-        eval_scale=800,
-        eval_max_size=1333,
-        buckets=(),
-        bucket_divisor=128,
-        num_threads=8,
-        prefetch_buffer=8,
-        num_workers=0,
-        with_masks=False,
-        mask_format="image",
-        box_mask_size=128,
-        # the built-in synthetic dataset (msvision.train.data_setup), generated when absent
-        synthetic=dict(enabled=False, root="data/shapes", num_train=600, num_val=100, image_size=224, seed=0,
-                       variant="shapes"),
-    ))
+    Attributes:
+      annotations: path of the COCO instances JSON (``source='coco'``); for ``val``
+        also the file COCO evaluation (pycocotools) reads.
+      images: folder of the image files.
+      panoptic, panoptic_dir: panoptic JSON and PNG folder (``source='coco_panoptic'``).
+      tfds_name, tfds_split, tfds_data_dir: TFDS dataset name (e.g. ``'coco/2017'``),
+        split and data directory (``''`` = TFDS default) (``source='tfds'``).
+    """
+
+    annotations: str = ""
+    images: str = ""
+    panoptic: str = ""
+    panoptic_dir: str = ""
+    tfds_name: str = ""
+    tfds_split: str = "train"
+    tfds_data_dir: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Config section ``data.augment``: the training augmentation
+    (:mod:`msvision.data.transforms`, thesis section 2.4, DETR's).
+
+    Attributes:
+      hflip_prob: probability of a horizontal flip.
+      scales: shortest-edge sizes to choose from (480…800 step 32).
+      max_size: longest edge after the resize.
+      crop_prob: probability of the resize–crop–resize branch.
+      crop_resize_scales: shortest edges of its first resize.
+      crop_min, crop_max: edge range of its random crop.
+    """
+
+    hflip_prob: float = 0.5
+    scales: tuple[int, ...] = default_scales()
+    max_size: int = 1333
+    crop_prob: float = 0.5
+    crop_resize_scales: tuple[int, ...] = (400, 500, 600)
+    crop_min: int = 384
+    crop_max: int = 600
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConfig:
+    """Config section ``data.synthetic``: the built-in synthetic dataset
+    (:mod:`msvision.data.synthetic`); when ``enabled`` it is generated under ``root`` if
+    absent and ``data.train``/``data.val`` point at it (:mod:`msvision.train.data_setup`).
+
+    Attributes:
+      enabled: use it.
+      root: its folder.
+      num_train, num_val: images per split.
+      image_size: image edge in pixels.
+      seed: generation seed.
+      variant: ``'shapes'`` or ``'large'`` (:mod:`msvision.data.synthetic_large`).
+    """
+
+    enabled: bool = False
+    root: str = "data/shapes"
+    num_train: int = 600
+    num_val: int = 100
+    image_size: int = 224
+    seed: int = 0
+    variant: str = "shapes"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Config section ``data``: the dataset, its batches and the input pipeline.
+
+    Attributes:
+      source: ``'coco'`` (instances JSON + image folder, :class:`CocoSource`),
+        ``'coco_panoptic'`` (panoptic JSON + PNG folder + image folder,
+        :class:`PanopticSource`: the panoptic task, every non-crowd segment, thing or
+        stuff, is a box + mask instance (thesis §5.5, as the released code); evaluation
+        adds PQ) or ``'tfds'`` (:class:`TfdsSource`, boxes only).
+      train, val: one split each (:class:`SplitConfig`).
+      max_instances: ground-truth slots per image (``Batch.boxes.shape[1]``); images
+        with more objects keep the largest boxes.
+      batch_size: GLOBAL training batch size (all processes together); must be
+        divisible by ``shard_count``, each process gets ``batch_size // shard_count``.
+      eval_batch_size: GLOBAL evaluation batch size, same rule.
+      augment: training augmentation (:class:`AugmentConfig`).
+      eval_scale, eval_max_size: evaluation resize (shortest edge, longest at most).
+      buckets: tuple of padded image shapes ``(H, W)``; ``()`` = automatic,
+        :func:`msvision.data.batching.default_buckets` of ``max(augment.max_size,
+        eval_max_size)`` (9 shapes, edges rounded up to ``bucket_divisor``).
+      bucket_divisor: edge multiple of the automatic buckets (128 = stride of P7).
+      num_threads: grain read threads per process (``ReadOptions.num_threads``).
+      prefetch_buffer: batches prefetched per process
+        (``ReadOptions.prefetch_buffer_size``; at least ``num_threads``).
+      num_workers: grain multiprocessing workers (0 = threads only).
+      with_masks: also produce ``Batch.masks``.
+      mask_format: ``'image'`` (the padded full-image masks ``[B, M, H, W] bool``) or
+        ``'box'`` (``[B, M, S, S] uint8`` coverage grids over each mask's box, boxes in
+        ``Batch.mask_boxes``, S = ``box_mask_size``; :mod:`msvision.data.box_masks`).
+      box_mask_size: S of ``mask_format='box'``.
+      synthetic: the built-in synthetic dataset (:class:`SyntheticConfig`).
+    """
+
+    source: str = "coco"
+    train: SplitConfig = SplitConfig()
+    val: SplitConfig = SplitConfig(tfds_split="validation")
+    max_instances: int = 100
+    batch_size: int = 16
+    eval_batch_size: int = 8
+    augment: AugmentConfig = AugmentConfig()
+    eval_scale: int = 800
+    eval_max_size: int = 1333
+    buckets: tuple[tuple[int, int], ...] = ()
+    bucket_divisor: int = 128
+    num_threads: int = 8
+    prefetch_buffer: int = 8
+    num_workers: int = 0
+    with_masks: bool = False
+    mask_format: str = "image"
+    box_mask_size: int = 128
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Every field of the ``data`` section at its default (:class:`DataConfig`)."""
+    return section_defaults(DataConfig)
 
 
 # ------------------------------------------------------------------ sources
@@ -218,7 +271,7 @@ class _TrainCollator:
     """``batch_fn``: pad local samples to the bucket of their global batch."""
 
     def __init__(self, order, source, transform, seed, global_batch_size, buckets,
-                 max_instances, with_masks, mask_format="image", box_mask_size=128):
+                 max_instances, with_masks, mask_format, box_mask_size):
         self.order, self.source, self.transform = order, source, transform
         self.seed, self.global_batch_size, self.buckets = seed, global_batch_size, buckets
         self.max_instances, self.with_masks = max_instances, with_masks
@@ -268,8 +321,7 @@ def train_dataset(data_cfg, *, seed: int, shard_index: int = 0, shard_count: int
     local = samples[shard_index::shard_count]
     collator = _TrainCollator(order, source, transform, seed, data_cfg.batch_size,
                               buckets_for(data_cfg), data_cfg.max_instances,
-                              data_cfg.with_masks, data_cfg.get("mask_format", "image"),
-                              data_cfg.get("box_mask_size", 128))
+                              data_cfg.with_masks, data_cfg.mask_format, data_cfg.box_mask_size)
     return local.batch(local_batch_size, drop_remainder=True, batch_fn=collator)
 
 
@@ -329,7 +381,7 @@ def padding_record(position: int = -1) -> dict[str, Any]:
 
 class _EvalCollator:
     def __init__(self, source, transform, global_batch_size, buckets, max_instances,
-                 with_masks, mask_format="image", box_mask_size=128):
+                 with_masks, mask_format, box_mask_size):
         self.source, self.transform = source, transform
         self.global_batch_size, self.buckets = global_batch_size, buckets
         self.max_instances, self.with_masks = max_instances, with_masks
@@ -358,8 +410,7 @@ def eval_dataset(data_cfg, *, shard_index: int = 0, shard_count: int = 1,
     local = samples[shard_index::shard_count]
     return local.batch(local_batch_size, drop_remainder=True, batch_fn=_EvalCollator(
         source, transform, global_batch_size, buckets_for(data_cfg),
-        data_cfg.max_instances, data_cfg.with_masks, data_cfg.get("mask_format", "image"),
-        data_cfg.get("box_mask_size", 128)))
+        data_cfg.max_instances, data_cfg.with_masks, data_cfg.mask_format, data_cfg.box_mask_size))
 
 
 def build_eval_iterator(data_cfg, *, shard_index: int = 0, shard_count: int = 1,

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import ml_collections
 from jax import export as jax_export
 
+from msvision import config_sections
 from msvision.data.batching import Bucket
 from msvision.data.classes import DATASET_FILE, read_class_list
 from msvision.inference.artefact import save_exported
@@ -133,18 +134,21 @@ def export_workdir(config, workdir: str, out: str, *, step: Optional[int] = None
     """Restores ``workdir``'s model (checkpoint and ``dataset.json``) and writes its export to ``out``;
     returns the manifest.
 
-    ``buckets`` defaults to the config's (``data.buckets`` or the automatic set);
-    ``allow_triton=False`` puts every MSDA layer on XLA first (see the module docstring).
+    ``config`` is a run config (resolved here, not changed); ``buckets`` defaults to its
+    own (``data.buckets`` or the automatic set); ``allow_triton=False`` puts every MSDA
+    layer on XLA first (see the module docstring).
 
     Raises:
       FileNotFoundError: no checkpoint or no ``WORKDIR/dataset.json`` (the message names it).
     """
+    config = config_sections.resolve_config(config)
     if not allow_triton:
         # (Without a GPU platform the Triton branch is not traced at all: export_detector traces
         # under msvision.ops.platforms.tracing_for(platforms).)
         config = with_msda_impl(config, "xla")
     classes = read_class_list(workdir)
-    if panoptic_settings(config) is not None:  # the manifest carries label_is_thing for the post-processing
+    # A panoptic config's manifest carries label_is_thing for the post-processing.
+    if panoptic_settings(config.data.source, config.eval.panoptic) is not None:
         require_isthing(classes, os.path.join(workdir, DATASET_FILE))
     graphdef, params, rest, step = restore_for_inference(config, workdir, classes.num_classes, step)
     preprocessing = Preprocessing.from_config(config.data)

@@ -6,7 +6,7 @@ the config's ``eval.panoptic`` section) and the COCO panoptic PNG + ``segments_i
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -16,16 +16,15 @@ from msvision.evaluation.panoptic_postprocess import PanopticPostProcess
 PANOPTIC_DIR = "panoptic"  # OUT/panoptic/<stem>.png: the COCO panoptic PNGs of a panoptic config
 
 
-def panoptic_settings(config) -> Optional[PanopticPostProcess]:
-    """The panoptic post-processing of ``config`` (``eval.panoptic``) when ``data.source`` is
-    ``'coco_panoptic'``, else None. ``config``: a ``ConfigDict`` or its ``to_dict()``."""
-    data = config.get("data", {}) or {}
-    if data.get("source") != "coco_panoptic":
+def panoptic_settings(data_source: Optional[str], panoptic: Any) -> Optional[PanopticPostProcess]:
+    """The panoptic post-processing of a config whose ``data.source`` is ``data_source``: the
+    fields of its ``eval.panoptic`` section ``panoptic`` (a ``ConfigDict`` or dict; None: the
+    defaults) when the source is ``'coco_panoptic'``, else None."""
+    if data_source != "coco_panoptic":
         return None
-    section = (config.get("eval", {}) or {}).get("panoptic", None)
-    if section is not None and hasattr(section, "to_dict"):
-        section = section.to_dict()
-    return PanopticPostProcess(**(section or {}))
+    if panoptic is not None and hasattr(panoptic, "to_dict"):
+        panoptic = panoptic.to_dict()
+    return PanopticPostProcess(**(panoptic or {}))
 
 
 def require_isthing(classes: ClassList, source: str) -> ClassList:

@@ -78,7 +78,8 @@ class Predictor:
         post-processing of its ``eval.panoptic`` section.
 
         Args:
-          config: a config file path (``overrides`` applied) or a ``ConfigDict``.
+          config: a config file path (``overrides`` applied) or a ``ConfigDict`` (resolved
+            here, not changed).
 
         Raises:
           FileNotFoundError: no checkpoint, or no ``WORKDIR/dataset.json`` (the
@@ -88,13 +89,15 @@ class Predictor:
         """
         import jax
 
-        from msvision import config as config_lib
+        from msvision import config_sections
         from msvision.inference.restore import restore_for_inference
 
         if isinstance(config, (str, os.PathLike)):
-            config = config_lib.load_config(os.fspath(config), overrides)
+            config = config_sections.load_config(os.fspath(config), overrides)
+        else:
+            config = config_sections.resolve_config(config)
         classes = read_class_list(workdir)
-        panoptic = panoptic_settings(config)
+        panoptic = panoptic_settings(config.data.source, config.eval.panoptic)
         if panoptic is not None:
             require_isthing(classes, os.path.join(workdir, DATASET_FILE))
         graphdef, params, rest, step = restore_for_inference(config, workdir, classes.num_classes, step)
@@ -127,7 +130,8 @@ class Predictor:
             if batch_size not in (None, exported.batch_size):
                 raise ValueError(f"{path} was exported for batches of {exported.batch_size}, not {batch_size}")
             batch_size = exported.batch_size
-        panoptic = panoptic_settings(exported.manifest.get("config") or {})
+        record = exported.manifest.get("config") or {}  # the resolved config saved in the manifest (JSON)
+        panoptic = panoptic_settings(record.get("data", {}).get("source"), record.get("eval", {}).get("panoptic"))
         if panoptic is not None:
             require_isthing(exported.classes, path)
         predictor = cls(exported, exported.classes, exported.preprocessing, batch_size=batch_size or 1,

@@ -10,7 +10,7 @@ import ml_collections
 from flax import nnx
 
 from msvision import checkpoint as checkpoint_lib
-from msvision.models.build import build_model
+from msvision.models.build import build_model, resolve_model_config
 
 
 def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_classes: int,
@@ -20,17 +20,15 @@ def restore_for_inference(config: ml_collections.ConfigDict, workdir: str, num_c
     Needs neither the dataset nor the optimizer: the model is built abstractly
     (``nnx.eval_shape``) with ``num_classes`` classes and only ``params`` and
     ``rest`` are read from the checkpoint (onto the first local device); the
-    optimizer state is not read.
+    optimizer state is not read. ``config`` is unchanged.
 
     Raises:
       NoCheckpointError: no checkpoint (or not ``step``), before anything is built.
     """
     step = checkpoint_lib.find_checkpoint_step(workdir, step)
-    with config.unlocked():
-        config.model.num_classes = num_classes
-    model_cfg = config.model.copy_and_resolve_references()
-    with model_cfg.unlocked():
-        model_cfg.backbone.pretrained = ""  # the checkpoint holds the weights
+    model_cfg = resolve_model_config(config.model)  # a new section
+    model_cfg.num_classes = num_classes
+    model_cfg.backbone.pretrained = ""  # the checkpoint holds the weights
     abstract_model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(config.seed)))
     graphdef, params, rest = nnx.split(abstract_model, nnx.Param, ...)
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])

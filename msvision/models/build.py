@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-from msvision.config_schema import ConfigError, check_and_complete, schema_config, section_kwargs, signature_schema
+from msvision.config_schema import ConfigError, resolve_section, schema_config, section_kwargs, signature_schema
 from msvision.models.backbones.resnet import ResNet
 from msvision.models.backbones.swin import SwinTransformer
 from msvision.models.detector import IMAGENET_MEAN, IMAGENET_STD, Detector
@@ -112,26 +112,31 @@ def module_config(kind: str, name: str) -> ml_collections.ConfigDict:
 
 
 def resolve_model_config(model_cfg: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks ``config.model`` against the schemas and fills in the defaults (in place).
+    """``config.model`` checked against the schemas and completed: a new section (``model_cfg``
+    is unchanged).
 
     Raises:
       ConfigError: an unknown module name or key (naming the closest valid keys).
     """
-    parts = {kind: model_cfg[kind] for kind in REGISTRIES if kind in model_cfg}
-    with model_cfg.unlocked():
-        for kind in parts:  # checked below against the schema of the module they name
-            del model_cfg[kind]
-        check_and_complete(model_cfg, {**MODEL_FIELDS, **{kind: {} for kind in REGISTRIES}}, "model")
-        for kind in REGISTRIES:
-            section = parts.get(kind, model_cfg[kind])
-            if not isinstance(section, ml_collections.ConfigDict):
-                raise ConfigError(f"model.{kind} must be a config section, got {section!r}")
-            model_cfg[kind] = section
-            name = section.get("name", DEFAULT_NAMES[kind])
-            check_and_complete(section, module_schema(kind, name), f"model.{kind}", f"{kind} {name!r}")
-    if model_cfg.dtype not in DTYPES:
-        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {model_cfg.dtype!r}")
-    return model_cfg
+    if not isinstance(model_cfg, (dict, ml_collections.ConfigDict)):
+        raise ConfigError(f"config key 'model' is a section, got the value {model_cfg!r}")
+    fields = {key: model_cfg[key] for key in model_cfg.keys() if key not in REGISTRIES}
+    # The part sections are checked below, against the schema of the module they name.
+    out = resolve_section(fields, {**MODEL_FIELDS, **{kind: {} for kind in REGISTRIES}}, "model")
+    for kind in REGISTRIES:
+        out[kind] = resolve_part(kind, model_cfg[kind] if kind in model_cfg else ml_collections.ConfigDict())
+    if out.dtype not in DTYPES:
+        raise ConfigError(f"model.dtype must be one of {sorted(DTYPES)}, got {out.dtype!r}")
+    return out
+
+
+def resolve_part(kind: str, section: Any) -> ml_collections.ConfigDict:
+    """A part's section ('backbone' | 'neck' | 'head' | 'seg_head') checked against the schema
+    of the module it names (:data:`DEFAULT_NAMES` when it names none) and completed: a new section."""
+    if not isinstance(section, (dict, ml_collections.ConfigDict)):
+        raise ConfigError(f"model.{kind} must be a config section, got {section!r}")
+    name = section["name"] if "name" in section else DEFAULT_NAMES[kind]
+    return resolve_section(section, module_schema(kind, name), f"model.{kind}", f"{kind} {name!r}")
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -149,10 +154,8 @@ def build_part(kind: str, section: Any, **supplied: Any):
       supplied: the arguments the builder supplies (see the module docstring), e.g.
         ``in_channels=..., rngs=...`` for a neck.
     """
-    section = ml_collections.ConfigDict(dict(section))
-    name = section.get("name", DEFAULT_NAMES[kind])
-    check_and_complete(section, module_schema(kind, name), f"model.{kind}", f"{kind} {name!r}")
-    fn, fixed = REGISTRIES[kind][name]
+    section = resolve_part(kind, section)
+    fn, fixed = REGISTRIES[kind][section.name]
     if fn is None:
         return None
     kwargs = section_kwargs(section, fn, skip=("name", *BUILDER_FIELDS[kind]))
@@ -161,7 +164,7 @@ def build_part(kind: str, section: Any, **supplied: Any):
 
 def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Detector:
     """Builds the detector described by ``model_cfg`` (see the module docstring)."""
-    model_cfg = resolve_model_config(ml_collections.ConfigDict(model_cfg.to_dict()))
+    model_cfg = resolve_model_config(model_cfg)
     dtype = DTYPES[model_cfg.dtype]
     backbone = build_part("backbone", model_cfg.backbone, dtype=dtype, rngs=rngs)
     if model_cfg.backbone.pretrained:

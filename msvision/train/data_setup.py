@@ -1,9 +1,9 @@
 """Glue between ``config.data`` and the trainer: dataset preparation and iterators.
 
-``config.data.synthetic`` (optional) asks for the built-in synthetic dataset:
-``enabled`` (bool), ``root`` (folder), ``num_train``, ``num_val``, ``image_size``,
-``seed``. When enabled, :func:`dataset_info` generates it if absent and points
-``data.train`` / ``data.val`` at it (``annotations``/``images`` and the panoptic
+``config.data.synthetic`` asks for the built-in synthetic dataset
+(:class:`msvision.data.pipeline.SyntheticConfig`). When enabled, :func:`dataset_info`
+generates it if absent and points the ``data.train`` / ``data.val`` of its
+``DatasetInfo.data_cfg`` at it (``annotations``/``images`` and the panoptic
 split ``panoptic``/``panoptic_dir``, read with ``data.source='coco_panoptic'``), so
 a fresh clone trains with no download.
 """
@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 
 import msvision.data as data_lib
+from msvision import config_sections
 from msvision.data.classes import DATASET_FILE, ClassList, read_dataset_file, write_dataset_file
 from msvision.data.pipeline import DatasetMetadata
 
@@ -59,11 +60,12 @@ class DatasetInfo:
         return self._val_source
 
 
-def prepare_synthetic(data_cfg) -> None:
-    """Generates the synthetic dataset if ``data_cfg.synthetic.enabled`` and points the splits at it."""
-    synthetic = data_cfg.get("synthetic")
-    if not synthetic or not synthetic.get("enabled", False):
-        return
+def prepare_synthetic(data_cfg):
+    """``data_cfg`` itself, or, if ``data_cfg.synthetic.enabled``, a copy whose splits point at
+    the synthetic dataset, generated first if absent (``data_cfg`` is unchanged)."""
+    synthetic = data_cfg.synthetic
+    if not synthetic.enabled:
+        return data_cfg
     from msvision.data.synthetic import ensure_synthetic_dataset
 
     root = ensure_synthetic_dataset(
@@ -72,18 +74,22 @@ def prepare_synthetic(data_cfg) -> None:
         num_val=synthetic.num_val,
         image_size=synthetic.image_size,
         seed=synthetic.seed,
-        variant=synthetic.get("variant", "shapes"),
+        variant=synthetic.variant,
     )
-    with data_cfg.unlocked():
-        for split in ("train", "val"):
-            data_cfg[split].annotations = os.path.join(root, split, "instances.json")
-            data_cfg[split].images = os.path.join(root, split, "images")
-            data_cfg[split].panoptic = os.path.join(root, split, "panoptic.json")
-            data_cfg[split].panoptic_dir = os.path.join(root, split, "panoptic")
+    data_cfg = data_cfg.copy_and_resolve_references()
+    for split in ("train", "val"):
+        data_cfg[split].annotations = os.path.join(root, split, "instances.json")
+        data_cfg[split].images = os.path.join(root, split, "images")
+        data_cfg[split].panoptic = os.path.join(root, split, "panoptic.json")
+        data_cfg[split].panoptic_dir = os.path.join(root, split, "panoptic")
+    return data_cfg
 
 
 def dataset_info(data_cfg) -> DatasetInfo:
-    prepare_synthetic(data_cfg)
+    """The training run's dataset: metadata, the training source and ``DatasetInfo.data_cfg``,
+    ``data_cfg`` resolved, with the synthetic dataset's paths filled in (:func:`prepare_synthetic`;
+    ``data_cfg`` is unchanged)."""
+    data_cfg = prepare_synthetic(config_sections.resolve_section("data", data_cfg))
     train_source = data_lib.build_source(data_cfg.train, data_cfg)
     return DatasetInfo(data_lib.dataset_metadata(data_cfg, train_source), data_cfg, train_source)
 
@@ -107,7 +113,7 @@ def eval_dataset_info(data_cfg, workdir: Optional[str] = None) -> DatasetInfo:
     labels map to the categories the model was trained on), else from the
     validation split's own categories.
     """
-    prepare_synthetic(data_cfg)
+    data_cfg = prepare_synthetic(config_sections.resolve_section("data", data_cfg))
     val_source = data_lib.build_source(data_cfg.val, data_cfg)
     if workdir and os.path.exists(os.path.join(workdir, DATASET_FILE)):
         saved = read_dataset_file(workdir)

@@ -6,22 +6,10 @@ state (``nnx.split``); the jitted step is a pure function over
 with optax and returns the new state. Shardings are explicit: the batch is split
 over the mesh's ``data`` axis, the state replicated; the state is donated.
 
-Config section ``train``:
-  num_steps: total optimizer steps; 0 means ``optim.epochs`` epochs.
-  log_every: steps between metric rows (and non-finite loss checks).
-  checkpoint_every: steps between checkpoints (also saved at the end).
-  keep_checkpoints: how many checkpoints to keep.
-  eval_every: steps between evaluations during training; 0 evaluates only at the end
-    when ``eval_at_end`` is set.
-  eval_at_end: evaluate the final model on the validation split.
-  async_checkpoint: write checkpoints in a background thread.
-  init_from: a work directory whose latest checkpoint initialises the model parts
-    ``init_parts`` (default backbone, neck and detection head) of a run that starts
-    fresh (a resumed run restores its own checkpoint instead); the other parts (e.g. a
-    new segmentation head), the optimizer state and the step start anew. Like
-    detectron2's ``MODEL.WEIGHTS``: fine-tune a trained detector into an instance
-    segmenter. The parts must have the same shapes in both models.
-  init_parts: the model parts (``params`` entries) read from ``init_from``.
+Config section ``train``: :class:`msvision.config_sections.TrainConfig`. The loop writes
+into no config it is given: :func:`build_trainer` makes the run's own config
+(:func:`run_config`: the dataset's classes and paths filled in), the one saved to
+``WORKDIR/config.json``.
 """
 
 from __future__ import annotations
@@ -41,9 +29,10 @@ from flax import nnx
 
 from msvision import checkpoint as checkpoint_lib
 from msvision import config as config_lib
+from msvision import config_sections
 from msvision.cache import enable_compilation_cache
 from msvision.models.abstract import abstract_init, cheap_tracer_errors
-from msvision.models.build import build_model
+from msvision.models.build import build_model, resolve_model_config
 from msvision.train import data_setup as data_lib
 from msvision.train import metrics as metrics_lib
 from msvision.train import optimizer as optimizer_lib
@@ -72,17 +61,16 @@ class Trainer:
 
 
 def init_model_state(config: ml_collections.ConfigDict, num_classes: int):
-    """Builds the model and splits it into ``(graphdef, params, rest)``.
+    """Builds the model of ``config.model`` with ``num_classes`` classes and splits it into
+    ``(graphdef, params, rest)`` (``config`` is unchanged).
 
     Initialisation runs as one jitted function (eager init would compile every
     initialiser separately); pretrained backbone weights are loaded afterwards.
     """
-    with config.unlocked():
-        config.model.num_classes = num_classes
-    model_cfg = config.model.copy_and_resolve_references()
-    pretrained = model_cfg.backbone.get("pretrained", "")
-    with model_cfg.unlocked():
-        model_cfg.backbone.pretrained = ""
+    model_cfg = resolve_model_config(config.model)  # a new section
+    pretrained = model_cfg.backbone.pretrained
+    model_cfg.num_classes = num_classes
+    model_cfg.backbone.pretrained = ""
 
     def init():
         return nnx.split(build_model(model_cfg, rngs=nnx.Rngs(config.seed)), nnx.Param, ...)[1:]
@@ -155,7 +143,20 @@ def total_steps(config: ml_collections.ConfigDict, num_images: int) -> int:
     return int(config.optim.epochs * steps_per_epoch(num_images, config.data.batch_size))
 
 
+def run_config(config: ml_collections.ConfigDict, dataset_info) -> ml_collections.ConfigDict:
+    """The config a run uses: ``config`` resolved (a new config) with the data section of
+    ``dataset_info`` (the synthetic dataset's paths filled in) and ``model.num_classes`` from its
+    class list."""
+    config = config_sections.resolve_config(config)
+    config.data = dataset_info.data_cfg.copy_and_resolve_references()
+    config.model.num_classes = dataset_info.num_classes
+    return config
+
+
 def build_trainer(config: ml_collections.ConfigDict, dataset_info) -> Trainer:
+    """The model, optimizer, sharded steps and state of ``config`` on ``dataset_info``
+    (``Trainer.config``: :func:`run_config`; ``config`` is unchanged)."""
+    config = run_config(config, dataset_info)
     mesh = sharding_lib.make_mesh()
     sharding_lib.check_batch_size(config.data.batch_size, mesh)
     graphdef, params, rest = init_model_state(config, dataset_info.num_classes)
@@ -175,7 +176,7 @@ def build_trainer(config: ml_collections.ConfigDict, dataset_info) -> Trainer:
     )
     state = jax.device_put(state, replicated)
     train_step, predict_step = jit_sharded_steps(graphdef, tx, schedules, mesh, state,
-                                                 frozen_parts=tuple(config.optim.get("frozen_parts", ())))
+                                                 frozen_parts=tuple(config.optim.frozen_parts))
     return Trainer(config, mesh, graphdef, state, train_step, predict_step, schedules, dataset_info)
 
 
@@ -228,8 +229,10 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    config = config_sections.resolve_config(config)
     dataset_info = data_lib.dataset_info(config.data)
     trainer = build_trainer(config, dataset_info)
+    config = trainer.config  # the dataset's classes and paths filled in
     if jax.process_index() == 0:
         # After the dataset paths and num_classes are resolved: the config actually used, and the
         # class list (dataset.json) that evaluation, prediction and export read.

@@ -6,22 +6,8 @@ and for the linear layers computing the MSDA sampling offsets, 1e-4 for the rest
 Schedules: the learning rate is multiplied by ``decay_factor`` (0.1) after each
 epoch listed in ``decay_epochs`` (1x: 12 epochs, drops after 9 and 11).
 
-Config section ``optim``:
-  lr: base learning rate (everything not in another group), 1e-4.
-  backbone_lr: learning rate for parameters under the model's ``backbone``, 1e-5.
-  offset_lr: learning rate for parameters whose path contains ``sampling_offsets``, 1e-5.
-  weight_decay: AdamW decoupled weight decay, 1e-4.
-  b1, b2, eps: Adam moments.
-  clip_norm: gradient clipping by global norm; 0 disables.
-  epochs: training length in epochs (used when ``train.num_steps`` is 0).
-  decay_epochs: epochs after which the learning rate drops, e.g. (9, 11).
-  decay_factor: the drop factor, 0.1.
-  warmup_steps: linear warm-up from ``warmup_factor`` × lr, 0 disables.
-  warmup_factor: start of the warm-up, 0.001.
-  frozen_parts: model parts (top-level ``params`` entries, e.g. ``("backbone", "neck",
-    "head")``) that do not train: their gradients are not computed (the train step stops
-    them, so their backward pass is not run) and they are not updated, weight decay
-    included. E.g. a new head trained on a fixed detector. Default none.
+Config section ``optim``: :class:`msvision.config_sections.OptimConfig` (the fields, their
+defaults and what they do).
 
 Parameters not of type ``nnx.Param`` (frozen weights) never reach the optimizer.
 """
@@ -34,28 +20,14 @@ import jax
 import ml_collections
 import optax
 
+from msvision.config_sections import default_section
+
 BACKBONE, OFFSETS, DEFAULT, FROZEN = "backbone", "offsets", "default", "frozen"
 
 
 def default_optim_config() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(
-        dict(
-            lr=1e-4,
-            backbone_lr=1e-5,
-            offset_lr=1e-5,
-            weight_decay=1e-4,
-            b1=0.9,
-            b2=0.999,
-            eps=1e-8,
-            clip_norm=0.0,
-            epochs=12,
-            decay_epochs=(9, 11),
-            decay_factor=0.1,
-            warmup_steps=0,
-            warmup_factor=0.001,
-            frozen_parts=(),
-        )
-    )
+    """Every field of the ``optim`` section at its default (:class:`~msvision.config_sections.OptimConfig`)."""
+    return default_section("optim")
 
 
 # Named schedules of thesis section 2.4: (epochs, decay epochs).
@@ -115,7 +87,7 @@ def build_optimizer(
     """
     rates = {BACKBONE: cfg.backbone_lr, OFFSETS: cfg.offset_lr, DEFAULT: cfg.lr}
     schedules = {name: learning_rate_schedule(lr, cfg, steps_per_epoch) for name, lr in rates.items()}
-    frozen = tuple(cfg.get("frozen_parts", ()))
+    frozen = tuple(cfg.frozen_parts)
     parts = {part_name(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
     if set(frozen) - parts:
         raise ValueError(f"optim.frozen_parts {sorted(set(frozen) - parts)} are not parts of this model "

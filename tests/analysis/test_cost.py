@@ -47,7 +47,7 @@ def test_cli_params_equal_abstract_count(tmp_path, capsys):
     args = [f"--config={path}", "--json", "--skip-timing", "--image-size=64", "--config.model.head.num_convs=2"]
     assert cli.main(args) == 0
     report = json.loads(capsys.readouterr().out)
-    from msvision.config import load_config
+    from msvision.config_sections import load_config
 
     cfg = load_config(str(path), ["model.head.num_convs=2"])
     assert report["params"] == count_parameters(abstract_model(cfg.model))

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from msvision.config import load_config
+from msvision.config_sections import load_config
 from msvision.models.build import build_model
 from msvision import checkpoint as checkpoint_lib
 from msvision.checkpoint import path_name

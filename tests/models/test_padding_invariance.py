@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from msvision.config import load_config
+from msvision.config_sections import load_config
 from msvision.models.build import build_model, module_config
 from msvision.structures import Batch
 

@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from msvision.analysis.cost import abstract_model
-from msvision.config import load_config
+from msvision.config_sections import load_config
 from msvision.models.layers import count_variables
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[2] / "configs"

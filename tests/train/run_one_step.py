@@ -17,10 +17,11 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_config  # noqa: E402
+from msvision import config_sections  # noqa: E402
 from msvision.train import data_setup, loop, sharding  # noqa: E402
 
 assert len(jax.devices()) == num_devices, jax.devices()
-config = tiny_config.get_config(root)
+config = config_sections.resolve_config(tiny_config.get_config(root))
 info = data_setup.dataset_info(config.data)
 trainer = loop.build_trainer(config, info)
 assert trainer.mesh.devices.size == num_devices

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from msvision import config as config_lib
+from msvision import config_sections
 from msvision.inference import Predictor
 from msvision.train import loop
 
@@ -27,7 +27,7 @@ NUM_STEPS = 300
 
 @pytest.mark.slow
 def test_quickstart_overfits_coco_mini(tmp_path):
-    config = config_lib.load_config(
+    config = config_sections.load_config(
         f"{os.path.join(REPOSITORY, 'configs', 'quickstart_coco_mini.py')}:{DATA}",
         [f"--config.train.num_steps={NUM_STEPS}", "--config.train.checkpoint_every=0",
          "--config.eval.visualize=2"])

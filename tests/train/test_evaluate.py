@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import tiny_effseg_config  # noqa: E402
 import tiny_panoptic_config  # noqa: E402
 
-from msvision import config as config_lib  # noqa: E402
+from msvision import config_sections  # noqa: E402
 from msvision.evaluation.coco_boundary import coco_boundary_ap  # noqa: E402
 from msvision.evaluation.coco_eval import METRIC_NAMES  # noqa: E402
 from msvision.evaluation.panoptic import PanopticQuality, read_id_map  # noqa: E402
@@ -146,7 +146,7 @@ def run_evaluation(config, workdir, with_masks):
 
 
 def test_instance_metrics_equal_pycocotools_by_hand(tmp_path):
-    config = config_lib.resolve_config(tiny_effseg_config.get_config(str(tmp_path / "shapes")))
+    config = config_sections.resolve_config(tiny_effseg_config.get_config(str(tmp_path / "shapes")))
     config.eval.box_mask_baseline = True
     config.eval.boundary_ap = True
     info, predict, metrics = run_evaluation(config, tmp_path / "run", with_masks=True)
@@ -175,9 +175,9 @@ def test_instance_metrics_equal_pycocotools_by_hand(tmp_path):
 
 
 def test_panoptic_metrics_equal_panoptic_quality_and_pycocotools_by_hand(tmp_path):
-    config = config_lib.resolve_config(tiny_panoptic_config.get_config(str(tmp_path / "shapes")))
+    config = config_sections.resolve_config(tiny_panoptic_config.get_config(str(tmp_path / "shapes")))
     info, predict, metrics = run_evaluation(config, tmp_path / "run", with_masks=True)
-    val = config.data.val
+    val = info.data_cfg.val  # the synthetic dataset's paths (data_setup.prepare_synthetic)
     with open(val.panoptic) as f:
         panoptic_gt = json.load(f)
     by_image = {a["image_id"]: a for a in panoptic_gt["annotations"]}
@@ -234,7 +234,7 @@ def test_gathering_keeps_each_image_once():
 
 
 def test_a_panoptic_split_needs_a_segmentation_head(tmp_path):
-    config = config_lib.resolve_config(tiny_panoptic_config.get_config(str(tmp_path / "shapes")))
+    config = config_sections.resolve_config(tiny_panoptic_config.get_config(str(tmp_path / "shapes")))
     info = data_setup.dataset_info(config.data)
     predict = StandInPredict(info.num_classes, with_masks=False)
     with pytest.raises(ValueError, match="needs a segmentation head"):
