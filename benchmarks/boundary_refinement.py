@@ -115,7 +115,7 @@ def pointrend_grids(model, pyramid, batch, queries, capacity):
 
 def measure(config, workdir: str, step: int | None = None, max_batches: int | None = None) -> dict:
     info = data_setup.eval_dataset_info(config.data, workdir)
-    graphdef, params, rest, step = restore_for_inference(config, workdir, info.num_classes, step)
+    graphdef, params, rest, step = restore_for_inference(config, workdir, info.classes.num_classes, step)
     name = config.model.seg_head.name
     grids_fn = {"effseg": effseg_grids, "pointrend": pointrend_grids}.get(name)
     if grids_fn is None:

@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     skip = set(filter(None, args.skip.split(",")))
     step = find_checkpoint_step(args.workdir, args.step)
     info = data_setup.eval_dataset_info(config.data, args.workdir)
-    _, params, rest, step = restore_for_inference(config, args.workdir, info.num_classes, step)
+    _, params, rest, step = restore_for_inference(config, args.workdir, info.classes.num_classes, step)
     seg = config.model.seg_head
     report: dict = dict(config=args.config, workdir=args.workdir, step=step,
                         trained_selected_per_roi=seg.selected_per_roi, max_selected=seg.max_selected)

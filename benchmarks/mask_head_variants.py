@@ -71,7 +71,7 @@ def main(argv=None) -> int:
             parser.error(f"variant {name!r}: model.seg_head ({seg.name}) has no field {', '.join(unknown)}")
     step = find_checkpoint_step(args.workdir, args.step)
     info = data_setup.eval_dataset_info(config.data, args.workdir)
-    _, params, rest, step = restore_for_inference(config, args.workdir, info.num_classes, step)
+    _, params, rest, step = restore_for_inference(config, args.workdir, info.classes.num_classes, step)
     report: dict = dict(config=args.config, workdir=args.workdir, step=step, head=seg.name, variants={})
     todo = ([] if args.no_reference else [("as trained", {})]) + variants
     rows = []

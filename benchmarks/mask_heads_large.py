@@ -292,7 +292,7 @@ def head_costs(runs_dir: str, num_images: int, repeats: int = 3, tag: str = "",
         config = load_config(os.path.join(os.path.dirname(__file__), "..", "configs", "effseg", f"large_{key}.py"),
                              [*(overrides or {}).get(key, []), "--config.data.eval_batch_size=1"])
         info = data_setup.eval_dataset_info(config.data, workdir)
-        graphdef, params, rest, step = restore_for_inference(config, workdir, info.num_classes)
+        graphdef, params, rest, step = restore_for_inference(config, workdir, info.classes.num_classes)
         seg = config.model.seg_head
         width = config.model.neck.channels
 
@@ -336,9 +336,9 @@ def head_costs(runs_dir: str, num_images: int, repeats: int = 3, tag: str = "",
                 m = effseg_macs(width, n_queries, actives, fcn_convs=seg.fcn_convs,
                                 min_stage_channels=seg.min_stage_channels)
             elif key == "maskrcnn":
-                m = maskrcnn_macs(width, info.num_classes, n_queries, num_convs=seg.num_convs)
+                m = maskrcnn_macs(width, info.classes.num_classes, n_queries, num_convs=seg.num_convs)
             elif key == "pointrend":
-                m = pointrend_macs(width, info.num_classes, n_queries, int(valid.sum()), num_convs=seg.num_convs,
+                m = pointrend_macs(width, info.classes.num_classes, n_queries, int(valid.sum()), num_convs=seg.num_convs,
                                    point_hidden=seg.point_hidden, subdivision_steps=seg.subdivision_steps,
                                    subdivision_points=seg.subdivision_points)
             else:

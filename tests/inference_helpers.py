@@ -77,14 +77,11 @@ def make_inference_workdir(base: Path, config_file=TINY_CONFIG, overrides=CONFIG
     compilation). The config's dataset root ``data_root`` does not exist: prediction
     must not need it.
     """
-    import types
-
     import jax
     import jax.numpy as jnp
 
     from msvision import checkpoint as checkpoint_lib
-    from msvision.data.pipeline import DatasetMetadata
-    from msvision.train import data_setup
+    from msvision.data.classes import ClassList, write_dataset_file
     from msvision.train import optimizer as optimizer_lib
 
     workdir, data_root = str(base / "run"), str(base / "no_data")
@@ -95,10 +92,8 @@ def make_inference_workdir(base: Path, config_file=TINY_CONFIG, overrides=CONFIG
     state = dict(step=jnp.asarray(5, jnp.int32), params=params, rest=jax.tree.map(jnp.asarray, rest),
                  opt_state=tx.init(params), rng=jax.random.PRNGKey(0))
     os.makedirs(workdir)
-    source = None if label_is_thing is None else types.SimpleNamespace(label_is_thing=np.asarray(label_is_thing))
-    data_setup.save_dataset_metadata(
-        data_setup.DatasetInfo(DatasetMetadata(tuple(class_names), tuple(category_ids), 24, ""), None, source),
-        workdir)
+    is_thing = None if label_is_thing is None else tuple(bool(t) for t in label_is_thing)
+    write_dataset_file(workdir, ClassList(tuple(class_names), tuple(category_ids), is_thing), 24)
     ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "checkpoints"), every_steps=0, async_save=False)
     ckpt.save(5, state, meta=dict(num_steps=5))
     ckpt.close()

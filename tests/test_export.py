@@ -94,6 +94,8 @@ def test_static_batch_for_cpu_and_cuda(tmp_path, inference_workdir, live_predict
         Predictor.from_exported(str(out), batch_size=3)
     # Runs here on the CPU: three images = two batches of 2, the last one padded.
     from_file = Predictor.from_exported(str(out), score_threshold=0.0)
+    with pytest.raises(ValueError, match="runs batches of 2 only"):
+        from_file.predict_files([str(tmp_path)], str(tmp_path / "preds"), batch_size=3)
     images = _images()
     for a, b in zip(live_predictor.predict_arrays(images), from_file.predict_arrays(images)):
         assert_same_detections(a, b)

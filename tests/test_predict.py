@@ -16,7 +16,6 @@ from inference_helpers import CATEGORY_IDS, CLASS_NAMES, CONFIG_OVERRIDES, asser
 from msvision import predict as predict_cli
 from msvision.data.classes import ClassList, read_class_list
 from msvision.data.image_files import list_image_files
-from msvision.data.pipeline import DatasetMetadata
 from msvision.inference import Predictor
 from msvision.train import data_setup
 
@@ -155,9 +154,9 @@ def test_array_inputs(live_predictor):
 
 
 def test_class_list_from_dataset_json_only(tmp_path, inference_workdir, capsys):
-    meta = DatasetMetadata(("x", "y"), (5, 2), 7, "")
-    data_setup.save_dataset_metadata(data_setup.DatasetInfo(meta, None), str(tmp_path))
-    assert read_class_list(str(tmp_path)) == ClassList(("x", "y"), (5, 2))
+    classes = ClassList(("x", "y"), (5, 2))
+    data_setup.save_dataset_file(data_setup.DatasetInfo(classes, 7, None), str(tmp_path))
+    assert read_class_list(str(tmp_path)) == classes
     # A work directory without dataset.json is an error naming the file, even when the config's
     # training annotations exist (they are never read instead).
     config_arg, workdir, _ = inference_workdir

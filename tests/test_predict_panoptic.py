@@ -122,15 +122,13 @@ def test_a_panoptic_config_needs_isthing_from_the_class_list(tmp_path, panoptic_
 
 
 def test_train_writes_isthing_of_a_panoptic_source(tmp_path):
-    # save_dataset_metadata as train.py calls it, on a real COCO panoptic source (133 categories).
+    # save_dataset_file as train.py calls it, on a real COCO panoptic source (133 categories).
     from msvision.data.panoptic import PanopticSource
-    from msvision.data.pipeline import DatasetMetadata
     from msvision.train import data_setup
 
     sample = inference_helpers.TESTS / "data" / "coco_panoptic_sample"
     source = PanopticSource(sample / "panoptic_examples.json", sample / "panoptic", sample / "images")
-    meta = DatasetMetadata(tuple(source.class_names), tuple(source.label_to_category), len(source), "")
-    data_setup.save_dataset_metadata(data_setup.DatasetInfo(meta, None, source), str(tmp_path))
+    data_setup.save_dataset_file(data_setup.DatasetInfo(source.classes, len(source), None, source), str(tmp_path))
     classes = read_class_list(str(tmp_path))
     with open(sample / "panoptic_examples.json") as f:
         isthing = {c["id"]: bool(c["isthing"]) for c in json.load(f)["categories"]}

@@ -34,6 +34,7 @@ from flax import nnx
 
 from msvision.models.abstract import abstract_init
 from msvision.models.build import build_model, resolve_model_config
+from msvision.models.detector import Detector
 from msvision.models.layers import Frozen, FrozenStat, count_variables
 from msvision.structures import Batch
 
@@ -41,16 +42,15 @@ from msvision.structures import Batch
 MODEL_PARTS = ("backbone", "neck", "head", "seg_head")
 
 
-def count_parameters(model: nnx.Module) -> dict:
-    """``{'total', 'trainable', 'frozen', 'buffers'}`` scalars of a (possibly abstract) model, and
-    ``trainable_by_part``: the trainable parameters of each part of a :class:`Detector`
-    (``backbone``, ``neck``, ``head`` and, when present, ``seg_head``: thesis table 5.4's
-    "head alone" counts)."""
+def count_parameters(model: Detector) -> dict:
+    """``{'total', 'trainable', 'frozen', 'buffers'}`` scalars of a (possibly abstract) detector, and
+    ``trainable_by_part``: the trainable parameters of each of its parts (``backbone``, ``neck``,
+    ``head`` and, when present, ``seg_head``: thesis table 5.4's "head alone" counts)."""
     trainable = count_variables(model, nnx.Param)
     frozen = count_variables(model, Frozen, exclude=(FrozenStat,))
     everything = count_variables(model, nnx.Variable)
     parts = {name: count_variables(getattr(model, name), nnx.Param) for name in MODEL_PARTS
-             if getattr(model, name, None) is not None}
+             if getattr(model, name) is not None}
     return dict(total=trainable + frozen, trainable=trainable, frozen=frozen, buffers=everything - trainable - frozen,
                 trainable_by_part=parts)
 

@@ -1,22 +1,21 @@
 """Datasets, augmentation and grain input pipelines (see ``data/README.md``)."""
 
 from msvision.data.batching import choose_bucket, collate, default_buckets
+from msvision.data.classes import ClassList
 from msvision.data.coco import CocoSource
 from msvision.data.panoptic import PanopticSource
-from msvision.data.pipeline import (DataConfig, DatasetMetadata, build_eval_iterator, build_source,
-                                    build_train_iterator, buckets_for, dataset_metadata,
-                                    default_data_config, eval_dataset, num_train_images,
-                                    train_dataset)
+from msvision.data.pipeline import (DataConfig, build_eval_iterator, build_source, build_train_iterator,
+                                    buckets_for, default_data_config, eval_dataset, train_dataset)
 from msvision.data.stats import DataStats
 from msvision.data.transforms import EvalTransform, TrainTransform
 
 __all__ = [
-    "CocoSource", "DataConfig", "DataStats", "DatasetMetadata", "EvalTransform", "PanopticSource",
+    "ClassList", "CocoSource", "DataConfig", "DataStats", "EvalTransform", "PanopticSource",
     "TfdsSource", "TrainTransform", "build_eval_iterator", "build_source",
     "build_train_iterator", "buckets_for", "choose_bucket", "collate",
-    "convert_coco_to_tfds", "dataset_metadata", "default_buckets", "default_data_config",
+    "convert_coco_to_tfds", "default_buckets", "default_data_config",
     "ensure_synthetic_dataset", "eval_dataset", "generate_synthetic_dataset",
-    "num_train_images", "train_dataset",
+    "train_dataset",
 ]
 
 

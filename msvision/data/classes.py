@@ -1,4 +1,8 @@
-"""The class list of a trained model and its record in ``WORKDIR/dataset.json``.
+"""The class list: one record of a dataset's classes, and its file ``WORKDIR/dataset.json``.
+
+:class:`ClassList` is what everything that needs classes reads: the data sources build
+it from their categories (``source.classes``), training saves the training source's,
+and evaluation, prediction and export (and an export's manifest) read it back.
 
 ``train.py`` writes ``WORKDIR/dataset.json`` (:func:`write_dataset_file`)::
 
@@ -14,16 +18,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Optional
+from collections.abc import Sequence
+from typing import Any, Optional
 
 DATASET_FILE = "dataset.json"
 
 
 @dataclasses.dataclass(frozen=True)
 class ClassList:
-    """The classes of a trained model: ``class_names[k]`` and ``label_to_category[k]``
-    (the dataset's category id) of contiguous label ``k``; for a panoptic dataset also
-    ``label_is_thing[k]`` (the category's ``isthing``; None otherwise)."""
+    """The classes of a dataset or a trained model: ``class_names[k]`` and
+    ``label_to_category[k]`` (the dataset's category id) of contiguous label ``k``; for a
+    panoptic dataset also ``label_is_thing[k]`` (the category's ``isthing``; None otherwise)."""
 
     class_names: tuple[str, ...]
     label_to_category: tuple[int, ...]
@@ -34,6 +39,16 @@ class ClassList:
             raise ValueError(f"{len(self.class_names)} class names but {len(self.label_to_category)} category ids")
         if self.label_is_thing is not None and len(self.label_is_thing) != len(self.class_names):
             raise ValueError(f"{len(self.class_names)} class names but {len(self.label_is_thing)} isthing flags")
+
+    @classmethod
+    def from_categories(cls, categories: Sequence[dict[str, Any]], *, with_isthing: bool = False) -> "ClassList":
+        """The classes of COCO ``categories`` records (``id``, ``name``, panoptic ``isthing``),
+        labelled in order of category id; a missing name is the id, a missing ``isthing`` a
+        thing. ``with_isthing``: keep ``label_is_thing`` (a panoptic dataset)."""
+        categories = sorted(categories, key=lambda c: c["id"])
+        is_thing = tuple(bool(c.get("isthing", 1)) for c in categories) if with_isthing else None
+        return cls(tuple(c.get("name", str(c["id"])) for c in categories), tuple(int(c["id"]) for c in categories),
+                   is_thing)
 
     @property
     def num_classes(self) -> int:
@@ -58,8 +73,9 @@ def write_dataset_file(workdir: str, classes: ClassList, num_train_images: int) 
         json.dump(dict(**classes.to_json(), num_train_images=num_train_images), f, indent=2)
 
 
-def read_dataset_file(workdir: str) -> dict:
-    """The contents of ``WORKDIR/dataset.json``.
+def read_dataset_file(workdir: str) -> tuple[ClassList, int]:
+    """``(classes, num_train_images)`` of ``WORKDIR/dataset.json`` (0 images when the file has
+    no count).
 
     Raises:
       FileNotFoundError: it does not exist (the message names it and what writes it).
@@ -73,7 +89,8 @@ def read_dataset_file(workdir: str) -> dict:
             '{"class_names": [...], "label_to_category": [...]}).')
     from msvision.cli import read_json
 
-    return read_json(path, "the run's class list")
+    saved = read_json(path, "the run's class list")
+    return ClassList.from_json(saved), int(saved.get("num_train_images", 0))
 
 
 def read_class_list(workdir: str) -> ClassList:
@@ -83,4 +100,4 @@ def read_class_list(workdir: str) -> ClassList:
       FileNotFoundError: ``WORKDIR/dataset.json`` does not exist (the message names it);
         the training annotations are never read instead.
     """
-    return ClassList.from_json(read_dataset_file(workdir))
+    return read_dataset_file(workdir)[0]

@@ -4,7 +4,8 @@ A COCO-format split is an ``instances_*.json`` (``images``, ``annotations``,
 ``categories``) plus a folder with the image files. :class:`CocoSource`
 implements grain's ``RandomAccessDataSource`` protocol (``__len__``,
 ``__getitem__``) and is picklable (plain Python and numpy attributes), so grain
-multiprocessing workers can receive it.
+multiprocessing workers can receive it. Like every source in ``msvision.data`` it has
+``classes``, its :class:`~msvision.data.classes.ClassList`.
 
 Record format (numpy), shared by every source in ``msvision.data``:
 
@@ -12,7 +13,7 @@ Record format (numpy), shared by every source in ``msvision.data``:
 - ``boxes``: ``[n, 4] float32`` ``(x0, y0, x1, y1)`` in original pixels, clipped
   to the image.
 - ``labels``: ``[n] int32`` contiguous labels ``0 … K-1`` (categories sorted by
-  COCO id; ``label_to_category[label]`` gives the id back).
+  COCO id; ``classes.label_to_category[label]`` gives the id back).
 - ``is_crowd``: ``[n] bool`` COCO ``iscrowd`` regions, kept as ignore regions.
 - ``masks``: ``[n, h, w] bool``, only with ``with_masks=True``.
 - ``image_id``: ``int``; ``orig_size``: ``(h, w)``; ``file_name``: ``str``.
@@ -32,6 +33,7 @@ from pycocotools import mask as mask_utils
 
 from msvision.cli import check_records, read_json
 from msvision.data.annotations import clean_instances, xywh_to_xyxy
+from msvision.data.classes import ClassList
 from msvision.data.images import decode_image
 from msvision.data.stats import DataStats
 from msvision.data.transforms import resize_masks_nearest
@@ -91,11 +93,9 @@ class CocoSource:
 
     # ------------------------------------------------------------------ index
     def _index(self, dataset: dict[str, Any]) -> None:
-        categories = sorted(dataset.get("categories", []), key=lambda c: c["id"])
-        self.label_to_category: list[int] = [c["id"] for c in categories]
+        self.classes = ClassList.from_categories(dataset.get("categories", []))
         self.category_to_label: dict[int, int] = {
-            c: label for label, c in enumerate(self.label_to_category)}
-        self.class_names: list[str] = [c.get("name", str(c["id"])) for c in categories]
+            c: label for label, c in enumerate(self.classes.label_to_category)}
 
         per_image = defaultdict(list)
         for annotation in dataset.get("annotations", []):
@@ -137,7 +137,7 @@ class CocoSource:
 
     def __repr__(self) -> str:
         return (f"CocoSource({self.annotations_path!r}, images={len(self)}, "
-                f"classes={len(self.class_names)}, with_masks={self.with_masks})")
+                f"classes={self.classes.num_classes}, with_masks={self.with_masks})")
 
     def image_size(self, index: int) -> tuple[int, int]:
         """``(h, w)`` of image ``index`` from the annotation file (no decoding)."""

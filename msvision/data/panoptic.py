@@ -32,6 +32,7 @@ import numpy as np
 
 from msvision.cli import check_record_list, check_records, read_json
 from msvision.data.annotations import clean_instances, xywh_to_xyxy
+from msvision.data.classes import ClassList
 from msvision.data.images import decode_image
 from msvision.data.stats import DataStats
 
@@ -80,12 +81,10 @@ class PanopticSource:
                               ("id", "category_id", "bbox"), self.annotations_path)
         if categories is None:
             check_records(dataset, "categories", ("id",), self.annotations_path)
-        categories = sorted(categories if categories is not None else dataset["categories"],
-                            key=lambda c: c["id"])
-        self.label_to_category: list[int] = [c["id"] for c in categories]
-        self.category_to_label = {c: i for i, c in enumerate(self.label_to_category)}
-        self.class_names: list[str] = [c.get("name", str(c["id"])) for c in categories]
-        self.label_is_thing = np.array([bool(c.get("isthing", 1)) for c in categories], bool)
+        self.classes = ClassList.from_categories(categories if categories is not None else dataset["categories"],
+                                                 with_isthing=True)
+        self.category_to_label = {c: i for i, c in enumerate(self.classes.label_to_category)}
+        self._label_is_thing = np.array(self.classes.label_is_thing, bool).reshape(-1)
 
         panoptic_by_image = {a["image_id"]: a for a in dataset["annotations"]}
         self._images: list[dict[str, Any]] = []
@@ -161,7 +160,7 @@ class PanopticSource:
             "boxes": entry["boxes"].copy(),
             "labels": entry["labels"].copy(),
             "is_crowd": entry["is_crowd"].copy(),
-            "is_thing": self.label_is_thing[entry["labels"]],
+            "is_thing": self._label_is_thing[entry["labels"]],
             "segment_ids": entry["segment_ids"].copy(),
             "image_id": entry["image_id"],
             "orig_size": tuple(image.shape[:2]),

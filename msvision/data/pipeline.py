@@ -191,47 +191,6 @@ def build_source(split_cfg, data_cfg):
     raise ValueError(f"unknown data.source {kind!r} (coco | coco_panoptic | tfds)")
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetMetadata:
-    """What training and evaluation need to know about the dataset.
-
-    Attributes:
-      class_names: ``[K]`` names of the contiguous labels.
-      label_to_category: ``[K]`` dataset category id of each label (COCO ids).
-      num_train_images: images in the training split.
-      val_annotations: path of the validation instances JSON (pycocotools
-        ground truth); ``''`` for TFDS sources.
-    """
-
-    class_names: tuple[str, ...]
-    label_to_category: tuple[int, ...]
-    num_train_images: int
-    val_annotations: str
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-
-def dataset_metadata(data_cfg, train_source=None) -> DatasetMetadata:
-    """Class names, category ids, training-set size and evaluation JSON path."""
-    source = train_source if train_source is not None else build_source(data_cfg.train,
-                                                                         data_cfg)
-    return DatasetMetadata(
-        class_names=tuple(source.class_names),
-        label_to_category=tuple(int(c) for c in source.label_to_category),
-        num_train_images=len(source),
-        val_annotations=data_cfg.val.annotations if data_cfg.source == "coco" else "",
-    )
-
-
-def num_train_images(data_cfg, train_source=None) -> int:
-    """Number of images of the training split (epochs → steps)."""
-    source = train_source if train_source is not None else build_source(data_cfg.train,
-                                                                         data_cfg)
-    return len(source)
-
-
 def buckets_for(data_cfg) -> list[Bucket]:
     """The bucket shapes of ``data_cfg`` (explicit, or automatic when empty)."""
     if data_cfg.buckets:

@@ -53,6 +53,7 @@ from typing import Any, Optional
 import numpy as np
 
 from msvision.data.annotations import clean_instances
+from msvision.data.classes import ClassList
 from msvision.data.images import decode_image, exif_orientation, read_image, read_image_size
 from msvision.data.stats import DataStats
 
@@ -134,15 +135,16 @@ class TfdsSource:
                                         download=False,
                                         decoders={"image": tfds.decode.SkipDecoding()})
         info = self._source.dataset_info
-        self.class_names: list[str] = list(info.features["objects"]["label"].names)
+        class_names = tuple(info.features["objects"]["label"].names)
         metadata = dict(info.metadata or {})
         if "label_to_category" in metadata:
-            self.label_to_category = [int(c) for c in metadata["label_to_category"]]
-        elif name.split(":")[0].split("/")[0] == "coco" and len(self.class_names) == 80:
-            self.label_to_category = list(COCO_CATEGORY_IDS)
+            label_to_category = tuple(int(c) for c in metadata["label_to_category"])
+        elif name.split(":")[0].split("/")[0] == "coco" and len(class_names) == 80:
+            label_to_category = tuple(COCO_CATEGORY_IDS)
         else:
-            self.label_to_category = list(range(len(self.class_names)))
-        self.category_to_label = {c: i for i, c in enumerate(self.label_to_category)}
+            label_to_category = tuple(range(len(class_names)))
+        self.classes = ClassList(class_names, label_to_category)
+        self.category_to_label = {c: i for i, c in enumerate(self.classes.label_to_category)}
         self.stats.images = len(self._source)
         self._sizes: dict[int, tuple[int, int]] = {}
 
@@ -190,7 +192,7 @@ class TfdsSource:
             bbox = orient_normalized_boxes(bbox, orientation)
         boxes = bbox[:, [1, 0, 3, 2]] * np.array([w, h, w, h], np.float32)
         labels = np.asarray(_as_list(objects.get("label")), np.int64).reshape(-1)
-        labels = np.where((labels >= 0) & (labels < len(self.class_names)), labels, -1)
+        labels = np.where((labels >= 0) & (labels < self.classes.num_classes), labels, -1)
         crowd = objects.get("is_crowd")
         is_crowd = (np.asarray(_as_list(crowd), bool).reshape(-1) if crowd is not None
                     else np.zeros(len(labels), bool))
@@ -272,7 +274,7 @@ def convert_coco_to_tfds(splits: Mapping[str, Any], name: str, data_dir: str,
     tfds = _tfds()
     first = next(iter(splits.values()))
     for split, source in splits.items():
-        if source.label_to_category != first.label_to_category:
+        if source.classes.label_to_category != first.classes.label_to_category:
             raise ValueError(f"split {split!r} has different categories")
     features = tfds.features.FeaturesDict({
         "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
@@ -280,7 +282,7 @@ def convert_coco_to_tfds(splits: Mapping[str, Any], name: str, data_dir: str,
         "image/filename": tfds.features.Text(),
         "objects": tfds.features.Sequence({
             "bbox": tfds.features.BBoxFeature(),
-            "label": tfds.features.ClassLabel(names=first.class_names),
+            "label": tfds.features.ClassLabel(names=list(first.classes.class_names)),
             "is_crowd": np.bool_,
         }),
     })
@@ -294,7 +296,7 @@ def convert_coco_to_tfds(splits: Mapping[str, Any], name: str, data_dir: str,
                 description="COCO-format dataset converted by msvision.",
                 disable_shuffling=True,  # keep the annotation file's image order
                 metadata=tfds.core.MetadataDict(
-                    label_to_category=list(first.label_to_category)))
+                    label_to_category=list(first.classes.label_to_category)))
 
         def _split_generators(self, dl_manager):
             del dl_manager

@@ -41,8 +41,8 @@ def predict_files(predictor, paths: Sequence[str], out_dir: str, batch_size: Opt
     from tqdm.auto import tqdm
 
     if batch_size is not None and batch_size != predictor.batch_size:
-        if getattr(predictor.detect, "batch_size", None) is not None:
-            raise ValueError(f"this exported model runs batches of {predictor.detect.batch_size} only")
+        if predictor.static_batch_size is not None:
+            raise ValueError(f"this exported model runs batches of {predictor.static_batch_size} only")
         predictor.batch_size = batch_size
     start = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)

@@ -46,6 +46,8 @@ class Predictor:
       batch_size: images per call of ``detect``; a partial batch is padded, so
         each bucket compiles once. ``None``: any size (an export with a symbolic
         batch dimension).
+      static_batch_size: the one batch size ``detect`` runs (an export with a static
+        batch dimension; ``batch_size`` must equal it); None: any.
       score_threshold: detections below it are left out of the outputs.
       mask_threshold: a pasted mask probability above it is foreground (0.5 as evaluation).
       panoptic: the panoptic post-processing (``eval.panoptic`` of a panoptic config,
@@ -53,14 +55,18 @@ class Predictor:
     """
 
     def __init__(self, detect: DetectFn, classes: ClassList, preprocessing: Preprocessing, *,
-                 batch_size: int = 1, score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-                 mask_threshold: float = DEFAULT_MASK_THRESHOLD, panoptic: Optional[Any] = None):
+                 batch_size: int = 1, static_batch_size: Optional[int] = None,
+                 score_threshold: float = DEFAULT_SCORE_THRESHOLD, mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+                 panoptic: Optional[Any] = None):
         if panoptic is not None and classes.label_is_thing is None:
             raise ValueError("panoptic prediction needs classes.label_is_thing (each class's isthing)")
+        if static_batch_size is not None and batch_size != static_batch_size:
+            raise ValueError(f"this exported model runs batches of {static_batch_size} only, not {batch_size}")
         self.detect = detect
         self.classes = classes
         self.preprocessing = preprocessing
         self.batch_size = batch_size
+        self.static_batch_size = static_batch_size
         self.score_threshold = score_threshold
         self.mask_threshold = mask_threshold
         self.panoptic = panoptic
@@ -135,7 +141,8 @@ class Predictor:
         if panoptic is not None:
             require_isthing(exported.classes, path)
         predictor = cls(exported, exported.classes, exported.preprocessing, batch_size=batch_size or 1,
-                        score_threshold=score_threshold, mask_threshold=mask_threshold, panoptic=panoptic)
+                        static_batch_size=exported.batch_size, score_threshold=score_threshold,
+                        mask_threshold=mask_threshold, panoptic=panoptic)
         predictor.step = exported.step
         return predictor
 

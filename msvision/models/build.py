@@ -6,8 +6,8 @@ section per part, ``backbone``, ``neck``, ``head`` and ``seg_head``, each with a
 or :data:`SEG_HEADS`. ``seg_head`` is optional: its default ``'none'`` is a detector;
 a segmentation head (``'effseg'`` or one of its baselines ``'maskrcnn'``, ``'pointrend'``,
 ``'refinemask'``, thesis chapter 5) adds masks, reading the
-pyramid and the detection head's queries, boxes and matches
-(``head.losses_with_queries`` / ``head.predict_with_queries``). The rest
+pyramid and the detection head's queries, boxes and matches: the head must declare
+``provides_queries`` (:mod:`msvision.models.interfaces`). The rest
 of a part's section maps one to one onto that module's constructor keyword
 arguments (:mod:`msvision.config_schema`): defaults live in the signatures only,
 unknown keys fail naming the closest valid key, and
@@ -19,8 +19,8 @@ Arguments the builder supplies itself (not config fields): ``rngs`` and ``dtype`
 (from ``model.dtype``) everywhere; the neck's ``in_channels`` (from the backbone);
 the head's ``num_classes`` (from ``model.num_classes``, set from the dataset by
 the trainer), ``levels`` and ``channels`` (from the neck); the segmentation
-head's ``levels`` and ``channels`` (from the neck) and, for the class-specific
-heads that take it (the ++ baselines), ``num_classes``. Builder-level fields:
+head's ``levels`` and ``channels`` (from the neck) and, for the heads that declare
+``class_specific`` (the ++ baselines), ``num_classes``. Builder-level fields:
 ``backbone.pretrained`` (a checkpoint loaded after construction by the backbone's
 loader: a torchvision ResNet ``.pth``, or an official / mmdet / torchvision Swin
 ``.pth``, :mod:`msvision.models.backbones.pretrained`; needs torch).
@@ -31,7 +31,6 @@ With no fields set, the model is the thesis's R50-FPN-RetinaNet (chapter 3, C = 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 from typing import Any, Callable
 
@@ -67,7 +66,7 @@ NECKS: dict[str, tuple[Callable, dict]] = {
     "defenc": (DefEncoder, {}),
 }
 HEADS: dict[str, tuple[Callable, dict]] = {"retinanet": (RetinaNetHead, {}), "fqdet": (FQDetHead, {})}
-# 'none': no segmentation head (a detector). Segmentation heads need a query-based head.
+# 'none': no segmentation head (a detector). Segmentation heads need a head with provides_queries.
 SEG_HEADS: dict[str, tuple[Callable | None, dict]] = {
     "none": (None, {}),
     "effseg": (EffSegHead, {}),
@@ -165,6 +164,10 @@ def build_part(kind: str, section: Any, **supplied: Any):
 def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Detector:
     """Builds the detector described by ``model_cfg`` (see the module docstring)."""
     model_cfg = resolve_model_config(model_cfg)
+    seg_cls = SEG_HEADS[model_cfg.seg_head.name][0]
+    if seg_cls is not None and not HEADS[model_cfg.head.name][0].provides_queries:
+        raise ConfigError(f"model.seg_head {model_cfg.seg_head.name!r} needs a query-based detection head "
+                          f"(model.head.name='fqdet'), got {model_cfg.head.name!r}")
     dtype = DTYPES[model_cfg.dtype]
     backbone = build_part("backbone", model_cfg.backbone, dtype=dtype, rngs=rngs)
     if model_cfg.backbone.pretrained:
@@ -175,14 +178,9 @@ def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> Dete
     head = build_part("head", model_cfg.head, num_classes=model_cfg.num_classes, levels=neck.out_levels,
                        channels=neck.channels, dtype=dtype, rngs=rngs)
     seg_supplied = dict(levels=neck.out_levels, channels=neck.channels, dtype=dtype, rngs=rngs)
-    seg_fn = SEG_HEADS[model_cfg.seg_head.name][0]
-    seg_init = seg_fn.__init__ if inspect.isclass(seg_fn) else seg_fn  # nnx modules: the class signature is (*args, **kw)
-    if seg_fn is not None and "num_classes" in inspect.signature(seg_init).parameters:  # class-specific masks
+    if seg_cls is not None and seg_cls.class_specific:  # one mask per class
         seg_supplied["num_classes"] = model_cfg.num_classes
     seg_head = build_part("seg_head", model_cfg.seg_head, **seg_supplied)
-    if seg_head is not None and not hasattr(head, "losses_with_queries"):
-        raise ConfigError(f"model.seg_head {model_cfg.seg_head.name!r} needs a query-based detection head "
-                          f"(model.head.name='fqdet'), got {model_cfg.head.name!r}")
     return Detector(backbone, neck, head, seg_head, pixel_mean=tuple(model_cfg.pixel_mean),
                     pixel_std=tuple(model_cfg.pixel_std), dtype=dtype)
 

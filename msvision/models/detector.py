@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from msvision.models.interfaces import DetectionHead, QueryDetectionHead, SegmentationHead
 from msvision.ops.boxes import clip_boxes, scale_boxes
 from msvision.structures import Batch, Detections, ImageBatch
 
@@ -27,12 +28,10 @@ class Detector(nnx.Module):
     Args:
       backbone: ``images [B, H, W, 3] → {level: feature}``.
       neck: ``{level: feature} → {level: [B, H_l, W_l, D]}``.
-      head: has ``losses(pyramid, batch)`` and ``predict(pyramid, inputs)``.
-      seg_head: optional segmentation head (thesis chapter 5) with
-        ``losses(pyramid, batch, queries)`` (``losses(..., rng=key)`` when it sets
-        ``uses_rng``) and ``predict(pyramid, inputs, dets, queries)``; the head then
-        also provides ``losses_with_queries`` and ``predict_with_queries``
-        (:class:`~msvision.structures.QueryOutputs`).
+      head: a :class:`~msvision.models.interfaces.DetectionHead`; with a ``seg_head``, a
+        :class:`~msvision.models.interfaces.QueryDetectionHead`.
+      seg_head: optional :class:`~msvision.models.interfaces.SegmentationHead` (thesis
+        chapter 5), fed the head's :class:`~msvision.structures.QueryOutputs`.
       pixel_mean, pixel_std: RGB normalisation in 0..255 units.
       dtype: compute dtype of the network (e.g. ``jnp.bfloat16``); parameters stay
         float32 and losses are computed in float32.
@@ -42,13 +41,15 @@ class Detector(nnx.Module):
         self,
         backbone: nnx.Module,
         neck: nnx.Module,
-        head: nnx.Module,
-        seg_head: nnx.Module | None = None,
+        head: DetectionHead | QueryDetectionHead,
+        seg_head: SegmentationHead | None = None,
         *,
         pixel_mean: Sequence[float] = IMAGENET_MEAN,
         pixel_std: Sequence[float] = IMAGENET_STD,
         dtype=jnp.float32,
     ):
+        if seg_head is not None and not head.provides_queries:
+            raise ValueError(f"a segmentation head needs a query-based detection head, got {type(head).__name__}")
         self.backbone = backbone
         self.neck = neck
         self.head = head
@@ -82,11 +83,9 @@ class Detector(nnx.Module):
             loss, metrics = self.head.losses(pyramid, batch)
         else:
             loss, metrics, queries = self.head.losses_with_queries(pyramid, batch)
-            # Heads with training-time randomness (PointRend++'s point sampling) declare it.
-            kw = {}
-            if getattr(self.seg_head, "uses_rng", False):
-                kw["rng"] = None if rng is None else jax.random.fold_in(rng, 1)
-            seg_loss, seg_metrics = self.seg_head.losses(pyramid, batch, queries, **kw)
+            # The key of the head's training-time randomness (PointRend++'s point sampling).
+            seg_rng = None if rng is None else jax.random.fold_in(rng, 1)
+            seg_loss, seg_metrics = self.seg_head.losses(pyramid, batch, queries, rng=seg_rng)
             loss = loss + seg_loss
             metrics = dict(metrics, **seg_metrics)
         return loss.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}

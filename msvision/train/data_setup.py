@@ -20,38 +20,31 @@ import numpy as np
 import msvision.data as data_lib
 from msvision import config_sections
 from msvision.data.classes import DATASET_FILE, ClassList, read_dataset_file, write_dataset_file
-from msvision.data.pipeline import DatasetMetadata
 
 
 @dataclasses.dataclass
 class DatasetInfo:
-    """Dataset metadata plus the sources, built once per run (``train_source`` is None
-    when only evaluating)."""
+    """A run's dataset, built once per run: what ``WORKDIR/dataset.json`` records (the
+    classes and the training-set size), the resolved ``config.data`` and the sources.
 
-    metadata: DatasetMetadata
+    Attributes:
+      classes: the model's classes (the training source's; when evaluating, the run's
+        ``dataset.json``'s).
+      num_train_images: images in the training split (epochs → steps).
+      data_cfg: the resolved ``config.data``.
+      train_source: None when only evaluating.
+    """
+
+    classes: ClassList
+    num_train_images: int
     data_cfg: Any
     train_source: Any = None
     _val_source: Any = None
 
     @property
-    def num_classes(self) -> int:
-        return self.metadata.num_classes
-
-    @property
-    def num_train_images(self) -> int:
-        return self.metadata.num_train_images
-
-    @property
-    def label_to_category(self):
-        return self.metadata.label_to_category
-
-    @property
-    def class_names(self):
-        return self.metadata.class_names
-
-    @property
     def val_annotations(self) -> str:
-        return self.metadata.val_annotations
+        """The validation instances JSON (pycocotools ground truth) of a ``'coco'`` source, else ''."""
+        return self.data_cfg.val.annotations if self.data_cfg.source == "coco" else ""
 
     @property
     def val_source(self):
@@ -86,28 +79,23 @@ def prepare_synthetic(data_cfg):
 
 
 def dataset_info(data_cfg) -> DatasetInfo:
-    """The training run's dataset: metadata, the training source and ``DatasetInfo.data_cfg``,
-    ``data_cfg`` resolved, with the synthetic dataset's paths filled in (:func:`prepare_synthetic`;
-    ``data_cfg`` is unchanged)."""
+    """The training run's dataset: the training source, its classes and size, and
+    ``DatasetInfo.data_cfg``, ``data_cfg`` resolved, with the synthetic dataset's paths filled in
+    (:func:`prepare_synthetic`; ``data_cfg`` is unchanged)."""
     data_cfg = prepare_synthetic(config_sections.resolve_section("data", data_cfg))
     train_source = data_lib.build_source(data_cfg.train, data_cfg)
-    return DatasetInfo(data_lib.dataset_metadata(data_cfg, train_source), data_cfg, train_source)
+    return DatasetInfo(train_source.classes, len(train_source), data_cfg, train_source)
 
 
-def save_dataset_metadata(info: DatasetInfo, workdir: str) -> None:
-    """Writes the class list of a training run to ``WORKDIR/dataset.json``
-    (:mod:`msvision.data.classes`), with ``label_is_thing`` when the training source is
-    panoptic (it has ``label_is_thing``; prediction needs it for the panoptic
-    post-processing)."""
-    meta = info.metadata
-    is_thing = getattr(info.train_source, "label_is_thing", None)
-    classes = ClassList(tuple(meta.class_names), tuple(int(c) for c in meta.label_to_category),
-                        None if is_thing is None else tuple(bool(t) for t in is_thing))
-    write_dataset_file(workdir, classes, meta.num_train_images)
+def save_dataset_file(info: DatasetInfo, workdir: str) -> None:
+    """Writes the classes and training-set size of a training run to ``WORKDIR/dataset.json``
+    (:mod:`msvision.data.classes`); a panoptic source's classes carry ``label_is_thing``, which
+    prediction needs for the panoptic post-processing."""
+    write_dataset_file(workdir, info.classes, info.num_train_images)
 
 
 def eval_dataset_info(data_cfg, workdir: Optional[str] = None) -> DatasetInfo:
-    """Dataset metadata for evaluation without reading the training annotations.
+    """The dataset of an evaluation, without reading the training annotations.
 
     The class list comes from ``WORKDIR/dataset.json`` when the run wrote one (so
     labels map to the categories the model was trained on), else from the
@@ -116,16 +104,10 @@ def eval_dataset_info(data_cfg, workdir: Optional[str] = None) -> DatasetInfo:
     data_cfg = prepare_synthetic(config_sections.resolve_section("data", data_cfg))
     val_source = data_lib.build_source(data_cfg.val, data_cfg)
     if workdir and os.path.exists(os.path.join(workdir, DATASET_FILE)):
-        saved = read_dataset_file(workdir)
-        classes = ClassList.from_json(saved)
-        num_train = int(saved.get("num_train_images", 0))
+        classes, num_train = read_dataset_file(workdir)
     else:
-        classes = ClassList(tuple(val_source.class_names), tuple(int(c) for c in val_source.label_to_category))
-        num_train = 0
-    meta = DatasetMetadata(class_names=classes.class_names, label_to_category=classes.label_to_category,
-                           num_train_images=max(num_train, 1),
-                           val_annotations=data_cfg.val.annotations if data_cfg.source == "coco" else "")
-    return DatasetInfo(meta, data_cfg, None, val_source)
+        classes, num_train = val_source.classes, 0
+    return DatasetInfo(classes, max(num_train, 1), data_cfg, None, val_source)
 
 
 def build_train_iterator(info: DatasetInfo, *, seed: int, shard_index: int, shard_count: int, start_step: int = 0):

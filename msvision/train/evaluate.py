@@ -125,7 +125,7 @@ def build_evaluators(config: ml_collections.ConfigDict, dataset_info, out_dir: s
     pictures of the first ``visualize_count`` images.
     """
     data_cfg = dataset_info.data_cfg
-    label_to_category = dataset_info.label_to_category
+    label_to_category = dataset_info.classes.label_to_category
     has_masks = config.model.seg_head.name != "none"
     panoptic_gt = None
     if data_cfg.source == "coco_panoptic":
@@ -161,12 +161,12 @@ def build_evaluators(config: ml_collections.ConfigDict, dataset_info, out_dir: s
         if panoptic_gt is not None:
             evaluators.append(eval_writers.PanopticPictures(
                 vis_dir, visualize_count, panoptic_gt, load_image=load_image,
-                class_names=dataset_info.class_names, label_to_category=label_to_category))
+                class_names=dataset_info.classes.class_names, label_to_category=label_to_category))
         else:
             evaluators.append(eval_writers.DetectionPictures(
                 vis_dir, visualize_count, load_image=load_image,
                 load_ground_truth=functools.partial(data_setup.original_ground_truth, dataset_info),
-                class_names=dataset_info.class_names))
+                class_names=dataset_info.classes.class_names))
     return postprocess, evaluators_lib.DatasetEvaluators(evaluators)
 
 

@@ -149,7 +149,7 @@ def run_config(config: ml_collections.ConfigDict, dataset_info) -> ml_collection
     class list."""
     config = config_sections.resolve_config(config)
     config.data = dataset_info.data_cfg.copy_and_resolve_references()
-    config.model.num_classes = dataset_info.num_classes
+    config.model.num_classes = dataset_info.classes.num_classes
     return config
 
 
@@ -159,7 +159,7 @@ def build_trainer(config: ml_collections.ConfigDict, dataset_info) -> Trainer:
     config = run_config(config, dataset_info)
     mesh = sharding_lib.make_mesh()
     sharding_lib.check_batch_size(config.data.batch_size, mesh)
-    graphdef, params, rest = init_model_state(config, dataset_info.num_classes)
+    graphdef, params, rest = init_model_state(config, dataset_info.classes.num_classes)
     spe = steps_per_epoch(dataset_info.num_train_images, config.data.batch_size)
     if config.train.num_steps > 0 and config.optim.epochs > 0:
         # Epoch-based decays are defined over the configured epochs; a run given in
@@ -237,7 +237,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str) -> dict:
         # After the dataset paths and num_classes are resolved: the config actually used, and the
         # class list (dataset.json) that evaluation, prediction and export read.
         config_lib.save_config(config, os.path.join(workdir, "config.json"))
-        data_lib.save_dataset_metadata(dataset_info, workdir)
+        data_lib.save_dataset_file(dataset_info, workdir)
     num_steps = total_steps(config, dataset_info.num_train_images)
     ckpt = checkpoint_lib.Checkpointer(
         os.path.join(workdir, "checkpoints"),

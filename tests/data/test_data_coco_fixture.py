@@ -38,19 +38,19 @@ def test_reads_both_images(coco_sample):
 def test_category_mapping_round_trip(coco_sample):
     coco, _ = _sources(coco_sample)
     data = json.loads((coco_sample / "instances_from_panoptic.json").read_text())
-    assert len(coco.label_to_category) == len(coco.class_names) == 133
-    assert coco.label_to_category == sorted(c["id"] for c in data["categories"])
+    assert coco.classes.num_classes == 133
+    assert list(coco.classes.label_to_category) == sorted(c["id"] for c in data["categories"])
     names = {c["id"]: c["name"] for c in data["categories"]}
     expected = {}
     for a in data["annotations"]:
         expected.setdefault(a["image_id"], []).append(a["category_id"])
     for i in range(2):
         record = coco[i]
-        categories = [coco.label_to_category[l] for l in record["labels"]]
+        categories = [coco.classes.label_to_category[l] for l in record["labels"]]
         assert sorted(categories) == sorted(expected[record["image_id"]])
         for label in record["labels"]:
-            assert coco.category_to_label[coco.label_to_category[label]] == label
-            assert coco.class_names[label] == names[coco.label_to_category[label]]
+            assert coco.category_to_label[coco.classes.label_to_category[label]] == label
+            assert coco.classes.class_names[label] == names[coco.classes.label_to_category[label]]
     crowd = sum(int(coco[i]["is_crowd"].sum()) for i in range(2))
     assert crowd == sum(a["iscrowd"] for a in data["annotations"]) > 0
 
@@ -73,7 +73,7 @@ def test_rle_masks_match_panoptic_png(coco_sample):
         for mask, png_mask, segment, label in zip(record["masks"], png_masks,
                                                   annotation["segments_info"],
                                                   record["labels"]):
-            assert coco.label_to_category[label] == segment["category_id"]
+            assert coco.classes.label_to_category[label] == segment["category_id"]
             assert mask.sum() == segment["area"]
             np.testing.assert_array_equal(mask, png_mask)
 
@@ -91,7 +91,7 @@ def test_boxes_equal_mask_extents(coco_sample):
 def test_panoptic_source_matches_instances(coco_sample):
     coco, panoptic = _sources(coco_sample)
     assert len(panoptic) == 2
-    assert len(panoptic.label_to_category) == 133
+    assert panoptic.classes.num_classes == 133
     for i in range(2):
         a, b = coco[i], panoptic[i]
         assert a["image_id"] == b["image_id"]
@@ -100,7 +100,7 @@ def test_panoptic_source_matches_instances(coco_sample):
         np.testing.assert_allclose(a["boxes"], b["boxes"])
         np.testing.assert_array_equal(a["labels"], b["labels"])
         np.testing.assert_array_equal(a["is_crowd"], b["is_crowd"])
-        categories = np.array(panoptic.label_to_category)[b["labels"]]
+        categories = np.array(panoptic.classes.label_to_category)[b["labels"]]
         np.testing.assert_array_equal(b["is_thing"], categories <= 90)  # COCO thing ids
         assert len(np.unique(b["segment_ids"])) == len(b["segment_ids"])
 

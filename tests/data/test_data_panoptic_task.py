@@ -19,7 +19,7 @@ def test_coco_panoptic_source_drops_crowd_segments(coco_sample):
     cfg.train.images = str(coco_sample / "images")
     source = build_source(cfg.train, cfg)
     data = json.loads((coco_sample / "panoptic_examples.json").read_text())
-    assert len(source.class_names) == 133 and source.label_is_thing.sum() == 80
+    assert source.classes.num_classes == 133 and sum(source.classes.label_is_thing) == 80
     crowd = 0
     for i, ann in enumerate(data["annotations"]):
         record = source[i]
@@ -41,7 +41,7 @@ def test_synthetic_panoptic_split_trains_on_things_and_stuff(shapes_root):
                num_threads=1, prefetch_buffer=1)
     cfg.augment.update(scales=(96,), max_size=128, crop_prob=0.0)
     info = data_setup.dataset_info(cfg)
-    assert info.class_names == ("circle", "triangle", "rectangle", "star", "hexagon", "cross",
+    assert info.classes.class_names == ("circle", "triangle", "rectangle", "star", "hexagon", "cross",
                                 "sky", "grass", "water", "sand")
     batch = next(iter(train_dataset(cfg, seed=0, source=info.train_source)))
     labels = batch.labels[batch.valid]

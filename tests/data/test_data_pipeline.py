@@ -8,6 +8,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from msvision.data import batching, pipeline
+from msvision.data.classes import ClassList
 from msvision.data.coco import CocoSource
 from msvision.structures import Batch
 
@@ -60,7 +61,7 @@ def test_train_batch_contents(small_data_cfg):
             assert (boxes[:, 2] > boxes[:, 0]).all() and (boxes[:, 3] > boxes[:, 1]).all()
             assert (boxes[:, 0::2] <= w + 1e-3).all() and (boxes[:, 1::2] <= h + 1e-3).all()
             assert not batch.masks[i][:, ~pixels[i]].any()
-            assert (batch.labels[i, :n] < len(source.class_names)).all()
+            assert (batch.labels[i, :n] < source.classes.num_classes).all()
 
 
 def test_same_seed_same_batches(small_data_cfg):
@@ -156,12 +157,11 @@ def test_eval_order_padding_and_shards(small_data_cfg):
         assert shards[0][k].images.shape == shards[1][k].images.shape
 
 
-def test_dataset_metadata(small_data_cfg):
-    meta = pipeline.dataset_metadata(small_data_cfg)
-    assert meta.class_names == ("circle", "triangle", "rectangle", "star", "hexagon", "cross")
-    assert meta.label_to_category == (1, 2, 3, 4, 5, 6)
-    assert meta.num_train_images == 24 == pipeline.num_train_images(small_data_cfg)
-    assert meta.val_annotations == small_data_cfg.val.annotations
+def test_a_source_has_its_class_list(small_data_cfg):
+    source = pipeline.build_source(small_data_cfg.train, small_data_cfg)
+    assert source.classes == ClassList(("circle", "triangle", "rectangle", "star", "hexagon", "cross"),
+                                       (1, 2, 3, 4, 5, 6))
+    assert len(source) == 24
 
 
 def test_pipeline_is_picklable(small_data_cfg):
@@ -179,7 +179,7 @@ def test_panoptic_source_in_pipeline(small_data_cfg, shapes_root):
     cfg.val.panoptic_dir = str(shapes_root / "val" / "panoptic")
     batch = next(pipeline.build_eval_iterator(cfg))
     source = pipeline.build_source(cfg.val, cfg)
-    assert len(source.class_names) == 10  # 6 things + 4 stuff
+    assert source.classes.num_classes == 10  # 6 things + 4 stuff
     for i in range(batch.batch_size):
         n = int(batch.valid[i].sum())
         h, w = batch.image_sizes[i]

@@ -56,7 +56,7 @@ def test_annotations_match_pixels(shapes_root):
 
 def test_dataset_statistics(shapes_root):
     source = CocoSource(shapes_root / "train" / "instances.json", shapes_root / "train" / "images")
-    assert len(source) == 24 and source.class_names[0] == "circle"
+    assert len(source) == 24 and source.classes.class_names[0] == "circle"
     sizes = np.array([source.image_size(i) for i in range(len(source))])
     aspect = sizes[:, 1] / sizes[:, 0]
     assert (aspect > 0.74).all() and (aspect < 1.34).all() and len(set(map(tuple, sizes))) > 3

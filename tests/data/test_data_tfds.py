@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from msvision.data.classes import ClassList
 from msvision.data.coco import CocoSource
 from msvision.data.tfds_source import TfdsSource, convert_coco_to_tfds
 
@@ -17,8 +18,7 @@ def test_round_trip(shapes_root, tmp_path):
     for split, coco in splits.items():
         tfds_source = TfdsSource("msvision_shapes_test", split, str(tmp_path))
         assert len(tfds_source) == len(coco)
-        assert tfds_source.class_names == coco.class_names
-        assert tfds_source.label_to_category == coco.label_to_category
+        assert tfds_source.classes == coco.classes
         for i in range(len(coco)):
             a, b = coco[i], tfds_source[i]
             assert a["image_id"] == b["image_id"] and a["file_name"] == b["file_name"]
@@ -107,7 +107,7 @@ def test_tfds_images_are_read_as_seen_with_their_boxes(tmp_path, monkeypatch):
                                        "label": np.array([0]), "is_crowd": np.array([False])}}
 
     monkeypatch.setattr(module, "_examples", examples)
-    split = SimpleNamespace(label_to_category=[1], class_names=["block"])
+    split = SimpleNamespace(classes=ClassList(("block",), (1,)))
     module.convert_coco_to_tfds({"train": split}, "msvision_exif_test", str(tmp_path))
     source = TfdsSource("msvision_exif_test", "train", str(tmp_path))
     for i, orientation in enumerate(orientations):

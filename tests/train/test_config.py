@@ -292,7 +292,7 @@ def test_the_trainer_writes_into_no_config_it_is_given(tmp_path):
     run = loop.run_config(config, info)
     assert str(config) == before and config.data.train.annotations == ""
     assert run.data.train.annotations == str(tmp_path / "shapes" / "train" / "instances.json")
-    assert run.model.num_classes == info.num_classes != config.model.num_classes
+    assert run.model.num_classes == info.classes.num_classes != config.model.num_classes
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+from msvision.data.classes import ClassList
 from msvision.data.pipeline import default_data_config
 from msvision.train import data_setup
 
@@ -36,9 +37,9 @@ def test_eval_metadata_never_reads_the_training_annotations(tmp_path):
     cfg.val.annotations = str(FIXTURE / "instances_from_panoptic.json")
     cfg.val.images = str(FIXTURE / "images")
     info = data_setup.eval_dataset_info(cfg, str(tmp_path))
-    assert info.train_source is None and info.num_classes == 133
+    assert info.train_source is None and info.classes.num_classes == 133
     # a run's own class list wins over the validation file's
     (tmp_path / "dataset.json").write_text(json.dumps(
         dict(class_names=["a", "b"], label_to_category=[7, 9], num_train_images=12)))
     info = data_setup.eval_dataset_info(cfg, str(tmp_path))
-    assert info.class_names == ("a", "b") and info.label_to_category == (7, 9)
+    assert info.classes == ClassList(("a", "b"), (7, 9)) and info.num_train_images == 12

@@ -135,7 +135,7 @@ def load_coco(path) -> COCO:
 
 def run_evaluation(config, workdir, with_masks):
     info = data_setup.dataset_info(config.data)
-    predict = StandInPredict(info.num_classes, with_masks)
+    predict = StandInPredict(info.classes.num_classes, with_masks)
     metrics = evaluate_detector(config, info, predict, sharding_lib.make_mesh(), str(workdir), STEP,
                                 visualize_count=2, extra_metrics={"checkpoint/skipped": 1.0})
     with open(workdir / "eval" / f"metrics_{STEP}.json") as f:
@@ -157,14 +157,14 @@ def test_instance_metrics_equal_pycocotools_by_hand(tmp_path):
         "eval/num_images", "eval/checkpoint/skipped"]  # the keys of metrics.jsonl, in this order
     assert metrics["eval/num_images"] == num_val and metrics["eval/checkpoint/skipped"] == 1.0
     gt = load_coco(info.val_annotations)
-    pasted = results_by_hand(predict, info.label_to_category, masks="pasted")
+    pasted = results_by_hand(predict, info.classes.label_to_category, masks="pasted")
     with open(tmp_path / "run" / "eval" / f"results_{STEP}.json") as f:
         assert json.load(f) == pasted
     expected = {
         "bbox": cocoeval_by_hand(gt, pasted, "bbox"),
         "segm": cocoeval_by_hand(gt, pasted, "segm"),
         "boundary": coco_boundary_ap(gt, pasted, image_ids={r["image_id"] for r in pasted}),
-        "box_as_mask": cocoeval_by_hand(gt, results_by_hand(predict, info.label_to_category, masks="boxes"),
+        "box_as_mask": cocoeval_by_hand(gt, results_by_hand(predict, info.classes.label_to_category, masks="boxes"),
                                         "segm"),
     }
     for prefix in prefixes:
@@ -191,8 +191,8 @@ def test_panoptic_metrics_equal_panoptic_quality_and_pycocotools_by_hand(tmp_pat
             v = dets.valid[i]
             pred_ids, segments = panoptic_segmentation(
                 post, dets.masks[i][v], dets.mask_boxes[i][v], dets.scores[i][v], dets.labels[i][v], input_sizes[i],
-                orig[i], label_is_thing=[isthing[c] for c in info.label_to_category],
-                label_to_category=info.label_to_category)
+                orig[i], label_is_thing=[isthing[c] for c in info.classes.label_to_category],
+                label_to_category=info.classes.label_to_category)
             gt = by_image[image_id]
             pq.add(read_id_map(os.path.join(val.panoptic_dir, gt["file_name"])), gt["segments_info"], pred_ids,
                    segments)
@@ -203,7 +203,7 @@ def test_panoptic_metrics_equal_panoptic_quality_and_pycocotools_by_hand(tmp_pat
 
     # Box and mask AP against every segment, thing or stuff, as an instance.
     gt = panoptic_to_coco_instances(val.panoptic, val.panoptic_dir)
-    pasted = results_by_hand(predict, info.label_to_category, masks="pasted")
+    pasted = results_by_hand(predict, info.classes.label_to_category, masks="pasted")
     for prefix in ("bbox", "segm"):
         expected = cocoeval_by_hand(gt, pasted, prefix)
         np.testing.assert_allclose([metrics[f"eval/{prefix}/{n}"] for n in METRIC_NAMES],
@@ -236,6 +236,6 @@ def test_gathering_keeps_each_image_once():
 def test_a_panoptic_split_needs_a_segmentation_head(tmp_path):
     config = config_sections.resolve_config(tiny_panoptic_config.get_config(str(tmp_path / "shapes")))
     info = data_setup.dataset_info(config.data)
-    predict = StandInPredict(info.num_classes, with_masks=False)
+    predict = StandInPredict(info.classes.num_classes, with_masks=False)
     with pytest.raises(ValueError, match="needs a segmentation head"):
         evaluate_detector(config, info, predict, sharding_lib.make_mesh(), str(tmp_path / "run"), STEP)

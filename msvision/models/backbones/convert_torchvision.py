@@ -52,9 +52,9 @@ def _module_entries(model: ResNet):
     for i, stage in enumerate(model.stages()):
         for j, block in enumerate(stage):
             p = f"layer{i + 1}.{j}"
-            for name in ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3"):
-                if hasattr(block, name):
-                    yield f"{p}.{name}", getattr(block, name)
+            for k in range(1, block.num_convs + 1):
+                yield f"{p}.conv{k}", getattr(block, f"conv{k}")
+                yield f"{p}.bn{k}", getattr(block, f"bn{k}")
             if block.downsample_conv is not None:
                 yield f"{p}.downsample.0", block.downsample_conv
                 yield f"{p}.downsample.1", block.downsample_bn

@@ -60,6 +60,7 @@ def _conv(cin, cout, k, stride, frozen, dtype, rngs):
 
 class BasicBlock(nnx.Module):
     expansion = 1
+    num_convs = 2  # conv1/bn1, conv2/bn2 (torchvision's names)
 
     def __init__(self, cin, width, stride, *, frozen, train_bn, dtype, rngs, norm="frozen_bn"):
         cout = width * self.expansion
@@ -86,6 +87,7 @@ class BasicBlock(nnx.Module):
 
 class Bottleneck(nnx.Module):
     expansion = 4
+    num_convs = 3  # conv1/bn1 … conv3/bn3 (torchvision's names)
 
     def __init__(self, cin, width, stride, *, frozen, train_bn, dtype, rngs, norm="frozen_bn"):
         cout = width * self.expansion

@@ -85,6 +85,8 @@ class RetinaNetHead(nnx.Module):
     anchor, as :mod:`msvision.ops.anchors`).
     """
 
+    provides_queries = False  # no queries: cannot feed a segmentation head (models/interfaces.py)
+
     def __init__(
         self,
         num_classes: int,

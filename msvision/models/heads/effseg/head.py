@@ -106,6 +106,8 @@ class EffSegHead(nnx.Module):
         :class:`~msvision.models.heads.roi_mask.RoIMaskPostProcess` (eq. 5.3 weighting).
     """
 
+    class_specific = False  # one mask per RoI, whatever its class
+
     def __init__(
         self,
         levels: Sequence[int] = (2, 3, 4, 5, 6, 7),
@@ -288,8 +290,10 @@ class EffSegHead(nnx.Module):
 
     # --- training and inference ------------------------------------------------------------
 
-    def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs) -> tuple[Array, dict]:
+    def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs,
+               rng: Array | None = None) -> tuple[Array, dict]:
         """Mask losses of the matched queries (stage-2 positives), ``(total, metrics)`` float32."""
+        del rng  # no training-time randomness
         rois, train, _ = roi_ops.gather_train_rois(queries, batch, self.max_train_rois, "the EffSeg head")
         stages = self(pyramid, batch.image_sizes, rois.queries, rois.boxes, rois.valid)
         targets = mask_targets(jnp.asarray(batch.masks), rois.boxes, train.gt_index, self.num_stages,

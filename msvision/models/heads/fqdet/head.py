@@ -140,6 +140,8 @@ class FQDetHead(nnx.Module):
         :class:`.FQDetPostProcess`.
     """
 
+    provides_queries = True  # losses_with_queries / predict_with_queries feed a segmentation head
+
     def __init__(
         self,
         num_classes: int,

@@ -58,6 +58,8 @@ class MaskRCNNHead(nnx.Module):
         (:class:`~msvision.models.heads.roi_mask.RoIMaskPostProcess`, as EffSeg's).
     """
 
+    class_specific = True  # the builder passes num_classes
+
     def __init__(
         self,
         num_classes: int = 80,
@@ -118,8 +120,10 @@ class MaskRCNNHead(nnx.Module):
         logits = self.mask_head(x)
         return logits.reshape(batch, num_rois, 2 * size, 2 * size, self.num_classes)
 
-    def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs) -> tuple[Array, dict]:
+    def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs,
+               rng: Array | None = None) -> tuple[Array, dict]:
         """Mask loss of the matched queries, ``(total, metrics)`` float32."""
+        del rng  # no training-time randomness
         rois, train, labels = roi_ops.gather_train_rois(queries, batch, self.max_train_rois, "the Mask R-CNN++ head")
         logits = class_logits.pick_class(self(pyramid, batch.image_sizes, rois.queries, rois.boxes), labels)
         targets = crop_resize_targets(batch, rois.boxes, train.gt_index, self.mask_resolution)

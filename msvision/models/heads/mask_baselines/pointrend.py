@@ -15,8 +15,7 @@ FCN head (the "++" change, thesis §5.4.1) and EffSeg's RoIs, query fusion and s
   points per RoI chosen by :func:`~.points.uncertain_points_with_randomness` (oversample
   3, importance 0.75) from the coarse logits of the object's class; the point targets are
   the object's mask read bilinearly at the points (soft, as released); sigmoid BCE, mean per
-  RoI, summed over RoIs. The random draws use the detector's training key
-  (``uses_rng``).
+  RoI, summed over RoIs. The random draws use the key the detector passes to ``losses``.
 - Inference by iterative subdivision: from the coarse 28² logits of the detection's
   class, ``subdivision_steps`` × (×2 bilinear upsampling; the ``subdivision_points`` = 784
   most uncertain cells recomputed by the point head). ⚠ The thesis describes PointRend++
@@ -81,7 +80,7 @@ class PointRendHead(nnx.Module):
         (:class:`~msvision.models.heads.roi_mask.RoIMaskPostProcess`, as EffSeg's).
     """
 
-    uses_rng = True  # the training points are random (Detector passes a key)
+    class_specific = True  # the builder passes num_classes
 
     def __init__(
         self,

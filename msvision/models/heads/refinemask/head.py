@@ -84,6 +84,8 @@ class RefineMaskHead(nnx.Module):
         ``loss.semantic_weight > 0`` adds a semantic logit (1×1, C → 1) and its loss.
     """
 
+    class_specific = True  # the builder passes num_classes
+
     def __init__(
         self,
         levels: Sequence[int] = (2, 3, 4, 5, 6, 7),
@@ -212,8 +214,10 @@ class RefineMaskHead(nnx.Module):
 
     # --- training and inference ------------------------------------------------------------
 
-    def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs) -> tuple[Array, dict]:
+    def losses(self, pyramid: dict[int, Array], batch: Batch, queries: QueryOutputs,
+               rng: Array | None = None) -> tuple[Array, dict]:
         """Mask losses of the matched queries (as EffSeg's), ``(total, metrics)`` float32."""
+        del rng  # no training-time randomness
         rois, train, labels = roi_ops.gather_train_rois(queries, batch, self.max_train_rois, "the RefineMask++ head")
         stages, sem_logits = self(pyramid, batch.image_sizes, rois.queries, rois.boxes, labels, rois.valid)
         image_sizes = jnp.asarray(batch.image_sizes, jnp.int32)
