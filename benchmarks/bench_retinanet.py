@@ -44,7 +44,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 
 LIKE_TORCHVISION = [  # torchvision retinanet_resnet50_fpn(num_classes=91), random weights
-    "--config.model.num_classes=91", "--config.model.head.num_convs=4", "--config.model.head.last_kernel_size=3",
+    "--config.model.num_classes=91", "--config.model.head.subnets.num_convs=4",
+    "--config.model.head.subnets.last_kernel_size=3",
 ]
 
 

@@ -44,7 +44,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone.frozen_stages = 0
     config.model.backbone.norm = "group_norm"
     config.model.neck.channels = 64
-    config.model.head.num_convs = 1
+    config.model.head.subnets.num_convs = 1
 
     config.optim = default_optim_config()
     config.optim.lr = 1e-3

@@ -15,7 +15,7 @@ TINY_CONFIG = TESTS / "train" / "tiny_config.py"
 TINY_EFFSEG_CONFIG = TESTS / "train" / "tiny_effseg_config.py"  # FQDet + EffSeg: masks
 TINY_PANOPTIC_CONFIG = TESTS / "train" / "tiny_panoptic_config.py"  # the same, panoptic
 # Every valid detection is kept (the weights below are untrained), max_detections of them.
-CONFIG_OVERRIDES = ("--config.model.head.score_threshold=0.0",)
+CONFIG_OVERRIDES = ("--config.model.head.inference.score_threshold=0.0",)
 # A panoptic class list: the six things above and four stuff classes (COCO-like ids > 91).
 PANOPTIC_CLASS_NAMES = CLASS_NAMES + ("sky", "grass", "water", "sand")
 PANOPTIC_CATEGORY_IDS = CATEGORY_IDS + (100, 125, 150, 184)

@@ -34,7 +34,7 @@ def test_exported_function_matches_live_model(tmp_path, inference_workdir, live_
     assert exported.classes.class_names == CLASS_NAMES and exported.classes.label_to_category == CATEGORY_IDS
     assert sorted(exported.exported) == [(128, 128)]
     assert str(exported.exported[(128, 128)].in_avals[-3].shape) == "(b, 128, 128, 3)"  # symbolic batch
-    assert json.loads(json.dumps(exported.manifest))["config"]["model"]["head"]["score_threshold"] == 0.0
+    assert json.loads(json.dumps(exported.manifest))["config"]["model"]["head"]["inference"]["score_threshold"] == 0.0
 
     # Raw arrays: the deserialised function on a batch of 3 equals the live one (batches of 1) up to
     # float32 rounding (separately compiled programs: box coordinates of a few hundred pixels come out

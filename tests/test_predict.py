@@ -68,7 +68,7 @@ def test_cli_predictions_json_pictures_and_skipped_files(tmp_path, inference_wor
         image = _read_rgb(path)
         assert set(entry) == {"file_name", "width", "height", "detections", "picture"}
         assert (entry["height"], entry["width"]) == image.shape[:2]
-        assert len(entry["detections"]) == 20  # head.max_detections; the head keeps every score here
+        assert len(entry["detections"]) == 20  # head.inference.max_detections; the head keeps every score here
         scores = [d["score"] for d in entry["detections"]]
         assert scores == sorted(scores, reverse=True)
         for det in entry["detections"]:

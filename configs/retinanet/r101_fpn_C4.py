@@ -25,6 +25,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.backbone.depth = 101
     config.model.neck.name = "fpn"
     config.model.neck.variant = "retinanet"  # P6 from C5: detectron2 RetinaNet's FPN (see docstring)
-    config.model.head.num_convs = 4
+    config.model.head.subnets.num_convs = 4
     apply_schedule(config.optim, "3x")  # thesis 3.4.1: table 3.1 rows train 36 epochs
     return config

@@ -1,6 +1,6 @@
 """R50-FPN-RetinaNet as in thesis chapter 3 (RetinaNet head with C = 1 hidden conv,
 1×1 last layers, losses normalised per feature map; MMDetection FPN with extra
-convs on the lateral P5). Set ``--config.model.head.num_convs=4`` for C = 4.
+convs on the lateral P5). Set ``--config.model.head.subnets.num_convs=4`` for C = 4.
 
 Training settings of thesis section 2.4 / 3.4.1: ImageNet-pretrained ResNet-50
 (pass the torchvision ``.pth`` as ``--config.model.backbone.pretrained=PATH``),

@@ -9,8 +9,10 @@ a segmentation head (``'effseg'`` or one of its baselines ``'maskrcnn'``, ``'poi
 pyramid and the detection head's queries, boxes and matches: the head must declare
 ``provides_queries`` (:mod:`msvision.models.interfaces`). The rest
 of a part's section maps one to one onto that module's constructor keyword
-arguments (:mod:`msvision.config_schema`): defaults live in the signatures only,
-unknown keys fail naming the closest valid key, and
+arguments (:mod:`msvision.config_schema`), a frozen-dataclass argument being a nested
+section (both detection heads: ``anchors``, the network's spec, ``matcher``, ``loss``,
+``inference``; a setting they share has one name, e.g. ``inference.nms_iou``): defaults
+live in the signatures only, unknown keys fail naming the closest valid key, and
 :func:`resolve_model_config` fills in every default so the saved config is
 complete. ``python -m msvision.models.build --kind neck --name tpn`` prints a
 module's fields with their defaults.

@@ -44,12 +44,12 @@ def test_conv_macs_match_analytic():
 def test_cli_params_equal_abstract_count(tmp_path, capsys):
     path = tmp_path / "tiny.py"
     path.write_text(TINY_CONFIG)
-    args = [f"--config={path}", "--json", "--skip-timing", "--image-size=64", "--config.model.head.num_convs=2"]
+    args = [f"--config={path}", "--json", "--skip-timing", "--image-size=64", "--config.model.head.subnets.num_convs=2"]
     assert cli.main(args) == 0
     report = json.loads(capsys.readouterr().out)
     from msvision.config_sections import load_config
 
-    cfg = load_config(str(path), ["model.head.num_convs=2"])
+    cfg = load_config(str(path), ["model.head.subnets.num_convs=2"])
     assert report["params"] == count_parameters(abstract_model(cfg.model))
     assert report["params"]["total"] == report["params"]["trainable"] + report["params"]["frozen"]
     assert report["inference"]["macs"] > 0 and report["train"]["macs"] > report["inference"]["macs"]

@@ -43,7 +43,7 @@ def test_full_size_param_count_vs_torchvision_retinanet():
     p6_diff = 9 * (2048 - 256) * 256
     assert full_size_count(neck=dict(variant="retinanet")) == tv_count + head_diff + p6_diff
     c4_diff = retinanet_head_params(4, 1, 80) - retinanet_head_params(4, 3, 91)
-    assert full_size_count(head=dict(num_convs=4)) == tv_count + c4_diff
+    assert full_size_count(head=dict(subnets=dict(num_convs=4))) == tv_count + c4_diff
 
 
 def test_param_groups_and_frozen_split():
@@ -57,7 +57,7 @@ def _tiny_model():
     cfg.num_classes = 3
     cfg.backbone.update(depth=18, width=8)
     cfg.neck.channels = 16
-    cfg.head.update(topk_candidates=30, max_detections=10)
+    cfg.head.inference.update(nms_candidates=30, max_detections=10)
     return build_model(cfg, rngs=nnx.Rngs(0))
 
 

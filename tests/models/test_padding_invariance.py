@@ -43,7 +43,7 @@ def model_config(neck: str):
                                   msda_impl="xla")
         model.head.inference.strategy = "new"
     else:
-        model.head.score_threshold = 0.0  # random weights score near the 0.01 prior
+        model.head.inference.score_threshold = 0.0  # random weights score near the 0.01 prior
     model.backbone.width = 8
     return model
 

@@ -1,5 +1,5 @@
-"""RetinaNet head: loss vs a numpy reference, finite loss at init, fixed-shape
-predictions, one-batch overfitting."""
+"""RetinaNet head: the parameter tree checkpoints rely on, the config layout, loss vs a
+numpy reference, finite loss at init, fixed-shape predictions, one-batch overfitting."""
 
 import math
 
@@ -10,8 +10,10 @@ import optax
 import pytest
 from flax import nnx
 
-from msvision.models.build import build_model, default_model_config
-from msvision.models.heads.retinanet import RetinaNetHead
+from msvision.models.abstract import abstract_init
+from msvision.models.build import build_model, default_model_config, module_config
+from msvision.models.heads.retinanet import (RetinaNetCriterion, RetinaNetHead, RetinaNetMatcher,
+                                             RetinaNetPostProcess, SubnetSpec)
 from msvision.ops.anchors import AnchorSpec
 from msvision.structures import Batch
 
@@ -41,6 +43,62 @@ def tiny_config(**head):
     cfg.neck.channels = 16
     cfg.head.update(head)
     return cfg
+
+
+# --- parameters and config layout ---------------------------------------------------
+
+# The head of the default model (R50-FPN-RetinaNet, 80 classes, D = 256, 9 anchors, C = 1,
+# 1×1 last layers): checkpoints are read by these paths, so they must not change.
+DEFAULT_HEAD_STATE = [
+    ("bbox_pred/bias", "Param", (36,)),
+    ("bbox_pred/kernel", "Param", (1, 1, 256, 36)),
+    ("box_subnet/0/bias", "Param", (256,)),
+    ("box_subnet/0/kernel", "Param", (3, 3, 256, 256)),
+    ("cls_score/bias", "Param", (720,)),
+    ("cls_score/kernel", "Param", (1, 1, 256, 720)),
+    ("cls_subnet/0/bias", "Param", (256,)),
+    ("cls_subnet/0/kernel", "Param", (3, 3, 256, 256)),
+    ("loss_normalizer", "LossNormalizer", (5,)),
+]
+
+
+def test_default_head_state_paths_unchanged():
+    model = abstract_init(lambda: build_model(default_model_config(), rngs=nnx.Rngs(0)))
+    got = [("/".join(map(str, path)), type(v).__name__, tuple(v.shape))
+           for path, v in nnx.to_flat_state(nnx.state(model.head))]
+    assert sorted(got) == DEFAULT_HEAD_STATE
+
+
+def test_config_sections_and_names_shared_with_fqdet():
+    retina, fqdet = module_config("head", "retinanet"), module_config("head", "fqdet")
+    assert set(retina) == {"name", "anchors", "subnets", "matcher", "loss", "inference"}
+    assert set(retina.subnets) == {"num_convs", "last_kernel_size", "prior_prob"}
+    # One name and one path per setting the two heads share.
+    for section, keys in {
+        "matcher": ("absolute_pos_iou", "absolute_neg_iou", "absolute_low_quality", "crowd_ignore",
+                    "crowd_ioa_threshold", "ignore_padding_anchors"),
+        "loss": ("focal_alpha", "focal_gamma", "box", "box_weight"),
+        "inference": ("nms_iou", "nms_candidates", "max_detections"),
+    }.items():
+        assert set(keys) <= set(retina[section]) & set(fqdet[section]), section
+    head = build_model(tiny_config(subnets=dict(num_convs=2), loss=dict(box="smooth_l1"),
+                                   inference=dict(nms_candidates=7)), rngs=nnx.Rngs(0)).head
+    assert len(head.cls_subnet) == 2 and head.criterion.box == "smooth_l1" and head.postprocess.nms_candidates == 7
+    with pytest.raises(ValueError, match="loss.box must be one of"):
+        RetinaNetCriterion(box="giou")
+    with pytest.raises(ValueError, match="loss.normalization must be one of"):
+        RetinaNetCriterion(normalization="per_image")
+
+
+def test_stateful_normalizer_error_names_the_config_key():
+    head = RetinaNetHead(3, levels=(3, 4), channels=4, rngs=nnx.Rngs(0))
+    pyramid = {3: jnp.zeros((2, 8, 8, 4)), 4: jnp.zeros((2, 4, 4, 4))}
+    batch = make_batch()
+    with pytest.raises(RuntimeError, match=r"model\.head\.loss\.normalizer_momentum=0"):
+        jax.jit(lambda p: head.losses(p, batch)[0])(pyramid)  # the EMA cannot leave a plain jax.jit
+    stateless = RetinaNetHead(3, levels=(3, 4), channels=4, loss=RetinaNetCriterion(normalizer_momentum=0.0),
+                              rngs=nnx.Rngs(0))
+    assert np.isfinite(float(jax.jit(lambda p: stateless.losses(p, batch)[0])(pyramid)))
 
 
 # --- numpy reference ---------------------------------------------------------------
@@ -112,9 +170,9 @@ def np_reference_loss(logits, deltas, anchors, batch, alpha, gamma, momentum, in
 @pytest.mark.parametrize("ignore_padding", [False, True])
 def test_loss_matches_numpy_reference(ignore_padding):
     head = RetinaNetHead(
-        3, levels=(3, 4), channels=4, num_convs=1, anchors=AnchorSpec(num_sizes=2, aspect_ratios=(0.5, 1.0), offset=0.0),
-        loss_normalizer_momentum=0.5, loss_normalizer_init=4.0, ignore_padding_anchors=ignore_padding,
-        rngs=nnx.Rngs(0),
+        3, levels=(3, 4), channels=4, anchors=AnchorSpec(num_sizes=2, aspect_ratios=(0.5, 1.0), offset=0.0),
+        subnets=SubnetSpec(num_convs=1), matcher=RetinaNetMatcher(ignore_padding_anchors=ignore_padding),
+        loss=RetinaNetCriterion(normalizer_momentum=0.5, normalizer_init=4.0), rngs=nnx.Rngs(0),
     )
     # random, non-trivial predictions
     for conv in (head.cls_score, head.bbox_pred):
@@ -173,7 +231,8 @@ def _with(cfg, **kw):
 
 def test_predict_fixed_shapes():
     head = RetinaNetHead(
-        3, levels=(3, 4), channels=4, topk_candidates=50, max_detections=20, rngs=nnx.Rngs(0)
+        3, levels=(3, 4), channels=4, inference=RetinaNetPostProcess(nms_candidates=50, max_detections=20),
+        rngs=nnx.Rngs(0),
     )
     head.cls_score.bias[...] = jnp.full(head.cls_score.bias.shape, 2.0)  # every score above threshold
     batch = make_batch()
@@ -195,7 +254,7 @@ def test_predict_fixed_shapes():
 
 
 def test_overfits_one_batch():
-    model = build_model(tiny_config(loss_normalizer_momentum=0.0), rngs=nnx.Rngs(0))
+    model = build_model(tiny_config(loss=dict(normalizer_momentum=0.0)), rngs=nnx.Rngs(0))
     batch = make_batch()
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(3e-3)

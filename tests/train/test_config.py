@@ -145,7 +145,9 @@ MISSPELLED = [
     ("model", "num_clases", "model.num_classes"),
     ("model.backbone", "dept", "model.backbone.depth"),
     ("model.neck", "channel", "model.neck.channels"),
-    ("model.head", "num_conv", "model.head.num_convs"),
+    ("model.head", "subnet", "model.head.subnets"),
+    ("model.head.subnets", "num_conv", "model.head.subnets.num_convs"),
+    ("model.head.inference", "nms_candidate", "model.head.inference.nms_candidates"),
     ("model.head.anchors", "num_size", "model.head.anchors.num_sizes"),
 ]
 

@@ -40,7 +40,7 @@ TINY = pathlib.Path(__file__).resolve().parent / "tiny_config.py"
 STEPS = 20
 CHECKPOINT_EVERY = 10
 NUM_VAL = 10
-MAX_DETECTIONS = 20  # tiny_config's model.head.max_detections
+MAX_DETECTIONS = 20  # tiny_config's model.head.inference.max_detections
 
 
 def _config_args(data_root) -> list[str]:
@@ -51,7 +51,7 @@ def _config_args(data_root) -> list[str]:
         f"--config.train.checkpoint_every={CHECKPOINT_EVERY}",
         "--config.train.log_every=5",
         # Every image then keeps its MAX_DETECTIONS best boxes, even this early in training.
-        "--config.model.head.score_threshold=0.0",
+        "--config.model.head.inference.score_threshold=0.0",
     ]
 
 
