@@ -79,7 +79,7 @@ def effseg_grids(model, pyramid, batch, queries, capacity):
     boxes = take(queries.boxes).astype(jnp.float32)
     stages = head(pyramid, batch.image_sizes, take(queries.queries), boxes, rois.valid)
     out, logits = {}, None
-    base = head.base_resolution
+    base = head.roi_resolution
     for s, cells in enumerate(stages):
         size = base * 2 ** s
         logits = (jnp.zeros((cells["seg"].shape[0], capacity, base, base), jnp.float32) if s == 0

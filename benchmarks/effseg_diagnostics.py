@@ -96,14 +96,14 @@ def stage_accuracy(config, info, graphdef, params, rest, max_batches: int | None
         boxes = take(queries.boxes).astype(jnp.float32)
         stages = head(pyramid, batch.image_sizes, take(queries.queries), boxes, rois.valid)
         targets = mask_targets(jnp.asarray(batch.masks), boxes, rois.gt_index, head.num_stages,
-                               head.base_resolution, head.criterion.seg_target,
+                               head.roi_resolution, head.criterion.seg_target,
                                image_sizes=jnp.asarray(batch.image_sizes, jnp.int32))
         out = []
         for s in range(1, num_stages + 1):
             cells = stages[s]
             seg_t = gather_cells(targets[s][0], cells["roi"], cells["xy"])
             ref_t = gather_cells(targets[s - 1][1], cells["roi"], cells["xy"] // 2)  # the parent's target
-            before = upsample2x(assemble_mask_logits(stages[:s], capacity, head.base_resolution))
+            before = upsample2x(assemble_mask_logits(stages[:s], capacity, head.roi_resolution))
             up = gather_cells(before, cells["roi"], cells["xy"])
             valid = cells["valid"]
             out.append(dict(own=jnp.sum(valid & ((cells["seg"] > 0) == seg_t)),

@@ -333,16 +333,16 @@ def head_costs(runs_dir: str, num_images: int, repeats: int = 3, tag: str = "",
             h, w = (int(v) for v in np.asarray(batch.image_sizes[0]))
             if key == "effseg":
                 actives = [int(a) for a in effseg_actives(params, rest, pyramid, batch, dets, queries)]
-                m = effseg_macs(width, n_queries, actives, fcn_convs=seg.fcn_convs,
+                m = effseg_macs(width, n_queries, actives, roi_convs=seg.roi_convs,
                                 min_stage_channels=seg.min_stage_channels)
             elif key == "maskrcnn":
-                m = maskrcnn_macs(width, info.classes.num_classes, n_queries, num_convs=seg.num_convs)
+                m = maskrcnn_macs(width, info.classes.num_classes, n_queries, roi_convs=seg.roi_convs)
             elif key == "pointrend":
-                m = pointrend_macs(width, info.classes.num_classes, n_queries, int(valid.sum()), num_convs=seg.num_convs,
+                m = pointrend_macs(width, info.classes.num_classes, n_queries, int(valid.sum()), roi_convs=seg.roi_convs,
                                    point_hidden=seg.point_hidden, subdivision_steps=seg.subdivision_steps,
                                    subdivision_points=seg.subdivision_points)
             else:
-                m = refinemask_macs(width, n_pairs, -(-h // 4) * -(-w // 4), instance_convs=seg.instance_convs,
+                m = refinemask_macs(width, n_pairs, -(-h // 4) * -(-w // 4), roi_convs=seg.roi_convs,
                                     semantic_convs=seg.semantic_convs, min_stage_channels=seg.min_stage_channels)
             macs.append(m["total"])
             jax.block_until_ready(head_only(params, rest, pyramid, batch, dets, queries))  # compile / warm

@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = sibling_config(__file__, "../fqdet/quickstart_fqdet.py")
     seg = module_config("seg_head", "effseg")
     seg.roi_levels = (3, 5)
-    seg.fcn_convs = 2
+    seg.roi_convs = 2
     seg.max_train_rois = 8
     seg.max_selected = 500
     config.model.seg_head = seg

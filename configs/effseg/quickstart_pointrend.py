@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     effseg = config.model.seg_head
     seg = module_config("seg_head", "pointrend")
     seg.point_level = effseg.roi_levels[0]
-    seg.num_convs = effseg.fcn_convs
+    seg.roi_convs = effseg.roi_convs
     seg.point_hidden = config.model.neck.channels
     seg.max_train_rois = effseg.max_train_rois
     config.model.seg_head = seg

@@ -2,8 +2,9 @@
 41.5 mask AP, 38.8 M) and the SFM row of table 5.7.
 
 Detector (thesis 5.4.1): the FQDet of ``configs/fqdet/r50_fpn_fqdet.py`` (base
-FQDet of 4.4.1 with the improvements of 4.4.3: 1 sampling point, 'new' inference, NMS
-0.5 of 4.4.1; the released code's two hidden layers in the cls/box nets) on the
+FQDet of 4.4.1 with the improvements of 4.4.3: 1 sampling point, inference over
+(query, class) pairs, NMS 0.5 of 4.4.1; the released code's two hidden layers in the
+cls/box nets) on the
 MMDetection FPN extended to P2–P7, anchors on every level P2–P7 (as the
 released EffSeg configs).
 Segmentation head (thesis 5.3.3): EffSeg with the SFM processing module, 14×14 → 112×112,

@@ -33,7 +33,7 @@ def get_config(head: str = "effseg") -> ml_collections.ConfigDict:
     config.data.source = "coco_panoptic"
     config.optim.frozen_parts = ("backbone",)  # the detection head learns the stuff classes
     inference = config.model.head.inference
-    inference.strategy = "old"  # one label per query, score = its sigmoid
+    inference.labels = "per_query_label"  # one label per query, score = its sigmoid
     inference.nms_iou = 0.5
     inference.nms_candidates = 1000
     inference.max_detections = config.model.head.selector.num_queries  # no top-100 cap

@@ -4,7 +4,7 @@ The EffSeg quickstart (``configs/effseg/quickstart_effseg.py``) on the panoptic 
 the synthetic shapes (``data.source='coco_panoptic'``): 10 classes, the 6 shapes
 ("things") and sky / grass / water / sand ("stuff"), every segment a box + mask instance
 (thesis §5.5). Panoptic inference as the thesis (§5.4.1): one label per query
-(its best class, score = that sigmoid, ``head.inference.strategy='old'``), class-aware
+(its best class, score = that sigmoid, ``head.inference.labels='per_query_label'``), class-aware
 box NMS at 0.5, no top-100 cap (``max_detections`` = the number of queries), masks for
 all survivors without mask-score weighting, then the six post-processing steps
 (``eval.panoptic``, :mod:`msvision.evaluation.panoptic_postprocess`).
@@ -42,7 +42,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = sibling_config(__file__, "../effseg/quickstart_effseg.py")
     config.data.source = "coco_panoptic"  # the synthetic panoptic split (data_setup.prepare_synthetic)
     head = config.model.head
-    head.inference.strategy = "old"  # one label per query, score = its sigmoid (released code)
+    head.inference.labels = "per_query_label"  # one label per query, score = its sigmoid (released code)
     head.inference.nms_iou = 0.5  # thesis §5.4.1
     head.inference.nms_candidates = 1000
     head.inference.max_detections = head.selector.num_queries  # no top-100 cap: RoI capacity Q

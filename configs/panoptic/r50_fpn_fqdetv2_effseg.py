@@ -6,7 +6,7 @@ COCO panoptic (``data.source='coco_panoptic'``): 133 classes (80 things, 53 stuf
 no-object logit, every non-crowd segment a box + mask instance (thesis §5.5, as the released
 code). Panoptic inference (thesis §5.4.1; released code: DetSeg ``models/heads/seg/base.py``,
 ``BaseSegHead.compute_segs``): one label per query (best class, score = its sigmoid:
-``strategy='old'``), top 1000, class-aware box NMS at 0.5, no top-100 cap
+``labels='per_query_label'``), top 1000, class-aware box NMS at 0.5, no top-100 cap
 (``max_detections`` = the 300 queries, so the EffSeg RoI capacity is Q), masks
 without mask-score weighting, then the six post-processing steps (``eval.panoptic``: the
 thesis's thresholds, void rule as the thesis, ``void_rule='winner_prob'`` for the released
@@ -28,7 +28,7 @@ def get_config():
     config = sibling_config(__file__, "../effseg/r50_fpn_fqdetv2_effseg.py")
     config.model.num_classes = 133  # set from the dataset by the trainer; here for parameter counts
     head = config.model.head
-    head.inference.strategy = "old"
+    head.inference.labels = "per_query_label"
     head.inference.nms_iou = 0.5  # thesis §5.4.1
     head.inference.nms_candidates = 1000
     head.inference.max_detections = head.selector.num_queries  # no top-100 cap

@@ -6,8 +6,8 @@ Pure functions on arrays with static shapes:
 - :func:`inverse_sigmoid`: Deformable DETR's ``inverse_sigmoid`` (box-score targets).
 - :func:`focal_class_cost`, :func:`detr_matching_cost`: the Hungarian matching cost
   of (two-stage) Deformable DETR, for the thesis's matching ablation (table 4.5).
-- :func:`topk_class_pairs`: the "new" inference strategy's candidate list (every
-  (query, class) pair scored, the best kept; thesis section 4.4.3).
+- :func:`topk_class_pairs`: the candidate list of the 'query_class_pairs' inference
+  (every (query, class) pair scored, the best kept; thesis section 4.4.3).
 
 Conventions: boxes ``(x0, y0, x1, y1)`` in pixels; one image per call unless a
 leading batch dimension ``B`` is documented.
@@ -110,7 +110,7 @@ def detr_matching_cost(
 
 
 def topk_class_pairs(scores: Array, k: int) -> tuple[Array, Array, Array]:
-    """The ``k`` best (query, class) pairs of every image ("new" inference strategy).
+    """The ``k`` best (query, class) pairs of every image ('query_class_pairs' inference).
 
     Args:
       scores: ``[B, Q, K]`` detection scores per query and class.

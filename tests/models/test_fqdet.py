@@ -1,4 +1,4 @@
-"""FQDet / FQDetV2 head: query selection, static top-k matching, inference strategies
+"""FQDet / FQDetV2 head: query selection, static top-k matching, inference labelling
 and losses against numpy oracles; ablation switches; one-batch overfitting."""
 
 import math
@@ -56,16 +56,16 @@ def make_pyramid(seed=0, hw=64):
     return {l: jnp.asarray(rng.normal(size=(2, -(-hw // 2**l), -(-hw // 2**l), D)), jnp.float32) for l in LEVELS}
 
 
-def head_config(version: str) -> ml_collections.ConfigDict:
-    """The ``model.head`` section of the thesis configs: base FQDet ('v1') or FQDetV2 ('v2')."""
-    if version == "v1":
+def head_config(variant: str) -> ml_collections.ConfigDict:
+    """The ``model.head`` section of the thesis configs: base FQDet ('fqdet') or FQDetV2 ('fqdetv2')."""
+    if variant == "fqdet":
         return module_config("head", "fqdet")
     return load_config_file(str(CONFIGS / "fqdet" / "r50_fpn_fqdetv2.py")).model.head
 
 
-def tiny_cfg(version="v1", **overrides):
+def tiny_cfg(variant="fqdet", **overrides):
     """``overrides``: ``section__field=value`` (e.g. ``selector__num_queries=20``)."""
-    cfg = head_config(version)
+    cfg = head_config(variant)
     # One decoder layer keeps XLA compiles short; the overfitting tests use two.
     small = dict(selector__num_queries=20, selector__hidden_channels=8, decoder__num_layers=1, decoder__ffn_dim=32,
                  decoder__num_heads=4, decoder__self_attn_heads=4, decoder__msda_impl="xla")
@@ -75,8 +75,8 @@ def tiny_cfg(version="v1", **overrides):
     return cfg
 
 
-def tiny_head(version="v1", **overrides) -> FQDetHead:
-    cfg = tiny_cfg(version, **overrides)
+def tiny_head(variant="fqdet", **overrides) -> FQDetHead:
+    cfg = tiny_cfg(variant, **overrides)
     return FQDetHead(K, LEVELS, D, rngs=nnx.Rngs(0), **section_kwargs(cfg, FQDetHead, skip=("name",)))
 
 
@@ -184,9 +184,10 @@ def np_greedy_nms(boxes, scores, labels, thr, max_out):
     return keep
 
 
-@pytest.mark.parametrize("strategy", ["new", "old"])
-def test_inference_strategy_vs_numpy_loop(strategy):
-    head = tiny_head("v2", selector__num_queries=20, inference__strategy=strategy, inference__nms_candidates=30,
+@pytest.mark.parametrize("candidate_labels", ["query_class_pairs", "per_query_label"])
+def test_inference_labels_vs_numpy_loop(candidate_labels):
+    head = tiny_head("fqdetv2", selector__num_queries=20, inference__labels=candidate_labels,
+                     inference__nms_candidates=30,
                      inference__max_detections=10, inference__nms_iou=0.5)
     batch, pyramid = make_batch(), make_pyramid(1)
     # Sharper class scores so several classes compete per box.
@@ -200,7 +201,7 @@ def test_inference_strategy_vs_numpy_loop(strategy):
         boxes[:, [0, 2]] = np.clip(boxes[:, [0, 2]], 0, w)
         boxes[:, [1, 3]] = np.clip(boxes[:, [1, 3]], 0, h)
         ok = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
-        if strategy == "new":  # every (query, class) pair
+        if candidate_labels == "query_class_pairs":  # every (query, class) pair
             pairs = [(q, c, scores[q, c]) for q in range(20) for c in range(K) if ok[q]]
         else:  # one label per box
             pairs = [(q, int(np.argmax(scores[q])), scores[q].max()) for q in range(20) if ok[q]]
@@ -213,7 +214,7 @@ def test_inference_strategy_vs_numpy_loop(strategy):
         np.testing.assert_array_equal(np.asarray(dets.labels[b, :n]), [pairs[i][1] for i in keep])
         np.testing.assert_allclose(np.asarray(dets.boxes[b, :n]), cb[keep], rtol=1e-5, atol=1e-4)
         assert not np.asarray(dets.valid[b, n:]).any()
-    if strategy == "new":
+    if candidate_labels == "query_class_pairs":
         assert int(dets.num_valid.min()) == 10  # more triples than slots: truncated at max_detections
 
 
@@ -223,7 +224,7 @@ def test_learned_duplicate_removal_vs_pairwise_loop(variant):
     detection of every same-label pair with duplicate score d > 0.5; 'soft_learned'
     multiplies a detection's score by (1 - d)^2 for every higher-scoring same-label
     detection. Equal scores rank by candidate order; invalid candidates never act."""
-    head = tiny_head("v2", inference__duplicate_removal=variant)
+    head = tiny_head("fqdetv2", inference__duplicate_removal=variant)
     rng = np.random.default_rng(7)
     # duplicate logits spread around 0 (at init they are all close to it)
     head.duplicate_net.logits.kernel[...] = jnp.asarray(rng.normal(size=(D, 1)) * 3, jnp.float32)
@@ -276,9 +277,9 @@ def _np_eiou(p, t, smooth=0.1, eps=1e-6):
     return 0.5 * u * u / smooth if u < smooth else u - 0.5 * smooth
 
 
-@pytest.mark.parametrize("version,reduction", [("v1", "sum"), ("v2", "sum"), ("v2", "mean_per_gt")])
-def test_losses_vs_formulas(version, reduction):
-    head = tiny_head(version, loss__reduction=reduction)
+@pytest.mark.parametrize("variant,reduction", [("fqdet", "sum"), ("fqdetv2", "sum"), ("fqdetv2", "mean_per_gt")])
+def test_losses_vs_formulas(variant, reduction):
+    head = tiny_head(variant, loss__reduction=reduction)
     batch = make_batch()
     rng = np.random.default_rng(5)
     b, q = 2, 6
@@ -290,7 +291,7 @@ def test_losses_vs_formulas(version, reduction):
     boxes = np.asarray(decode_box_deltas(jnp.asarray(deltas), jnp.asarray(priors)))
     out = dict(cls=jnp.asarray(rng.normal(size=(b, q, K + 1)), jnp.float32), deltas=jnp.asarray(deltas),
                boxes=jnp.asarray(boxes), priors=jnp.asarray(priors),
-               box_score=jnp.asarray(rng.normal(size=(b, q)), jnp.float32) if version == "v2" else None)
+               box_score=jnp.asarray(rng.normal(size=(b, q)), jnp.float32) if variant == "fqdetv2" else None)
     matched = np.array([[0, 1, 1, 0, 0, 0], [1, 0, 0, 1, 0, 0]], np.int32)
     positive = np.array([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], bool)
     ignore = np.zeros((b, q), bool)
@@ -307,11 +308,11 @@ def test_losses_vs_formulas(version, reduction):
             if positive[i, j]:
                 g, lab = batch.boxes[i, matched[i, j]], batch.labels[i, matched[i, j]]
                 iou = np_iou(boxes[i, j][None], g[None])[0, 0]
-                t[lab] = iou if version == "v2" else 1.0
+                t[lab] = iou if variant == "fqdetv2" else 1.0
             else:
                 t[K] = 1.0  # no-object column
             p = 1 / (1 + np.exp(-x))
-            if version == "v1":
+            if variant == "fqdet":
                 p_t = p * t + (1 - p) * (1 - t)
                 cls = (0.25 * t + 0.75 * (1 - t)) * (1 - p_t) ** 2 * _np_bce(x, t)
             else:  # QFL, beta 2, soft label = IoU on the gt class
@@ -320,7 +321,7 @@ def test_losses_vs_formulas(version, reduction):
                 cls_sum += cls.sum()
             if positive[i, j]:
                 a = priors[i, j]
-                if version == "v1":
+                if variant == "fqdet":
                     aw, ah, gw, gh = a[2] - a[0], a[3] - a[1], g[2] - g[0], g[3] - g[1]
                     target = [((g[0] + g[2]) - (a[0] + a[2])) / 2 / aw, ((g[1] + g[3]) - (a[1] + a[3])) / 2 / ah,
                               math.log(gw / aw), math.log(gh / ah)]
@@ -330,10 +331,10 @@ def test_losses_vs_formulas(version, reduction):
                     target = math.log(max(iou, 1e-3) / max(1 - iou, 1e-3))  # inverse sigmoid, eps 1e-3
                     score_sum += abs(float(out["box_score"][i, j]) - target)
     norm = b if reduction == "sum" else num_gt
-    w_cls, w_box = (1.0, 1.0) if version == "v1" else (0.5, 1.85)
+    w_cls, w_box = (1.0, 1.0) if variant == "fqdet" else (0.5, 1.85)
     np.testing.assert_allclose(float(losses["loss_cls"]), w_cls * cls_sum / norm, rtol=1e-4)
     np.testing.assert_allclose(float(losses["loss_box"]), w_box * box_sum / norm, rtol=1e-4)
-    if version == "v2":
+    if variant == "fqdetv2":
         np.testing.assert_allclose(float(losses["loss_box_score"]), 0.2 * score_sum / norm, rtol=1e-4)
     else:
         assert "loss_box_score" not in losses
@@ -343,11 +344,14 @@ def test_losses_vs_formulas(version, reduction):
 
 
 def test_config_and_builder():
-    v1, v2 = head_config("v1"), head_config("v2")
+    v1, v2 = head_config("fqdet"), head_config("fqdetv2")
     assert (v1.decoder.num_points, v1.selector.num_queries, len(v1.anchors.aspect_ratios), v1.decoder.box_encoder) == (
         4, 300, 3, True)
     assert (v2.decoder.num_points, v2.selector.num_queries, len(v2.anchors.aspect_ratios), v2.decoder.box_encoder) == (
         1, 1500, 7, False)
+    assert (v1.prediction.cls_net, v1.prediction.box_net, v1.inference.labels) == ("mlp", "mlp", "per_query_label")
+    assert (v2.prediction.cls_net, v2.prediction.box_net, v2.inference.labels) == (
+        "linear", "linear_norm_mlp", "query_class_pairs")
     model = ml_collections.ConfigDict(dict(head=dict(name="fqdet", selector=dict(num_querys=3))))
     with pytest.raises(ConfigError, match="model.head.selector.num_queries"):
         resolve_model_config(model)
@@ -361,6 +365,58 @@ def test_config_and_builder():
     one = count_variables(abstract_init(lambda: tiny_head()).heads[0])
     assert count(prediction__aux_losses=True) == count()
     assert count(prediction__aux_losses=True, prediction__aux_shared=False) == count() + 3 * one
+
+
+def test_option_values_name_what_they_do():
+    """Unknown values, the earlier 'v1' / 'v2' / 'old' / 'new' among them, fail naming the valid ones."""
+    with pytest.raises(ValueError, match=r"prediction.cls_net must be one of \('mlp', 'linear'\), got 'v2'"):
+        tiny_head(prediction__cls_net="v2")
+    with pytest.raises(ValueError, match=r"prediction.box_net must be one of \('mlp', 'linear_norm_mlp'\), got 'v1'"):
+        tiny_head(prediction__box_net="v1")
+    with pytest.raises(ValueError, match=r"inference.labels must be one of \('per_query_label', "
+                                         r"'query_class_pairs'\), got 'new'"):
+        tiny_head(inference__labels="new")
+    with pytest.raises(ConfigError, match="unknown config key"):
+        resolve_model_config(ml_collections.ConfigDict(dict(head=dict(name="fqdet", inference=dict(strategy="new")))))
+
+
+def _linear(path, fan_in, fan_out):
+    return {f"{path}/kernel": (fan_in, fan_out), f"{path}/bias": (fan_out,)}
+
+
+def _norm(path):
+    return {f"{path}/scale": (D,), f"{path}/bias": (D,)}
+
+
+def _mlp(net, outputs, hidden):
+    """'mlp': ``hidden`` × OneStepMLP (LN → ReLU → Linear), then the output Linear."""
+    tree = {}
+    for i in range(hidden):
+        tree.update(_norm(f"{net}/layers/{i}/norm"), **_linear(f"{net}/layers/{i}/linear", D, D))
+    return {**tree, **_linear(f"{net}/layers/{hidden}", D, outputs)}
+
+
+def _linear_norm_mlp(net, outputs):
+    """'linear_norm_mlp': Linear → LN → Linear → ReLU → Linear → ReLU → Linear."""
+    return {**_linear(f"{net}/layers/0", D, D), **_norm(f"{net}/layers/1"), **_linear(f"{net}/layers/2", D, D),
+            **_linear(f"{net}/layers/3", D, D), **_linear(f"{net}/layers/4", D, outputs)}
+
+
+@pytest.mark.parametrize("cls_net,box_net,hidden", [("mlp", "mlp", 1), ("mlp", "mlp", 2),
+                                                    ("linear", "linear_norm_mlp", 1), ("mlp", "linear_norm_mlp", 2)])
+def test_prediction_networks_keep_the_checkpoint_parameter_tree(cls_net, box_net, hidden):
+    """The option values name the networks; the parameter paths are those of the checkpoints
+    written when the values were 'v1' (the 'mlp' networks) and 'v2' (FQDetV2's 'linear' and
+    'linear_norm_mlp'), so they still load."""
+    from msvision.checkpoint import path_name
+
+    head = abstract_init(lambda: tiny_head(prediction__cls_net=cls_net, prediction__box_net=box_net,
+                                           prediction__mlp_hidden_layers=hidden, prediction__box_scoring=True))
+    state = nnx.to_pure_dict(nnx.state(head.heads, nnx.Param))
+    tree = {path_name(p): tuple(x.shape) for p, x in jax.tree_util.tree_flatten_with_path(state)[0]}
+    cls = _linear("0/cls", D, K + 1) if cls_net == "linear" else _mlp("0/cls", K + 1, hidden)
+    box = _linear_norm_mlp("0/box", 4) if box_net == "linear_norm_mlp" else _mlp("0/box", 4, hidden)
+    assert tree == {**cls, **box, **_linear_norm_mlp("0/box_score", 1)}
 
 
 def test_iou_losses_take_the_thesis_weights():
@@ -380,7 +436,8 @@ def test_iou_losses_take_the_thesis_weights():
          loss__box="giou", decoder__num_layers=2),
     dict(inference__duplicate_removal="soft_learned", loss__cls="qfl", prediction__box_scoring=True,
          loss__box="ciou"),
-    pytest.param(dict(inference__duplicate_removal="learned", loss__box="diou", inference__strategy="new"),
+    pytest.param(dict(inference__duplicate_removal="learned", loss__box="diou",
+                      inference__labels="query_class_pairs"),
                  marks=pytest.mark.slow),
 ])
 def test_ablation_switches_finite(overrides):
@@ -417,32 +474,32 @@ def _overfit(model, loss_fn, steps=60, lr=3e-3):
     return losses
 
 
-# v1 in the slow selection: v2 trains through the same criterion, matcher and decoder
-@pytest.mark.parametrize("version", [pytest.param("v1", marks=pytest.mark.slow), "v2"])
-def test_head_overfits_one_batch(version):
+# FQDet in the slow selection: FQDetV2 trains through the same criterion, matcher and decoder
+@pytest.mark.parametrize("variant", [pytest.param("fqdet", marks=pytest.mark.slow), "fqdetv2"])
+def test_head_overfits_one_batch(variant):
     """Width 16, 2 decoder layers, 20 queries, on a fixed pyramid (about 10 s each)."""
-    head = tiny_head(version, decoder__num_layers=2)
+    head = tiny_head(variant, decoder__num_layers=2)
     batch, pyramid = make_batch(), make_pyramid()
     losses = _overfit(head, lambda h: h.losses(pyramid, batch)[0])
     assert np.isfinite(losses).all() and losses[0] > 0
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])
 
 
-def tiny_detector(version):
+def tiny_detector(variant):
     rngs = nnx.Rngs(0)
     backbone = ResNet(18, out_levels=(3, 4, 5), width=8, rngs=rngs)
     neck = FPN({l: backbone.out_channels[l] for l in (3, 4, 5)}, LEVELS, D, variant="mmdet", rngs=rngs)
-    cfg = tiny_cfg(version, decoder__num_layers=2)
+    cfg = tiny_cfg(variant, decoder__num_layers=2)
     head = FQDetHead(K, neck.out_levels, D, rngs=rngs, **section_kwargs(cfg, FQDetHead, skip=("name",)))
     return Detector(backbone, neck, head)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("version", ["v1", "v2"])
-def test_detector_overfits_one_batch(version):
+@pytest.mark.parametrize("variant", ["fqdet", "fqdetv2"])
+def test_detector_overfits_one_batch(variant):
     """Tiny R18(width 8)-FPN-FQDet (width 16, 2 decoder layers, 20 queries), end to end,
     60 Adam steps (20–45 s each on 2 shared CPU cores)."""
     batch = make_batch()
-    losses = _overfit(tiny_detector(version), lambda m: m.losses(batch)[0])
+    losses = _overfit(tiny_detector(variant), lambda m: m.losses(batch)[0])
     assert np.isfinite(losses).all() and losses[0] > 0
     assert losses[-1] < 0.5 * losses[0], (losses[0], losses[-1])

@@ -68,7 +68,7 @@ def test_quickstart_configs_swap_only_the_head(name):
     assert config.data.to_dict() == base.data.to_dict() and config.optim.to_dict() == base.optim.to_dict()
     assert config.train.to_dict() == base.train.to_dict()
     seg = config.model.seg_head
-    assert seg.name == name and seg.num_convs == 2 and seg.max_train_rois == 8
+    assert seg.name == name and seg.roi_convs == 2 and seg.max_train_rois == 8
     assert (seg.roi_levels[0] if name == "maskrcnn" else seg.point_level) == 3 == min(config.model.neck.out_levels)
     model = abstract_model(config.model)
     assert model.seg_head.channels == config.model.neck.channels

@@ -41,7 +41,7 @@ def model_config(neck: str):
         model.head.selector.update(num_queries=50, hidden_channels=16)
         model.head.decoder.update(num_layers=2, num_heads=4, self_attn_heads=4, ffn_dim=128, num_points=1,
                                   msda_impl="xla")
-        model.head.inference.strategy = "new"
+        model.head.inference.labels = "query_class_pairs"
     else:
         model.head.inference.score_threshold = 0.0  # random weights score near the 0.01 prior
     model.backbone.width = 8

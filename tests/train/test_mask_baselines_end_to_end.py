@@ -23,8 +23,8 @@ from msvision.train.metrics import read_metrics  # noqa: E402
 
 # Tiny versions of the heads on the tiny P3–P7 pyramid (P3 its finest level).
 HEADS = {
-    "maskrcnn": dict(roi_levels=(3, 5), num_convs=2, max_train_rois=6),
-    "pointrend": dict(point_level=3, num_convs=2, point_hidden=16, max_train_rois=6, train_points=28,
+    "maskrcnn": dict(roi_levels=(3, 5), roi_convs=2, max_train_rois=6),
+    "pointrend": dict(point_level=3, roi_convs=2, point_hidden=16, max_train_rois=6, train_points=28,
                       subdivision_points=100),
 }
 

@@ -17,7 +17,7 @@ def get_config(root: str = "/tmp/msvision_tiny_shapes"):
     config.data.source = "coco_panoptic"
     config.data.max_instances = 12  # up to 8 shapes and 2 stuff regions
     head = config.model.head
-    head.inference.update(strategy="old", nms_iou=0.5, max_detections=head.selector.num_queries)
+    head.inference.update(labels="per_query_label", nms_iou=0.5, max_detections=head.selector.num_queries)
     config.model.seg_head.inference.score_weighting = False
     config.eval.panoptic.min_area = 4
     config.eval.panoptic.score_threshold = 0.0  # an untrained model: keep every prediction

@@ -25,7 +25,7 @@ def stage_counts(stages: list[dict], image: int = 0) -> dict:
     return dict(rois=rois, actives=actives)
 
 
-def effseg_macs(channels: int, num_rois: int, actives: list[int], base_resolution: int = 14, fcn_convs: int = 4,
+def effseg_macs(channels: int, num_rois: int, actives: list[int], roi_resolution: int = 14, roi_convs: int = 4,
                 processing: str = "sfm", num_dilations: int = 3, roi_sampling_ratio: int = 2,
                 min_stage_channels: int = 1) -> dict[str, int]:
     """MACs of one image by component.
@@ -33,18 +33,18 @@ def effseg_macs(channels: int, num_rois: int, actives: list[int], base_resolutio
     Args:
       channels: F0 (= pyramid width C).
       num_rois: valid RoIs R.
-      actives: valid actives per stage ``[R·base², A_1, A_2, A_3]``; the passives and
+      actives: valid actives per stage ``[R·roi_resolution², A_1, A_2, A_3]``; the passives and
         parents follow from them (P_1 = C0 − K, P_{s+1} = P_s + A_s − K; K = A_s / 4).
       processing: the processing module (its core's cost differs).
       min_stage_channels: the head's width floor (:func:`~msvision.models.layers.halving_widths`).
     """
     c = f = channels
     widths = halving_widths(channels, len(actives) - 1, min_stage_channels)
-    cells = num_rois * base_resolution ** 2
+    cells = num_rois * roi_resolution ** 2
     out = {
-        "roi_align": roi_align_macs(num_rois, base_resolution, c, roi_sampling_ratio),
+        "roi_align": roi_align_macs(num_rois, roi_resolution, c, roi_sampling_ratio),
         "query_fusion": num_rois * c * c + cells * (2 * f * f + f * f),
-        "fcn": cells * fcn_convs * 9 * f * f,
+        "fcn": cells * roi_convs * 9 * f * f,
         "logits": cells * 2 * (f * f + f),
     }
     passives = 0

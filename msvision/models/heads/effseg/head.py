@@ -8,7 +8,7 @@ predicted box, no gradient, unclipped, as the released code) and one query featu
 Stage 0, dense 14×14, F0 = pyramid width (thesis §5.3.3):
   RoIAlign 14×14 from P_k0, k0 = 2 + min(⌊log2(√(wh)/56)⌋, 3) (eq. (5.1)) → + sine
   position encoding of the cells (released code only; ``position_encoding``) → query
-  fusion → FCN of ``fcn_convs`` 3×3 convolutions with ReLUs → segmentation and
+  fusion → FCN of ``roi_convs`` 3×3 convolutions with ReLUs → segmentation and
   refinement logits by two 2-layer MLPs.
 Stages s = 1..num_stages, sparse (SPS, thesis §5.3.3), F_s = F0 / 2^s:
   the K cells of highest refinement logit of the image become active and split into
@@ -81,10 +81,10 @@ class EffSegHead(nnx.Module):
       levels: pyramid levels of the neck (``neck.out_levels``); ``roi_levels`` must be among them.
       channels: pyramid width = query width = F0.
       num_stages: sparse refinement stages (3: 14 → 112, thesis §5.3.3).
-      base_resolution: stage-0 grid (14, thesis §5.3.3).
+      roi_resolution: RoIAlign output size, the stage-0 grid (14, thesis §5.3.3).
       min_stage_channels: floor of the halved stage widths F_s = F0 / 2^s (1: the thesis's
         halving; a scaled-down head keeps its finest stages this wide).
-      fcn_convs: 3×3 convolutions of the stage-0 FCN (4, thesis §5.3.3).
+      roi_convs: 3×3 convolutions of the stage-0 FCN on the fused RoI features (4, thesis §5.3.3).
       processing: table 5.7's processing module, 'sfm' | 'conv' | 'deform_conv' | 'mlp' |
         'dense_sfm' (:class:`~.modules.ProcessingModule`).
       dilations: SFM dilations (1, 3, 5, thesis §5.3.3).
@@ -114,9 +114,9 @@ class EffSegHead(nnx.Module):
         channels: int = 256,
         *,
         num_stages: int = 3,
-        base_resolution: int = 14,
+        roi_resolution: int = 14,
         min_stage_channels: int = 1,
-        fcn_convs: int = 4,
+        roi_convs: int = 4,
         processing: str = "sfm",
         dilations: tuple[int, ...] = (1, 3, 5),
         position_encoding: bool = True,
@@ -141,7 +141,7 @@ class EffSegHead(nnx.Module):
         self.levels = tuple(sorted(levels))
         self.channels = channels
         self.num_stages = num_stages
-        self.base_resolution = base_resolution
+        self.roi_resolution = roi_resolution
         self.processing = processing
         self.position_encoding = position_encoding
         self.roi_levels = (first, last)
@@ -168,8 +168,9 @@ class EffSegHead(nnx.Module):
         kw = dict(dtype=dtype, rngs=rngs)
         f = channels
         self.query_fusion = QueryFusion(f, channels, **kw)
+        # The roi_convs convolutions; 'fcn' is their name in the parameter tree (checkpoints).
         self.fcn = nnx.List([
-            Conv2d(f, f, 3, kernel_init=kaiming_normal_fan_out(), **kw) for _ in range(fcn_convs)
+            Conv2d(f, f, 3, kernel_init=kaiming_normal_fan_out(), **kw) for _ in range(roi_convs)
         ])
         self.seg_mlps = nnx.List([TwoLayerMLP(f, f, 1, **kw)])
         self.ref_mlps = nnx.List([TwoLayerMLP(f, f, 1, **kw)])
@@ -191,11 +192,11 @@ class EffSegHead(nnx.Module):
     def selected_per_stage(self, num_rois: int) -> tuple[int, ...]:
         """Static K of each stage update for ``num_rois`` RoIs per image."""
         if self.processing == "dense_sfm":  # every cell active (table 5.7's DenseSFM)
-            c0 = num_rois * self.base_resolution ** 2
+            c0 = num_rois * self.roi_resolution ** 2
             return tuple(c0 * 4 ** s for s in range(self.num_stages))
         budgets = tuple(min(self.max_selected, rho * num_rois) if rho else self.max_selected
                         for rho in self._stage_rhos())
-        return sps_capacities(num_rois, budgets, self.num_stages, self.base_resolution).selected
+        return sps_capacities(num_rois, budgets, self.num_stages, self.roi_resolution).selected
 
     def _stage_rhos(self) -> tuple[int, ...]:
         """ρ of each stage (0: no per-RoI budget)."""
@@ -226,7 +227,7 @@ class EffSegHead(nnx.Module):
         boxes = jax.lax.stop_gradient(boxes.astype(jnp.float32))
         image_sizes = jnp.asarray(image_sizes, jnp.int32)
         batch, num_rois = roi_valid.shape
-        size = self.base_resolution
+        size = self.roi_resolution
         first, last = self.roi_levels
 
         # Stage 0 (dense); k0 [B, R] the eq. 5.1 level of every RoI.
@@ -275,7 +276,7 @@ class EffSegHead(nnx.Module):
     def _neck_features(self, neck: dict[int, Array], boxes: Array, k0: Array, sps: SPS, stage: int) -> Array:
         """``[B, A, C]`` neck features at the active cells' centres from P_ks, ks = max(k0 − s, 2) (eq. 5.2)."""
         first, last = self.roi_levels
-        size = self.base_resolution * 2 ** stage
+        size = self.roi_resolution * 2 ** stage
         box = jnp.take_along_axis(boxes, sps.act_roi[..., None], axis=1)  # [B, A, 4]
         centre = box[..., :2] + (sps.act_xy.astype(jnp.float32) + 0.5) / size * (box[..., 2:] - box[..., :2])
         level = jnp.maximum(jnp.take_along_axis(k0, sps.act_roi, axis=1) - stage, first)
@@ -297,7 +298,7 @@ class EffSegHead(nnx.Module):
         rois, train, _ = roi_ops.gather_train_rois(queries, batch, self.max_train_rois, "the EffSeg head")
         stages = self(pyramid, batch.image_sizes, rois.queries, rois.boxes, rois.valid)
         targets = mask_targets(jnp.asarray(batch.masks), rois.boxes, train.gt_index, self.num_stages,
-                               self.base_resolution, self.criterion.seg_target,
+                               self.roi_resolution, self.criterion.seg_target,
                                image_sizes=jnp.asarray(batch.image_sizes, jnp.int32),
                                mask_boxes=None if batch.mask_boxes is None else jnp.asarray(batch.mask_boxes))
         num_kept = jnp.sum(rois.valid, axis=1)
@@ -316,7 +317,7 @@ class EffSegHead(nnx.Module):
         rois, inverse = roi_ops.gather_inference_rois(queries, dets)
         stages = self(pyramid, batch.image_sizes, rois.queries, rois.boxes, rois.valid)
         used = len(stages) if self.inference_stages is None else self.inference_stages + 1
-        logits = assemble_mask_logits(stages[:used], num_dets, self.base_resolution)
+        logits = assemble_mask_logits(stages[:used], num_dets, self.roi_resolution)
         for _ in range(len(stages) - used):
             logits = upsample2x(logits)
         probs = jax.nn.sigmoid(logits)  # [B, R, S, S]

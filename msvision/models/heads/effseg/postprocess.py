@@ -19,8 +19,8 @@ from msvision.models.heads.roi_mask.postprocess import upsample2x
 Array = jax.Array
 
 
-def assemble_mask_logits(stages: list[dict], num_rois: int, base_resolution: int = 14) -> Array:
-    """``[B, R, S, S]`` float32 mask logits, S = base·2^(stages-1) (thesis §5.3.3).
+def assemble_mask_logits(stages: list[dict], num_rois: int, roi_resolution: int = 14) -> Array:
+    """``[B, R, S, S]`` float32 mask logits, S = roi_resolution·2^(stages-1) (thesis §5.3.3).
 
     Args:
       stages: the head's cells per stage (``seg [B, A_s]`` logits, ``valid``, ``roi``,
@@ -28,7 +28,7 @@ def assemble_mask_logits(stages: list[dict], num_rois: int, base_resolution: int
     """
     first = stages[0]
     batch = first["seg"].shape[0]
-    logits = jnp.zeros((batch, num_rois, base_resolution, base_resolution), jnp.float32)
+    logits = jnp.zeros((batch, num_rois, roi_resolution, roi_resolution), jnp.float32)
     b = jnp.arange(batch)[:, None]
     for s, cells in enumerate(stages):
         if s > 0:

@@ -48,6 +48,8 @@ from flax import nnx
 from msvision.models.heads.fqdet.criterion import FQDetCriterion
 from msvision.models.heads.fqdet.matcher import FQDetMatcher
 from msvision.models.heads.fqdet.modules import (
+    BOX_NETS,
+    CLS_NETS,
     BoxEncoder,
     DecoderLayer,
     DuplicateNet,
@@ -109,21 +111,30 @@ class DecoderSpec:
 class PredictionSpec:
     """Prediction networks (config ``model.head.prediction``).
 
-    ``cls_net`` / ``box_net``: 'v1' (MLP with ``v1_hidden_layers`` hidden layers:
-    1 in thesis 4.4.1, 2 in the released FQDet config) or 'v2' (tables 4.13, 4.15);
-    ``box_scoring`` (table 4.17); ``aux_losses``: predictions and losses on the
-    queries entering the decoder and after every decoder layer (table 4.3), with one
-    shared prediction-network set (``aux_shared``) or one per supervised output;
-    ``box_scale_clamp``: clamp of the decoded log-scale.
+    ``cls_net`` (table 4.13): 'mlp', the base FQDet's classification network (thesis
+    4.4.1), or 'linear', one linear layer: the thesis's FQDetV2 classification network.
+    ``box_net`` (table 4.15): 'mlp', the base FQDet's box network, or 'linear_norm_mlp'
+    (Linear → LayerNorm → two ReLU hidden layers → Linear): the thesis's FQDetV2 box
+    network. ``mlp_hidden_layers``: hidden layers of the 'mlp' networks (1 in thesis 4.4.1,
+    2 in the released FQDet config). ``box_scoring`` (table 4.17); ``aux_losses``:
+    predictions and losses on the queries entering the decoder and after every decoder
+    layer (table 4.3), with one shared prediction-network set (``aux_shared``) or one per
+    supervised output; ``box_scale_clamp``: clamp of the decoded log-scale.
     """
 
-    cls_net: str = "v1"
-    box_net: str = "v1"
-    v1_hidden_layers: int = 1
+    cls_net: str = "mlp"
+    box_net: str = "mlp"
+    mlp_hidden_layers: int = 1
     box_scoring: bool = False
     aux_losses: bool = False
     aux_shared: bool = True
     box_scale_clamp: float = BOX_SCALE_CLAMP
+
+    def __post_init__(self):
+        if self.cls_net not in CLS_NETS:
+            raise ValueError(f"prediction.cls_net must be one of {CLS_NETS}, got {self.cls_net!r}")
+        if self.box_net not in BOX_NETS:
+            raise ValueError(f"prediction.box_net must be one of {BOX_NETS}, got {self.box_net!r}")
 
 
 class FQDetHead(nnx.Module):
@@ -188,9 +199,9 @@ class FQDetHead(nnx.Module):
         # layers: table 4.3's 43.5 M; one set per layer would give 43.35 M).
         num_head_sets = decoder.num_layers + 1 if (prediction.aux_losses and not prediction.aux_shared) else 1
         self.heads = nnx.List([
-            PredictionHeads(channels, num_classes + 1, cls_version=prediction.cls_net,
-                            box_version=prediction.box_net, box_scoring=prediction.box_scoring,
-                            v1_hidden_layers=prediction.v1_hidden_layers, **kw)
+            PredictionHeads(channels, num_classes + 1, cls_net=prediction.cls_net, box_net=prediction.box_net,
+                            box_scoring=prediction.box_scoring, mlp_hidden_layers=prediction.mlp_hidden_layers,
+                            **kw)
             for _ in range(num_head_sets)
         ])
         self.duplicate_net = DuplicateNet(channels, **kw) if inference.learned_duplicates else None

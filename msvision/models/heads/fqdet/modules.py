@@ -15,8 +15,9 @@ DetSeg modules (``models/modules/mlp.py``, ``selector.py``, ``container.py``,
   normalised ``cxcywh`` box prior (FQDet only; the released FQDetV2 has none).
 - :class:`DecoderLayer`: pre-LN residual MSDA cross-attention (box-prior frame),
   multi-head self-attention and FFN.
-- :func:`cls_net`, :func:`box_net`, :func:`box_score_net`: the V1/V2 prediction
-  networks.
+- :func:`make_cls_net`, :func:`make_box_net`, :func:`make_box_score_net`: the prediction
+  networks of FQDet ('mlp') and FQDetV2 ('linear' classification, 'linear_norm_mlp' box and
+  box-score networks).
 
 Linear layers use PyTorch's default ``nn.Linear`` init (kaiming-uniform a=√5,
 bias U(±1/√fan_in)), as the author's modules set no init of their own.
@@ -39,6 +40,9 @@ Array = jax.Array
 Dtype = Any
 
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm default
+
+CLS_NETS = ("mlp", "linear")  # prediction.cls_net: FQDet's, FQDetV2's (table 4.13)
+BOX_NETS = ("mlp", "linear_norm_mlp")  # prediction.box_net: FQDet's, FQDetV2's (table 4.15)
 
 
 def layer_norm(features: int, *, dtype: Optional[Dtype], rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -241,8 +245,8 @@ class DecoderLayer(nnx.Module):
 # --- prediction networks --------------------------------------------------------------
 
 
-def _mlp_v1(features: int, out: int, hidden_layers: int, *, dtype, rngs) -> Sequential:
-    """V1 (FQDet) with ``hidden_layers`` hidden layers.
+def _mlp(features: int, out: int, hidden_layers: int, *, dtype, rngs) -> Sequential:
+    """'mlp', the base FQDet's prediction networks, with ``hidden_layers`` hidden layers.
 
     2 (the released FQDet config): ``OneStepMLP(LN, ReLU)`` → ``OneStepMLP(LN, ReLU,
     skip)`` → Linear. 1 (thesis 4.4.1, "an MLP with one hidden layer"):
@@ -259,11 +263,12 @@ def _mlp_v1(features: int, out: int, hidden_layers: int, *, dtype, rngs) -> Sequ
             OneStepMLP(features, features, dtype=dtype, rngs=rngs), "relu",
             torch_linear(features, out, dtype=dtype, rngs=rngs),
         ])
-    raise ValueError(f"V1 prediction networks have 1 or 2 hidden layers, got {hidden_layers}")
+    raise ValueError(f"prediction.mlp_hidden_layers must be 1 or 2, got {hidden_layers}")
 
 
-def _mlp_v2(features: int, out: int, *, dtype, rngs) -> Sequential:
-    """V2 (FQDetV2 box/box-score nets): Linear → LN → Linear → ReLU → Linear → ReLU → Linear.
+def _linear_norm_mlp(features: int, out: int, *, dtype, rngs) -> Sequential:
+    """'linear_norm_mlp', FQDetV2's box and box-score networks: Linear → LN → Linear → ReLU →
+    Linear → ReLU → Linear.
 
     Exactly the released FQDetV2 head config's ``logits_cfg`` / ``box_score_cfg`` (two hidden
     layers; note the LayerNorm without activation after the first Linear).
@@ -275,28 +280,31 @@ def _mlp_v2(features: int, out: int, *, dtype, rngs) -> Sequential:
     ])
 
 
-def cls_net(version: str, features: int, num_outputs: int, *, v1_hidden_layers: int = 1, dtype=None,
-            rngs: nnx.Rngs) -> nnx.Module:
-    """Classification network: 'v1' MLP, 'v2' one linear layer (table 4.13)."""
-    if version == "v1":
-        return _mlp_v1(features, num_outputs, v1_hidden_layers, dtype=dtype, rngs=rngs)
-    if version == "v2":
+def make_cls_net(kind: str, features: int, num_outputs: int, *, mlp_hidden_layers: int = 1, dtype=None,
+                 rngs: nnx.Rngs) -> nnx.Module:
+    """Classification network (:data:`CLS_NETS`, table 4.13): 'mlp' (the base FQDet's, thesis
+    4.4.1) or 'linear' (one linear layer, the thesis's FQDetV2 classification network)."""
+    if kind == "mlp":
+        return _mlp(features, num_outputs, mlp_hidden_layers, dtype=dtype, rngs=rngs)
+    if kind == "linear":
         return torch_linear(features, num_outputs, dtype=dtype, rngs=rngs)
-    raise ValueError(f"cls_net must be 'v1' or 'v2', got {version!r}")
+    raise ValueError(f"prediction.cls_net must be one of {CLS_NETS}, got {kind!r}")
 
 
-def box_net(version: str, features: int, *, v1_hidden_layers: int = 1, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
-    """Box network (4 deltas): 'v1' MLP, 'v2' two hidden layers (table 4.15)."""
-    if version == "v1":
-        return _mlp_v1(features, 4, v1_hidden_layers, dtype=dtype, rngs=rngs)
-    if version == "v2":
-        return _mlp_v2(features, 4, dtype=dtype, rngs=rngs)
-    raise ValueError(f"box_net must be 'v1' or 'v2', got {version!r}")
+def make_box_net(kind: str, features: int, *, mlp_hidden_layers: int = 1, dtype=None,
+                 rngs: nnx.Rngs) -> nnx.Module:
+    """Box network, 4 deltas (:data:`BOX_NETS`, table 4.15): 'mlp' (the base FQDet's, thesis
+    4.4.1) or 'linear_norm_mlp' (the thesis's FQDetV2 box network)."""
+    if kind == "mlp":
+        return _mlp(features, 4, mlp_hidden_layers, dtype=dtype, rngs=rngs)
+    if kind == "linear_norm_mlp":
+        return _linear_norm_mlp(features, 4, dtype=dtype, rngs=rngs)
+    raise ValueError(f"prediction.box_net must be one of {BOX_NETS}, got {kind!r}")
 
 
-def box_score_net(features: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
-    """Box-scoring network (one logit), two hidden layers as the V2 box net (table 4.17)."""
-    return _mlp_v2(features, 1, dtype=dtype, rngs=rngs)
+def make_box_score_net(features: int, *, dtype=None, rngs: nnx.Rngs) -> nnx.Module:
+    """Box-scoring network (one logit), 'linear_norm_mlp' as FQDetV2's box network (table 4.17)."""
+    return _linear_norm_mlp(features, 1, dtype=dtype, rngs=rngs)
 
 
 class PredictionHeads(nnx.Module):
@@ -307,13 +315,13 @@ class PredictionHeads(nnx.Module):
     """
 
     def __init__(
-        self, features: int, num_cls_outputs: int, *, cls_version: str, box_version: str, box_scoring: bool,
-        v1_hidden_layers: int = 1, dtype=None, rngs: nnx.Rngs,
+        self, features: int, num_cls_outputs: int, *, cls_net: str, box_net: str, box_scoring: bool,
+        mlp_hidden_layers: int = 1, dtype=None, rngs: nnx.Rngs,
     ):
-        kw = dict(v1_hidden_layers=v1_hidden_layers, dtype=dtype, rngs=rngs)
-        self.cls = cls_net(cls_version, features, num_cls_outputs, **kw)
-        self.box = box_net(box_version, features, **kw)
-        self.box_score = box_score_net(features, dtype=dtype, rngs=rngs) if box_scoring else None
+        kw = dict(mlp_hidden_layers=mlp_hidden_layers, dtype=dtype, rngs=rngs)
+        self.cls = make_cls_net(cls_net, features, num_cls_outputs, **kw)
+        self.box = make_box_net(box_net, features, **kw)
+        self.box_score = make_box_score_net(features, dtype=dtype, rngs=rngs) if box_scoring else None
 
     def __call__(self, q: Array) -> tuple[Array, Array, Optional[Array]]:
         cls = self.cls(q).astype(jnp.float32)

@@ -1,11 +1,13 @@
 """FQDet inference: scores → a fixed number of detections per image (thesis 4.4.3, 4.5.2).
 
-Strategies (``strategy``, table 4.4 / 4.4.3):
-  'old'  one label per query (its best class), the ``nms_candidates`` best queries,
-         class-aware NMS, the ``max_detections`` best kept (the base FQDet);
-  'new'  every (query, class) pair is a candidate, the ``nms_candidates`` best
-         pairs through class-aware NMS, ``max_detections`` kept (the improved
-         FQDet, FQDetV2 and the released code's ``BaseBox2dHead.compute_dets``).
+Labels of the candidates (``labels``, thesis 4.4.3, table 4.6):
+  'per_query_label'    one label per query (its best class), the ``nms_candidates``
+                       best queries, class-aware NMS, the ``max_detections`` best kept
+                       (the base FQDet's inference, thesis 4.4.1);
+  'query_class_pairs'  every (query, class) pair is a candidate, the ``nms_candidates``
+                       best pairs through class-aware NMS, ``max_detections`` kept (the
+                       improved FQDet's inference of thesis 4.4.3, FQDetV2's and the
+                       released code's ``BaseBox2dHead.compute_dets``).
 Scores: ``sigmoid`` of the K class logits (no-object excluded), times
 ``sigmoid(box score)`` with box scoring. Boxes are clipped to the image and
 dropped when empty.
@@ -33,7 +35,7 @@ from msvision.structures import Detections
 
 Array = jax.Array
 
-STRATEGIES = ("old", "new")
+CANDIDATE_LABELS = ("per_query_label", "query_class_pairs")
 DUPLICATE_REMOVAL = ("nms", "learned", "soft_learned", "learn_nms")
 
 
@@ -41,7 +43,7 @@ DUPLICATE_REMOVAL = ("nms", "learned", "soft_learned", "learn_nms")
 class FQDetPostProcess:
     """Inference settings (config section ``model.head.inference``; module docstring)."""
 
-    strategy: str = "old"
+    labels: str = "per_query_label"
     nms_iou: float = 0.5
     nms_candidates: int = 1000
     max_detections: int = 100
@@ -50,8 +52,8 @@ class FQDetPostProcess:
     soft_duplicate_power: float = 2.0
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"inference.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.labels not in CANDIDATE_LABELS:
+            raise ValueError(f"inference.labels must be one of {CANDIDATE_LABELS}, got {self.labels!r}")
         if self.duplicate_removal not in DUPLICATE_REMOVAL:
             raise ValueError(f"inference.duplicate_removal must be one of {DUPLICATE_REMOVAL}, "
                              f"got {self.duplicate_removal!r}")
@@ -85,7 +87,7 @@ class FQDetPostProcess:
         box_ok = (boxes[..., 2] > boxes[..., 0]) & (boxes[..., 3] > boxes[..., 1])
         scores = jnp.where(box_ok[..., None], scores, -1.0)
 
-        if self.strategy == "new":
+        if self.labels == "query_class_pairs":
             query_ids, labels, cand_scores = topk_class_pairs(scores, self.nms_candidates)
         else:
             best = jnp.max(scores, axis=-1)

@@ -18,23 +18,23 @@ from __future__ import annotations
 from msvision.ops.roi_align import roi_align_macs
 
 
-def fcn_macs(channels: int, num_classes: int, num_rois: int, roi_resolution: int = 14, num_convs: int = 4) -> dict:
+def fcn_macs(channels: int, num_classes: int, num_rois: int, roi_resolution: int = 14, roi_convs: int = 4) -> dict:
     """Query fusion, FCN, deconvolution and class logits of ``num_rois`` RoIs."""
     c = channels
     cells = num_rois * roi_resolution ** 2
     return {
         "query_fusion": num_rois * c * c + cells * (2 * c * c + c * c),
-        "fcn": cells * num_convs * 9 * c * c,
+        "fcn": cells * roi_convs * 9 * c * c,
         "deconv": cells * 4 * c * c,
         "logits": 4 * cells * c * num_classes,
     }
 
 
 def maskrcnn_macs(channels: int = 256, num_classes: int = 80, num_rois: int = 100, roi_resolution: int = 14,
-                  num_convs: int = 4, roi_sampling_ratio: int = 2) -> dict[str, int]:
+                  roi_convs: int = 4, roi_sampling_ratio: int = 2) -> dict[str, int]:
     """Mask R-CNN++ MACs by component (and ``total``)."""
     out = {"roi_align": roi_align_macs(num_rois, roi_resolution, channels, roi_sampling_ratio),
-           **fcn_macs(channels, num_classes, num_rois, roi_resolution, num_convs)}
+           **fcn_macs(channels, num_classes, num_rois, roi_resolution, roi_convs)}
     out["total"] = sum(out.values())
     return out
 
@@ -49,12 +49,12 @@ def point_head_macs(channels: int, num_classes: int, hidden: int = 256, num_fcs:
 
 
 def pointrend_macs(channels: int = 256, num_classes: int = 80, num_rois: int = 100, num_dets: int | None = None,
-                   roi_resolution: int = 14, num_convs: int = 4, point_hidden: int = 256, point_fcs: int = 3,
+                   roi_resolution: int = 14, roi_convs: int = 4, point_hidden: int = 256, point_fcs: int = 3,
                    subdivision_steps: int = 2, subdivision_points: int = 784) -> dict[str, int]:
     """PointRend++ MACs by component (and ``total``); ``num_dets`` defaults to ``num_rois``."""
     num_dets = num_rois if num_dets is None else num_dets
     out = {"point_roi_features": num_rois * roi_resolution ** 2 * 4 * channels,
-           **fcn_macs(channels, num_classes, num_rois, roi_resolution, num_convs)}
+           **fcn_macs(channels, num_classes, num_rois, roi_resolution, roi_convs)}
     size, points = 2 * roi_resolution, 0
     for _ in range(subdivision_steps):
         size *= 2

@@ -4,9 +4,10 @@
 Mask R-CNN's mask head (mmdet ``FCNMaskHead``) with EffSeg's RoIs, query fusion and
 mask-score weighting:
 
-  RoIAlign 14×14 from P_k0, k0 = 2 + min(⌊log2(√(wh)/56)⌋, 3) (eq. 5.1, P2–P5) → query
-  fusion as EffSeg without the position encoding (as released) → 4 × (3×3 conv + ReLU) →
-  deconv ×2 + ReLU → 1×1 → ``num_classes`` class-specific 28×28 logits.
+  RoIAlign 14×14 (``roi_resolution``) from P_k0, k0 = 2 + min(⌊log2(√(wh)/56)⌋, 3)
+  (eq. 5.1, P2–P5) → query fusion as EffSeg without the position encoding (as released)
+  → ``roi_convs`` (4) × (3×3 conv + ReLU) → deconv ×2 + ReLU → 1×1 → ``num_classes``
+  class-specific 28×28 logits.
 
 Training: the positive queries (EffSeg's training RoIs, fixed capacity); the logits of
 each RoI's object class against the crop-resized binary mask (:mod:`.targets`); sigmoid
@@ -45,15 +46,15 @@ class MaskRCNNHead(nnx.Module):
     Args:
       num_classes: object classes (supplied by the builder from ``model.num_classes``).
       levels, channels: the neck's levels and width (supplied by the builder).
-      roi_resolution: RoIAlign grid (14); the masks are twice as fine (28).
-      num_convs: 3×3 convolutions of the FCN (4).
+      roi_resolution: RoIAlign output size (14); the masks are twice as fine (28).
+      roi_convs: 3×3 convolutions of the FCN on the fused RoI features (4).
       roi_levels: (first, last) pyramid level of eq. 5.1 (P2–P5).
       canonical_size: eq. 5.1's 56.
       roi_sampling_ratio: RoIAlign samples per bin and axis (fixed; mmcv's adaptive
         count is data-dependent).
       max_train_rois: training RoIs per image (capacity, EffSeg's
         :mod:`~msvision.models.heads.roi_mask.rois`).
-      loss_weight: weight of the mask loss (1, as released).
+      mask_loss_weight: weight of the mask loss (1, as released).
       inference: mask threshold, eq. 5.3 score weighting, paste chunk
         (:class:`~msvision.models.heads.roi_mask.RoIMaskPostProcess`, as EffSeg's).
     """
@@ -67,12 +68,12 @@ class MaskRCNNHead(nnx.Module):
         channels: int = 256,
         *,
         roi_resolution: int = 14,
-        num_convs: int = 4,
+        roi_convs: int = 4,
         roi_levels: tuple[int, int] = (2, 5),
         canonical_size: float = 56.0,
         roi_sampling_ratio: int = 2,
         max_train_rois: int = 128,
-        loss_weight: float = 1.0,
+        mask_loss_weight: float = 1.0,
         inference: RoIMaskPostProcess = RoIMaskPostProcess(),
         dtype=None,
         rngs: nnx.Rngs,
@@ -86,11 +87,11 @@ class MaskRCNNHead(nnx.Module):
         self.canonical_size = float(canonical_size)
         self.roi_sampling_ratio = int(roi_sampling_ratio)
         self.max_train_rois = int(max_train_rois)
-        self.loss_weight = float(loss_weight)
+        self.mask_loss_weight = float(mask_loss_weight)
         self.postprocess = inference
         self.dtype = dtype
         self.query_fusion = QueryFusion(channels, channels, dtype=dtype, rngs=rngs)
-        self.mask_head = FCNMaskHead(channels, self.num_classes, num_convs, dtype=dtype, rngs=rngs)
+        self.mask_head = FCNMaskHead(channels, self.num_classes, roi_convs, dtype=dtype, rngs=rngs)
 
     @property
     def mask_resolution(self) -> int:
@@ -127,7 +128,7 @@ class MaskRCNNHead(nnx.Module):
         rois, train, labels = roi_ops.gather_train_rois(queries, batch, self.max_train_rois, "the Mask R-CNN++ head")
         logits = class_logits.pick_class(self(pyramid, batch.image_sizes, rois.queries, rois.boxes), labels)
         targets = crop_resize_targets(batch, rois.boxes, train.gt_index, self.mask_resolution)
-        loss = self.loss_weight * class_logits.per_roi_bce(logits, targets, rois.valid)
+        loss = self.mask_loss_weight * class_logits.per_roi_bce(logits, targets, rois.valid)
         metrics = {"loss_mask": loss, "mask/acc": class_logits.accuracy(logits, targets, rois.valid),
                    **roi_ops.roi_metrics(train)}
         return loss, metrics

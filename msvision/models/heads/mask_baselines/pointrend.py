@@ -4,10 +4,11 @@
 PointRend (Kirillov et al. 2020, mmdet) with its coarse MLP head replaced by Mask R-CNN's
 FCN head (the "++" change, thesis §5.4.1) and EffSeg's RoIs, query fusion and score weighting:
 
-- Coarse head: features of the 14×14 cell centres of each RoI read bilinearly from the
-  finest level only (mmcv ``SimpleRoIAlign`` on P2, as released; ``point_level``) → query fusion
-  (EffSeg's, no position encoding) → the FCN of :class:`MaskRCNNHead` (4 × 3×3 conv,
-  deconv ×2, 1×1) → ``num_classes`` 28×28 coarse logits.
+- Coarse head: features of the 14×14 (``roi_resolution``) cell centres of each RoI read
+  bilinearly from the finest level only (mmcv ``SimpleRoIAlign`` on P2, as released;
+  ``point_level``) → query fusion (EffSeg's, no position encoding) → the FCN of
+  :class:`MaskRCNNHead` (``roi_convs`` = 4 × 3×3 conv, deconv ×2, 1×1) → ``num_classes``
+  28×28 coarse logits.
 - Point head (mmdet ``MaskPointHead``): per point, the fine-grained P2 feature and the
   coarse logits of all classes read at the point → 3 × (FC 256 + ReLU) with the coarse
   logits concatenated before each → class-specific FC.
@@ -66,8 +67,9 @@ class PointRendHead(nnx.Module):
     Args:
       num_classes: object classes (supplied by the builder from ``model.num_classes``).
       levels, channels: the neck's levels and width (supplied by the builder).
-      roi_resolution: coarse feature grid (14); coarse logits are 28×28.
-      num_convs: 3×3 convolutions of the coarse FCN (4).
+      roi_resolution: coarse RoI feature grid (14; read at the cell centres of ``point_level``,
+        mmcv ``SimpleRoIAlign``); coarse logits are 28×28.
+      roi_convs: 3×3 convolutions of the coarse FCN on the fused RoI features (4).
       point_level: the pyramid level of the coarse and fine-grained features (P2, as released).
       point_fcs, point_hidden: the point head's FCs (3 of 256).
       train_points, oversample_ratio, importance_sample_ratio: training point selection
@@ -75,7 +77,8 @@ class PointRendHead(nnx.Module):
       subdivision_steps, subdivision_points: inference (2 steps → 112², the thesis, §5.4.2;
         the released code: 3 → 224²; 784 points per step).
       max_train_rois: training RoIs per image (capacity, EffSeg's).
-      coarse_loss_weight, point_loss_weight: 1 and 1 (mmdet).
+      mask_loss_weight, point_loss_weight: weights of the coarse mask loss (Mask R-CNN++'s) and of
+        the point loss, 1 and 1 (mmdet).
       inference: mask threshold, eq. 5.3 score weighting, paste chunk
         (:class:`~msvision.models.heads.roi_mask.RoIMaskPostProcess`, as EffSeg's).
     """
@@ -89,7 +92,7 @@ class PointRendHead(nnx.Module):
         channels: int = 256,
         *,
         roi_resolution: int = 14,
-        num_convs: int = 4,
+        roi_convs: int = 4,
         point_level: int = 2,
         point_fcs: int = 3,
         point_hidden: int = 256,
@@ -99,7 +102,7 @@ class PointRendHead(nnx.Module):
         subdivision_steps: int = 2,
         subdivision_points: int = 784,
         max_train_rois: int = 128,
-        coarse_loss_weight: float = 1.0,
+        mask_loss_weight: float = 1.0,
         point_loss_weight: float = 1.0,
         inference: RoIMaskPostProcess = RoIMaskPostProcess(),
         dtype=None,
@@ -116,12 +119,12 @@ class PointRendHead(nnx.Module):
         self.subdivision_steps = int(subdivision_steps)
         self.subdivision_points = int(subdivision_points)
         self.max_train_rois = int(max_train_rois)
-        self.coarse_loss_weight = float(coarse_loss_weight)
+        self.mask_loss_weight = float(mask_loss_weight)
         self.point_loss_weight = float(point_loss_weight)
         self.postprocess = inference
         self.dtype = dtype
         self.query_fusion = QueryFusion(channels, channels, dtype=dtype, rngs=rngs)
-        self.mask_head = FCNMaskHead(channels, self.num_classes, num_convs, dtype=dtype, rngs=rngs)
+        self.mask_head = FCNMaskHead(channels, self.num_classes, roi_convs, dtype=dtype, rngs=rngs)
         self.point_head = PointHead(channels, self.num_classes, point_hidden, point_fcs, dtype=dtype, rngs=rngs)
 
     @property
@@ -181,7 +184,7 @@ class PointRendHead(nnx.Module):
         coarse_all = self(pyramid, batch.image_sizes, rois.queries, rois.boxes)
         coarse = class_logits.pick_class(coarse_all, labels)  # [B, R, 28, 28]
         targets = crop_resize_targets(batch, rois.boxes, train.gt_index, coarse.shape[-1])
-        loss_coarse = self.coarse_loss_weight * class_logits.per_roi_bce(coarse, targets, rois.valid)
+        loss_coarse = self.mask_loss_weight * class_logits.per_roi_bce(coarse, targets, rois.valid)
 
         key = jax.random.PRNGKey(0) if rng is None else rng
         b, r = labels.shape

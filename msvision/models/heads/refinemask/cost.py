@@ -16,7 +16,7 @@ from msvision.ops.roi_align import roi_align_macs
 
 
 def refinemask_macs(channels: int, num_rois: int, semantic_cells: int, *, num_stages: int = 3,
-                    base_resolution: int = 14, instance_convs: int = 2, semantic_convs: int = 4,
+                    roi_resolution: int = 14, roi_convs: int = 2, semantic_convs: int = 4,
                     num_dilations: int = 3, roi_sampling_ratio: int = 2,
                     min_stage_channels: int = 1) -> dict[str, int]:
     """MACs of one image by component.
@@ -28,15 +28,15 @@ def refinemask_macs(channels: int, num_rois: int, semantic_cells: int, *, num_st
     """
     c, r = channels, num_rois
     widths = halving_widths(channels, num_stages, min_stage_channels)
-    cells0 = r * base_resolution ** 2
+    cells0 = r * roi_resolution ** 2
     out = {
-        "roi_align": roi_align_macs(r, base_resolution, c, roi_sampling_ratio),
+        "roi_align": roi_align_macs(r, roi_resolution, c, roi_sampling_ratio),
         "query_fusion": r * c * c + cells0 * (2 * c * c + c * c),
-        "instance_convs": cells0 * instance_convs * 9 * c * c,
+        "instance_convs": cells0 * roi_convs * 9 * c * c,
         "semantic_convs": semantic_cells * semantic_convs * 9 * c * c,
         "semantic_in": 0, "semantic_sampling": 0, "fusion": 0, "logits": 0, "upsampling": 0,
     }
-    f, size = c, base_resolution
+    f, size = c, roi_resolution
     for s in range(num_stages):
         cells = r * size * size
         out["semantic_in"] += semantic_cells * c * f

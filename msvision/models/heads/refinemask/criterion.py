@@ -13,8 +13,9 @@ Sigmoid cross-entropy per stage:
   then ``P_s`` = :func:`~.boundary.refine_with_band` of the previous logits with width
   ``refine_width`` (1, "same as inference" in the released code).
 
-Weights (0.5, 0.75, 0.75, 1.0) (as released). Reduction as the released code with one image
-per GPU (``RefineMaskRoIHead.compute_losses``, DetSeg ``models/heads/seg/mmdet_roi.py``: the
+Stage weights ``seg_weights`` (0.5, 0.75, 0.75, 1.0, as released; named as EffSeg's
+per-stage mask-loss weights). Reduction as the released code with one image per GPU
+(``RefineMaskRoIHead.compute_losses``, DetSeg ``models/heads/seg/mmdet_roi.py``: the
 loss multiplied by the number of matches), per image: mean over the supervised
 cells of the stage × the image's training RoIs; averaged over the batch.
 
@@ -47,7 +48,7 @@ class RefineMaskCriterion:
     :func:`msvision.models.heads.roi_mask.targets.mask_targets`.
     """
 
-    stage_weights: tuple[float, ...] = (0.5, 0.75, 0.75, 1.0)
+    seg_weights: tuple[float, ...] = (0.5, 0.75, 0.75, 1.0)
     boundary_width: int = 2
     start_stage: int = 1
     refine_width: int = 1
@@ -71,8 +72,8 @@ class RefineMaskCriterion:
           stage losses), ``mask/acc_s`` (accuracy over the supervised cells),
           ``mask/band_cells_s`` (supervised cells per image, the BAR stages).
         """
-        if len(stages) != len(self.stage_weights):
-            raise ValueError(f"{len(stages)} stages but {len(self.stage_weights)} loss weights")
+        if len(stages) != len(self.seg_weights):
+            raise ValueError(f"{len(stages)} stages but {len(self.seg_weights)} loss weights")
         num_rois = jnp.sum(roi_valid, axis=1).astype(jnp.float32)  # [B]
         valid = roi_valid[:, :, None, None]
         out = {"loss_mask": 0.0}
@@ -95,7 +96,7 @@ class RefineMaskCriterion:
             count = jnp.maximum(jnp.sum(region, axis=(1, 2, 3)), 1).astype(jnp.float32)
             per_image = jnp.sum(bce, axis=(1, 2, 3)) / count * num_rois
             stage_loss = jnp.mean(per_image)
-            out["loss_mask"] = out["loss_mask"] + self.stage_weights[s] * stage_loss
+            out["loss_mask"] = out["loss_mask"] + self.seg_weights[s] * stage_loss
             out[f"mask/loss_{s}"] = stage_loss
             correct = region & ((logits >= 0) == target)
             out[f"mask/acc_{s}"] = jnp.sum(correct) / jnp.maximum(jnp.sum(region), 1)

@@ -11,7 +11,7 @@ object's class; inference: the detection's class): the early masks are class-spe
 
 1. Instance trunk: RoIAlign 14 × 14 from P_k0 (eq. 5.1, P2–P5) → query fusion
    (thesis §5.3.3, EffSeg's, :class:`~msvision.models.heads.roi_mask.QueryFusion`) →
-   ``instance_convs`` (2) 3×3 convolutions with ReLUs, F0 = 256.
+   ``roi_convs`` (2) 3×3 convolutions with ReLUs, F0 = 256.
 2. Semantic branch: ``semantic_convs`` (4) 3×3 convolutions with ReLUs on the whole
    ``semantic_level`` map (P2, stride 4).
 3. Stages s = 0, 1, 2 at S = 14, 28, 56 with F = 256, 128, 64 (:class:`~.modules.SFMStage`):
@@ -69,11 +69,11 @@ class RefineMaskHead(nnx.Module):
       channels: pyramid width = query width = F0.
       num_classes: classes of the class-specific logits (supplied by the builder).
       num_stages: SFM stages (3: 14 → 28 → 56, then the last logits upsampled to 112).
-      base_resolution: the first stage's grid (14).
+      roi_resolution: RoIAlign output size, the first stage's grid (14).
       min_stage_channels: floor of the halved stage widths (1: the thesis's halving, as
         :class:`~msvision.models.heads.effseg.EffSegHead`'s).
-      instance_convs, semantic_convs: 3×3 convolutions of the instance trunk (2) and of the
-        semantic branch (4) (as released).
+      roi_convs, semantic_convs: 3×3 convolutions of the instance trunk on the fused RoI
+        features (2) and of the semantic branch (4) (as released).
       semantic_level: pyramid level the semantic branch reads (2: P2, stride 4, as released).
       dilations: MultiBranchFusionAvg dilations (1, 3, 5).
       class_agnostic_last: the last logits are class-agnostic (RefineMask's
@@ -93,9 +93,9 @@ class RefineMaskHead(nnx.Module):
         num_classes: int = 80,
         *,
         num_stages: int = 3,
-        base_resolution: int = 14,
+        roi_resolution: int = 14,
         min_stage_channels: int = 1,
-        instance_convs: int = 2,
+        roi_convs: int = 2,
         semantic_convs: int = 4,
         semantic_level: int = 2,
         dilations: tuple[int, ...] = (1, 3, 5),
@@ -115,13 +115,13 @@ class RefineMaskHead(nnx.Module):
         widths = halving_widths(channels, num_stages, min_stage_channels)
         if widths[-1] < 2:  # the stages output F/2 − 1 features and the probability
             raise ValueError(f"{channels} channels cannot be halved {num_stages} times")
-        if len(loss.stage_weights) != num_stages + 1:
-            raise ValueError(f"{num_stages + 1} stages need as many loss weights, got {loss.stage_weights}")
+        if len(loss.seg_weights) != num_stages + 1:
+            raise ValueError(f"{num_stages + 1} stages need as many loss weights, got {loss.seg_weights}")
         self.levels = tuple(sorted(levels))
         self.channels = channels
         self.num_classes = int(num_classes)
         self.num_stages = num_stages
-        self.base_resolution = base_resolution
+        self.roi_resolution = roi_resolution
         self.semantic_level = int(semantic_level)
         self.roi_levels = (first, last)
         self.canonical_size = float(canonical_size)
@@ -134,7 +134,8 @@ class RefineMaskHead(nnx.Module):
         kw = dict(dtype=dtype, rngs=rngs)
         f = channels
         self.query_fusion = QueryFusion(f, channels, **kw)
-        self.instance_convs = nnx.List([conv3x3(f, f, **kw) for _ in range(instance_convs)])
+        # The roi_convs convolutions; 'instance_convs' is their name in the parameter tree (checkpoints).
+        self.instance_convs = nnx.List([conv3x3(f, f, **kw) for _ in range(roi_convs)])
         self.semantic_convs = nnx.List([conv3x3(channels, channels, **kw) for _ in range(semantic_convs)])
         self.stages = nnx.List()
         self.stage_logits = nnx.List()
@@ -160,14 +161,14 @@ class RefineMaskHead(nnx.Module):
 
         Returns:
           ``stages``: per stage s = 0..num_stages ``[B, R, S_s, S_s]`` float32 logits,
-          S_s = base·2^s (the last one upsampled from base·2^(s−1)); ``semantic``:
+          S_s = roi_resolution·2^s (the last one upsampled from roi_resolution·2^(s−1)); ``semantic``:
           ``[B, H, W]`` float32 semantic logits of the ``semantic_level`` map, or None.
         """
         dtype = self.dtype or pyramid[self.roi_levels[0]].dtype
         boxes = jax.lax.stop_gradient(boxes.astype(jnp.float32))
         image_sizes = jnp.asarray(image_sizes, jnp.int32)
         batch, num_rois = roi_valid.shape
-        size = self.base_resolution
+        size = self.roi_resolution
         x, _ = multilevel_roi_features(pyramid, boxes, image_sizes, size, self.roi_levels, self.canonical_size,
                                        self.roi_sampling_ratio)  # eq. 5.1
         x = x.astype(dtype).reshape(batch * num_rois, size, size, self.channels)
@@ -223,7 +224,7 @@ class RefineMaskHead(nnx.Module):
         image_sizes = jnp.asarray(batch.image_sizes, jnp.int32)
         mask_boxes = None if batch.mask_boxes is None else jnp.asarray(batch.mask_boxes)
         targets = mask_targets(jnp.asarray(batch.masks), rois.boxes, train.gt_index, self.num_stages,
-                               self.base_resolution, self.criterion.seg_target, image_sizes=image_sizes,
+                               self.roi_resolution, self.criterion.seg_target, image_sizes=image_sizes,
                                mask_boxes=mask_boxes)
         metrics = self.criterion(stages, [seg for seg, _ in targets], rois.valid)
         total = metrics["loss_mask"]

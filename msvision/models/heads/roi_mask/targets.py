@@ -30,7 +30,7 @@ MIXED_EPS = 1e-4
 COVERAGE_SCALE = 255.0  # box-frame grids hold coverage × 255 (msvision.data.box_masks)
 
 
-def mask_targets(masks: Array, boxes: Array, gt_index: Array, num_stages: int = 3, base_resolution: int = 14,
+def mask_targets(masks: Array, boxes: Array, gt_index: Array, num_stages: int = 3, roi_resolution: int = 14,
                  seg_target: str = "centre", mask_stride: float = 1.0, image_sizes: Array | None = None,
                  mask_boxes: Array | None = None) -> list[tuple[Array, Array]]:
     """Segmentation and refinement targets of every stage.
@@ -50,7 +50,7 @@ def mask_targets(masks: Array, boxes: Array, gt_index: Array, num_stages: int = 
 
     Returns:
       per stage s = 0..num_stages: ``(seg [B, R, S, S] bool, refine [B, R, S, S] bool)``,
-      S = base_resolution · 2^s.
+      S = roi_resolution · 2^s.
     """
     if seg_target not in SEG_TARGETS:
         raise ValueError(f"seg_target must be one of {SEG_TARGETS}, got {seg_target!r}")
@@ -60,14 +60,14 @@ def mask_targets(masks: Array, boxes: Array, gt_index: Array, num_stages: int = 
         masks, boxes = into_box_frames(masks, mask_boxes, boxes, gt_index)
         mask_stride, image_sizes = 1.0, None
         scale = 1.0 / COVERAGE_SCALE
-    finest = base_resolution * 2 ** num_stages
+    finest = roi_resolution * 2 ** num_stages
     averages = roi_mask_targets(masks, boxes, gt_index, mask_stride, finest, num_stages + 1,
                                 image_sizes=image_sizes)[::-1]  # coarse to fine
     out = []
     for s, v in enumerate(averages):
         v = v * scale
         if seg_target == "centre":
-            size = base_resolution * 2 ** s
+            size = roi_resolution * 2 ** s
             centre = roi_mask_centre_values(masks, boxes, gt_index, size, mask_stride, image_sizes) * scale
             seg = centre > 0.5
         else:
