@@ -125,6 +125,10 @@ class EvalConfig:
       boundary_ap: with a segmentation head, also the mask AP with the Boundary IoU
         (``boundary/AP``, …; :mod:`msvision.evaluation.coco_boundary`; costs a pass over
         every mask).
+      lvis_annotations: with a segmentation head, also AP* (``lvis_segm/AP``, …) against this
+        LVIS-style ground truth of the validation images (e.g. cocofied LVIS v0.5 val,
+        ``python -m msvision.evaluation.lvis cocofy``; thesis section 5.4.1), and with
+        ``boundary_ap`` AP^B* (``lvis_boundary/AP``, …); '' for none.
       panoptic: the post-processing of a panoptic dataset (``data.source='coco_panoptic'``),
         :class:`msvision.evaluation.panoptic_postprocess.PanopticPostProcess`.
     """
@@ -132,6 +136,7 @@ class EvalConfig:
     visualize: int = 8
     box_mask_baseline: bool = False
     boundary_ap: bool = False
+    lvis_annotations: str = ""
     panoptic: PanopticPostProcess = PanopticPostProcess()
 
 

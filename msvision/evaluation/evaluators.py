@@ -325,7 +325,7 @@ class LvisAPEvaluator(DatasetEvaluator):
 
     The ground truth is restricted to the images processed. Keys: ``AP``, ``AP50``,
     ``AP75``, ``APs``, ``APm``, ``APl``, ``APr``, ``APc``, ``APf``, ``AR@<max_dets>``,
-    ``ARs@…``, ``ARm@…``, ``ARl@…``. No config key builds it in ``evaluate_detector``;
+    ``ARs@…``, ``ARm@…``, ``ARl@…``. ``eval.lvis_annotations`` adds it to a run's evaluation;
     ``python -m msvision.evaluation.lvis eval`` scores a ``results_<step>.json`` the same way.
 
     Args:

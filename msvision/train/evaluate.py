@@ -16,7 +16,9 @@ the dataset's own category ids), ``metrics_<step>.json`` (``bbox/AP``,
 :mod:`msvision.evaluation.masks`, and with ``eval.box_mask_baseline``
 ``box_as_mask/AP``, …: the mask metrics of the predicted boxes filled as masks, the
 trivial baseline of a mask head; with ``eval.boundary_ap`` ``boundary/AP``, …: mask AP
-with the Boundary IoU, :mod:`msvision.evaluation.coco_boundary`) and, when asked,
+with the Boundary IoU, :mod:`msvision.evaluation.coco_boundary`; with ``eval.lvis_annotations``
+``lvis_segm/AP``, … (AP*) and with ``eval.boundary_ap`` also ``lvis_boundary/AP``, … (AP^B*):
+LVIS's rules against that ground truth, :mod:`msvision.evaluation.lvis_eval`) and, when asked,
 ``vis_<step>/*.png`` with predicted boxes (solid, masks blended) and ground truth (dashed).
 
 A panoptic dataset (``data.source='coco_panoptic'``) also gets the panoptic
@@ -48,6 +50,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
+from msvision.cli import read_json
 from msvision.evaluation import coco_eval
 from msvision.evaluation import evaluators as evaluators_lib
 from msvision.evaluation import eval_writers
@@ -119,8 +122,8 @@ def build_evaluators(config: ml_collections.ConfigDict, dataset_info, out_dir: s
     validation split, writing under ``out_dir`` (``WORKDIR/eval``).
 
     Always box AP and ``results_<step>.json``; with a segmentation head (``model.seg_head``)
-    mask AP, with ``eval.boundary_ap`` Boundary AP and with ``eval.box_mask_baseline`` the
-    boxes-as-masks AP; on a panoptic split (``data.source='coco_panoptic'``) PQ and the
+    mask AP, with ``eval.boundary_ap`` Boundary AP, with ``eval.box_mask_baseline`` the
+    boxes-as-masks AP and with ``eval.lvis_annotations`` AP* (and AP^B* with ``boundary_ap``); on a panoptic split (``data.source='coco_panoptic'``) PQ and the
     ``panoptic_<step>`` files, its box and mask AP against every segment as an instance;
     pictures of the first ``visualize_count`` images.
     """
@@ -152,6 +155,11 @@ def build_evaluators(config: ml_collections.ConfigDict, dataset_info, out_dir: s
             evaluators.append(evaluators_lib.BoundaryAPEvaluator(instances_gt))
         if config.eval.box_mask_baseline:
             evaluators.append(evaluators_lib.BoxAsMaskAPEvaluator(instances_gt, label_to_category))
+        if config.eval.lvis_annotations:
+            lvis_gt = read_json(config.eval.lvis_annotations, "eval.lvis_annotations")  # read once for both
+            evaluators.append(evaluators_lib.LvisAPEvaluator(lvis_gt, iou_type="segm"))
+            if config.eval.boundary_ap:
+                evaluators.append(evaluators_lib.LvisAPEvaluator(lvis_gt, iou_type="boundary"))
     if panoptic_gt is not None:
         evaluators += [evaluators_lib.PanopticQualityEvaluator(panoptic_gt),
                        eval_writers.PanopticPredictionFiles(os.path.join(out_dir, f"panoptic_{step}"), panoptic_gt)]

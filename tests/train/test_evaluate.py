@@ -239,3 +239,39 @@ def test_a_panoptic_split_needs_a_segmentation_head(tmp_path):
     predict = StandInPredict(info.classes.num_classes, with_masks=False)
     with pytest.raises(ValueError, match="needs a segmentation head"):
         evaluate_detector(config, info, predict, sharding_lib.make_mesh(), str(tmp_path / "run"), STEP)
+
+
+def test_lvis_annotations_add_ap_star_equal_to_the_lvis_rules_on_the_written_results(tmp_path):
+    """``eval.lvis_annotations``: AP* and AP^B* of the run's own results file against that ground
+    truth, the numbers ``evaluate_lvis`` gives on ``results_<step>.json`` (the federated rules:
+    a class listed as not exhaustive in an image is neither a hit nor a miss there)."""
+    from msvision.evaluation.lvis_eval import evaluate_lvis
+
+    config = config_sections.resolve_config(tiny_effseg_config.get_config(str(tmp_path / "shapes")))
+    info = data_setup.dataset_info(config.data)
+    with open(info.val_annotations) as f:
+        lvis = json.load(f)
+    categories = [c["id"] for c in lvis["categories"]]
+    for i, image in enumerate(lvis["images"]):  # LVIS-style images: federated lists per image
+        present = {a["category_id"] for a in lvis["annotations"] if a["image_id"] == image["id"]}
+        image["neg_category_ids"] = [c for c in categories if c not in present][:1]
+        image["not_exhaustive_category_ids"] = sorted(present)[:1] if i % 2 else []
+    for c, category in zip("fcr" * len(categories), lvis["categories"]):
+        category["frequency"] = c
+    path = tmp_path / "lvis_style.json"
+    path.write_text(json.dumps(lvis))
+    config.eval.lvis_annotations = str(path)
+    config.eval.boundary_ap = True
+    _, _, metrics = run_evaluation(config, tmp_path / "run", with_masks=True)
+
+    with open(tmp_path / "run" / "eval" / f"results_{STEP}.json") as f:
+        results = json.load(f)
+    for iou_type in ("segm", "boundary"):
+        expected = evaluate_lvis(str(path), results, iou_type=iou_type)
+        got = {k[len(f"eval/lvis_{iou_type}/"):]: v for k, v in metrics.items()
+               if k.startswith(f"eval/lvis_{iou_type}/")}
+        assert got.keys() == expected.keys()
+        np.testing.assert_allclose([got[k] for k in expected], list(expected.values()), rtol=0, atol=1e-12)
+        assert 0 < got["AP"] < 1, iou_type
+    # The federated rules change the number: the same results against the plain COCO-style file.
+    assert metrics["eval/lvis_segm/AP"] != pytest.approx(metrics["eval/segm/AP"], abs=1e-6)
