@@ -49,7 +49,8 @@ LIKE_TORCHVISION = [  # torchvision retinanet_resnet50_fpn(num_classes=91), rand
 ]
 
 
-def ours(repeats: int, overrides=()) -> dict:
+def ours(repeats: int, overrides=(), train: bool = True) -> dict:
+    """Our RetinaNet from ``configs/retinanet/r50_fpn.py`` with ``overrides``: inference and (``train``) train-step seconds."""
     config = load_config(os.path.join(ROOT, "configs/retinanet/r50_fpn.py"), list(overrides))
     model = build_model(config.model, rngs=nnx.Rngs(0))
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
@@ -60,29 +61,33 @@ def ours(repeats: int, overrides=()) -> dict:
     train_batch = jax.device_put(synthetic_batch(2, 800, 10, config.model.num_classes))
 
     predict = jax.jit(make_predict_step(graphdef))
+    pcost = predict.lower(params, rest, infer_batch).compile().cost_analysis()
+    pcost = pcost[0] if isinstance(pcost, (list, tuple)) else pcost
+    infer_s = median_seconds(lambda: jax.block_until_ready(predict(params, rest, infer_batch)), repeats)
+    from msvision.models.layers import count_variables
+
+    result = dict(infer_s=infer_s, infer_flops=float(pcost["flops"]), params=count_variables(model, nnx.Param))
+    if not train:
+        return result
     train_step = jax.jit(make_train_step(graphdef, tx, schedules), donate_argnums=(0,))
     train_compiled = train_step.lower(state, train_batch).compile()
     cost = train_compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     train_flops = float(cost["flops"])
-    pcost = predict.lower(params, rest, infer_batch).compile().cost_analysis()
-    pcost = pcost[0] if isinstance(pcost, (list, tuple)) else pcost
-
-    infer_s = median_seconds(lambda: jax.block_until_ready(predict(params, rest, infer_batch)), repeats)
     holder = [state]
 
     def step():
         holder[0], metrics = train_compiled(holder[0], train_batch)
         jax.block_until_ready(metrics)
 
-    train_s = median_seconds(step, repeats)
-    from msvision.models.layers import count_variables
-
-    return dict(infer_s=infer_s, train_s=train_s, train_flops=train_flops, infer_flops=float(pcost["flops"]),
-                params=count_variables(model, nnx.Param))
+    return dict(result, train_s=median_seconds(step, repeats), train_flops=train_flops)
 
 
-def torchvision_reference(repeats: int, threads: int) -> dict:
+def torchvision_reference(repeats: int, threads: int, bfloat16: bool = False, train: bool = True) -> dict:
+    """torchvision's RetinaNet timed as :func:`ours`; ``bfloat16``: under
+    ``torch.autocast("cpu", dtype=torch.bfloat16)`` with channels-last model and images."""
+    import contextlib
+
     import torch
     import torchvision
 
@@ -109,29 +114,38 @@ def torchvision_reference(repeats: int, threads: int) -> dict:
             out.append(dict(boxes=boxes, labels=torch.tensor(rng.integers(1, 91, 10))))
         return out
 
+    layout = torch.channels_last if bfloat16 else torch.contiguous_format
+    model = model.to(memory_format=layout)
+
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bfloat16 else contextlib.nullcontext()
+
     model.eval()
     image = [torch.rand(3, 800, 800)]
 
     def infer():
-        with torch.no_grad():
+        with torch.no_grad(), autocast():
             model(image)
 
     infer_s = median_seconds(infer, repeats)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not train:
+        return dict(infer_s=infer_s, params=trainable, version=torch.__version__)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
     images = [torch.rand(3, 800, 800) for _ in range(2)]
     tgts = targets()
 
     def step():
-        losses = model(images, tgts)
+        with autocast():
+            losses = model(images, tgts)
         loss = sum(losses.values())
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
     train_s = median_seconds(step, repeats)
-    return dict(infer_s=infer_s, train_s=train_s, params=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                version=torch.__version__)
+    return dict(infer_s=infer_s, train_s=train_s, params=trainable, version=torch.__version__)
 
 
 def matmul_flops_per_s(n: int = 4096, repeats: int = 5) -> float:
