@@ -287,7 +287,8 @@ class BoxAsMaskAPEvaluator(_CocoAPEvaluator):
 
 class PanopticQualityEvaluator(DatasetEvaluator):
     """PQ, SQ, RQ over all / thing / stuff categories (``panoptic/PQ``, …, ``panoptic/n_st``,
-    fractions) of ``outputs.panoptic`` against a COCO panoptic split
+    fractions; the segment counts ``panoptic/TP``, ``panoptic/FP_th``, …) of
+    ``outputs.panoptic`` against a COCO panoptic split
     (:class:`~msvision.evaluation.panoptic.PanopticQuality`, panopticapi's rules).
     An image without ground truth is written but not scored."""
 

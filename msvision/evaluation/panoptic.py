@@ -244,8 +244,10 @@ class PanopticQuality:
         return out
 
     def summary(self) -> dict[str, float]:
-        """``PQ, SQ, RQ`` (all), ``*_th`` (things), ``*_st`` (stuff) as fractions, and the
-        numbers of categories averaged ``n, n_th, n_st`` (a mean over no category is 0)."""
+        """``PQ, SQ, RQ`` (all), ``*_th`` (things), ``*_st`` (stuff) as fractions, the
+        numbers of categories averaged ``n, n_th, n_st`` (a mean over no category is 0),
+        and the segment counts summed over those categories, ``TP, FP, FN`` with the same
+        suffixes (what RQ is made of: a low RQ from missed segments or from extra ones)."""
         denom = self.tp + 0.5 * self.fp + 0.5 * self.fn
         present = (self.tp + self.fp + self.fn) > 0
         safe = np.where(present, denom, 1.0)
@@ -259,6 +261,8 @@ class PanopticQuality:
             for name, values in (("PQ", pq), ("SQ", sq), ("RQ", rq)):
                 out[name + suffix] = float(values[keep].mean()) if n else 0.0
             out["n" + suffix] = n
+            for name, counts in (("TP", self.tp), ("FP", self.fp), ("FN", self.fn)):
+                out[name + suffix] = int(counts[keep].sum())
         return out
 
 

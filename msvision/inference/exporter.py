@@ -24,6 +24,9 @@ machine without a C++ compiler or msvision's sources (``load_exported`` needs on
 ``jax``). The cost is XLA's CPU speed (3-10x slower MSDA) when serving an artefact
 on the CPU; a live ``Predictor.from_workdir`` has the kernel. An explicit
 ``msda_impl="cpu"`` cannot be exported (``jax.export`` raises on its custom call).
+The oneDNN convolutions (:mod:`msvision.ops.onednn`, the default for bfloat16 on
+CPUs with native bfloat16) are left out the same way: the export traces under
+:func:`msvision.ops.conv.xla_only`.
 
 Triton compatibility: the Pallas Triton custom call (``__gpu$xla.gpu.triton``)
 carries Triton IR, which has no stability guarantee, so ``jax.export`` refuses it
@@ -99,6 +102,7 @@ def export_detector(graphdef, params, rest, buckets: Sequence[Bucket], *, batch_
       ``{bucket: Exported}``; each takes ``(weights, images, image_sizes,
       orig_sizes)`` as described in the module docstring.
     """
+    from msvision.ops.conv import xla_only
     from msvision.ops.msda.auto import without_native_cpu_kernel
     from msvision.ops.platforms import tracing_for
 
@@ -111,8 +115,8 @@ def export_detector(graphdef, params, rest, buckets: Sequence[Bucket], *, batch_
     for height, width in buckets:
         bucket = (int(height), int(width))
         try:
-            # portable artefacts: XLA MSDA on the CPU (module docstring); each platform's kernels
-            with without_native_cpu_kernel(), tracing_for(platforms):
+            # portable artefacts: XLA MSDA and convolutions on the CPU (module docstring); each platform's kernels
+            with without_native_cpu_kernel(), xla_only(), tracing_for(platforms):
                 out[bucket] = jax_export.export(detect, platforms=tuple(platforms), disabled_checks=disabled)(
                     weight_specs,
                     jax.ShapeDtypeStruct((batch, *bucket, 3), jnp.uint8),

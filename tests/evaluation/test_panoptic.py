@@ -115,6 +115,9 @@ def test_categories_without_segments_are_excluded_and_split_by_isthing():
     assert s["PQ"] == pytest.approx((1 + 1 + 0) / 3)
     assert s["PQ_th"] == 1.0 and s["PQ_st"] == pytest.approx(0.5)
     assert s["RQ_st"] == pytest.approx((1 + 0) / 2)  # cat 4: FN + FP → RQ 0
+    assert (s["TP_th"], s["FP_th"], s["FN_th"]) == (1, 0, 0)
+    assert (s["TP_st"], s["FP_st"], s["FN_st"]) == (1, 1, 1)  # cat 4's IoU 0.4: one FP and one FN
+    assert (s["TP"], s["FP"], s["FN"]) == (2, 1, 1)
 
 
 def test_sum_over_images_before_dividing():

@@ -158,7 +158,7 @@ def test_jit_grad_through_conv2d_switch(monkeypatch):
 
 
 def test_default_is_xla_and_unchanged(monkeypatch):
-    """Without MSVISION_CONV_IMPL, conv2d lowers exactly as impl="xla" (no custom call)."""
+    """Without MSVISION_CONV_IMPL, a float32 conv2d lowers exactly as impl="xla" (no custom call)."""
     monkeypatch.delenv(conv.IMPL_ENV, raising=False)
     x, kernel, _ = make_inputs(0)
     grad = lambda impl: jax.jit(jax.grad(  # noqa: E731
@@ -168,6 +168,27 @@ def test_default_is_xla_and_unchanged(monkeypatch):
     monkeypatch.setenv(conv.IMPL_ENV, "cudnn")
     with pytest.raises(ValueError, match="MSVISION_CONV_IMPL"):
         conv.conv2d(x, kernel)
+
+
+def test_bfloat16_default_is_auto_and_export_takes_xla(monkeypatch):
+    """Without MSVISION_CONV_IMPL a bfloat16 conv2d lowers as impl="auto": the custom calls
+    where the CPU has native bf16 convolutions, XLA's convolution elsewhere; inside
+    xla_only() (jax.export) it is XLA's whatever the variable says."""
+    monkeypatch.delenv(conv.IMPL_ENV, raising=False)
+    x, kernel, _ = make_inputs(0)
+    x, kernel = x.astype(jnp.bfloat16), kernel.astype(jnp.bfloat16)
+    assert conv.default_impl(jnp.bfloat16) == "auto" and conv.default_impl(jnp.float32) == "xla"
+    grad = lambda impl: jax.jit(jax.grad(  # noqa: E731
+        lambda x, k: jnp.sum(conv.conv2d(x, k, 1, ((1, 1), (1, 1)), impl=impl).astype(jnp.float32) ** 2),
+        argnums=(0, 1)))
+    default, auto = grad(None).lower(x, kernel).as_text(), grad("auto").lower(x, kernel).as_text()
+    assert default == auto
+    assert (ffi.FORWARD_TARGET in default) == ffi.native_bfloat16()
+    monkeypatch.setenv(conv.IMPL_ENV, "onednn")
+    with conv.xla_only():
+        inside = grad(None).lower(x, kernel).as_text()
+    assert "msvision_onednn" not in inside and inside == grad("xla").lower(x, kernel).as_text()
+    assert ffi.FORWARD_TARGET in grad(None).lower(x, kernel).as_text()  # the context is over
 
 
 def test_other_platforms_and_dtypes_take_xla():
