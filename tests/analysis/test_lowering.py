@@ -24,10 +24,13 @@ COMMON = ["--json", "--devices=8", "--image-size=96", "--num-objects=3"]
 CASES = {
     "quickstart_cuda": [f"--config={QUICKSTART}", "--lower-for=cuda", *COMMON],
     "quickstart_cpu": [f"--config={QUICKSTART}", "--lower-for=cpu", *COMMON],
+    "quickstart_bf16_cuda": [f"--config={QUICKSTART}", "--config.model.dtype=bfloat16", "--lower-for=cuda", *COMMON],
+    "quickstart_bf16_cpu": [f"--config={QUICKSTART}", "--config.model.dtype=bfloat16", "--lower-for=cpu", *COMMON],
     "defenc_cuda": [f"--config={DEFENC}", "--lower-for=cuda", *COMMON],
     "defenc_cpu": [f"--config={DEFENC}", "--lower-for=cpu", *COMMON],
 }
 TRITON = "__gpu$xla.gpu.triton"
+ONEDNN = "msvision_onednn"  # the oneDNN convolution custom calls (msvision.ops.onednn)
 NATIVE_CPU = "msvision_msda_cpu_"  # the native CPU MSDA kernel's custom calls (forward, backward)
 
 
@@ -51,7 +54,7 @@ def _ok(result):
     return lowering
 
 
-@pytest.mark.slow  # the fixture's subprocess lowers four train steps: ~40 s of CPU
+@pytest.mark.slow  # the fixture's subprocess lowers six train steps: ~60 s of CPU
 def test_quickstart_lowers_for_cuda_with_xla_kernel_gradients(results):
     cuda, cpu = _ok(results["quickstart_cuda"]), _ok(results["quickstart_cpu"])
     assert cuda["platform"] == "cuda" and cpu["platform"] == "cpu"
@@ -64,7 +67,26 @@ def test_quickstart_lowers_for_cuda_with_xla_kernel_gradients(results):
     assert results["quickstart_cuda"]["report"]["params"]["total"] > 0
 
 
-@pytest.mark.slow  # the fixture's subprocess lowers four train steps: ~40 s of CPU
+@pytest.mark.slow  # the fixture's subprocess lowers six train steps: ~60 s of CPU
+def test_bfloat16_quickstart_lowers_for_cuda_and_takes_onednn_only_on_the_cpu(results):
+    """The mixed-precision train step lowers for CUDA as the float32 one does, with XLA's
+    convolutions; for the CPU its convolutions are oneDNN's custom calls where this CPU
+    has native bfloat16 convolutions (the default for bfloat16) and XLA's elsewhere."""
+    from msvision.ops.onednn import ffi
+
+    cuda, cpu = _ok(results["quickstart_bf16_cuda"]), _ok(results["quickstart_bf16_cpu"])
+    f32_cuda = _ok(results["quickstart_cuda"])
+    for key in ("train", "inference"):
+        assert not any(t.startswith(ONEDNN) for t in cuda["custom_calls"][key])
+        assert cuda["convolutions"][key] == f32_cuda["convolutions"][key]
+    native = ffi.available() and ffi.native_bfloat16()
+    onednn_calls = sum(n for t, n in cpu["custom_calls"]["train"].items() if t.startswith(ONEDNN))
+    assert (onednn_calls > 0) == native, cpu["custom_calls"]["train"]
+    if native:  # every convolution of the train step went to oneDNN: none of XLA's is left
+        assert cpu["convolutions"]["train"] == 0
+
+
+@pytest.mark.slow  # the fixture's subprocess lowers six train steps: ~60 s of CPU
 def test_defenc_fqdetv2_lowers_the_msda_triton_kernel_for_cuda_only(results):
     cuda, cpu = _ok(results["defenc_cuda"]), _ok(results["defenc_cpu"])
     msda_layers = MSDA_LAYERS  # one MSDA per encoder and decoder layer
@@ -76,7 +98,7 @@ def test_defenc_fqdetv2_lowers_the_msda_triton_kernel_for_cuda_only(results):
         assert not any(target.startswith(NATIVE_CPU) for target in cuda["custom_calls"][key])
 
 
-@pytest.mark.slow  # the fixture's subprocess lowers four train steps: ~40 s of CPU
+@pytest.mark.slow  # the fixture's subprocess lowers six train steps: ~60 s of CPU
 def test_defenc_fqdetv2_lowers_the_native_msda_kernel_for_the_cpu_when_available(results):
     from msvision.ops.msda import cpu_ffi
 
