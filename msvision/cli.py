@@ -95,8 +95,10 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
 
 def setup_logging(level: str) -> None:
     """Log lines with time, level and logger at ``level``; absl (orbax) only from WARNING on,
-    as it logs every checkpoint save at INFO."""
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    as it logs every checkpoint save at INFO. ``force``: importing orbax already gave the root
+    logger a WARNING-level handler (absl's ``log`` calls ``logging.basicConfig()``), which would
+    otherwise keep every INFO line (e.g. "resuming from step N") from showing."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     logging.getLogger("absl").setLevel(logging.WARNING)
 
 

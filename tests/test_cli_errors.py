@@ -112,3 +112,19 @@ def test_exit_status_and_single_line_from_a_shell(tmp_path):
     proc = subprocess.run(command, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, MSVISION_VERBOSE="1"))
     assert proc.returncode == 1 and "Traceback" in proc.stderr and "InputError" in proc.stderr
+
+
+def test_info_lines_show_after_orbax_is_imported():
+    """Importing orbax gives the root logger a WARNING handler (absl's ``log`` calls
+    ``logging.basicConfig()``); the entry points' ``cli.setup_logging`` must still show INFO
+    lines such as train.py's "resuming from step N"."""
+    script = ("import logging, orbax.checkpoint\n"
+              "from absl import logging as absl_logging\n"
+              "absl_logging.log(absl_logging.DEBUG, 'absl debug line')\n"  # what orbax's import does
+              "from msvision import cli\n"
+              "cli.setup_logging('INFO')\n"
+              "logging.getLogger('msvision.train.loop').info('resuming from step %d', 10)\n")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "INFO msvision.train.loop: resuming from step 10" in result.stderr

@@ -103,8 +103,7 @@ def _main(argv) -> int:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: newest intact)")
     cli.add_verbose_flag(parser)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    cli.setup_logging("INFO")
     publish(args.workdir, args.out, args.step)
     return 0
 
