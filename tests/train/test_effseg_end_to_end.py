@@ -42,7 +42,7 @@ def test_tiny_effseg_run_trains_and_evaluates_masks(tmp_path):
     assert len(os.listdir(os.path.join(workdir, "eval", "vis_6"))) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.quickstart
 def test_quickstart_effseg_reaches_its_targets(tmp_path):
     """The README's EffSeg command on a clean work directory: under 20 minutes on 2 CPU cores
     (a quiet machine; a shared one is slower), segm/AP >= 0.45 and segm/AP50 >= 0.8."""

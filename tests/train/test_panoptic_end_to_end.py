@@ -46,7 +46,7 @@ def test_tiny_panoptic_run_writes_predictions_and_pq(tmp_path):
     assert len(os.listdir(workdir / "eval" / "vis_4")) == 1
 
 
-@pytest.mark.slow
+@pytest.mark.quickstart
 def test_quickstart_panoptic_reaches_its_target(tmp_path):
     """The README's panoptic command on a clean work directory: panoptic/PQ >= 0.35 (the trivial
     all-sky prediction scores 0.007), under 20 minutes on a quiet 2-core machine."""
