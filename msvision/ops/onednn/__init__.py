@@ -107,7 +107,8 @@ Padding = tuple[tuple[int, int], tuple[int, int]]
 
 
 class OnednnFallbackWarning(UserWarning):
-    """The oneDNN kernel could not be built; ``MSVISION_CONV_IMPL=auto`` uses XLA."""
+    """The oneDNN kernel could not be built; ``MSVISION_CONV_IMPL=auto`` (the default for
+    bfloat16) uses XLA."""
 
 
 def _xla_conv2d(x, kernel, stride: int, padding: Padding, dilation: int, groups: int):
@@ -191,8 +192,10 @@ def conv2d(x: jax.Array, kernel: jax.Array, stride: int = 1, padding: Padding = 
 @functools.cache
 def _warn_unavailable(reason: str) -> None:
     # Once per process (and reason): missing wheels are a setup fact, not news at every trace.
-    warnings.warn(f"the oneDNN convolution kernel is unavailable ({reason}); MSVISION_CONV_IMPL=auto uses XLA "
-                  f"(set {ffi.DISABLE_ENV}=off to silence this)", OnednnFallbackWarning, stacklevel=4)
+    # Also reached by default: bfloat16 convolutions take "auto" when MSVISION_CONV_IMPL is unset.
+    warnings.warn(f"convolutions stay on XLA: the oneDNN convolution kernel is unavailable ({reason}); on a CPU "
+                  f"with AMX or AVX512-BF16 it runs bfloat16 convolutions ~10x faster (set {ffi.DISABLE_ENV}=off "
+                  f"to silence this)", OnednnFallbackWarning, stacklevel=4)
 
 
 def auto_enabled(x, kernel, stride: int, padding: Padding, dilation: int) -> bool:
