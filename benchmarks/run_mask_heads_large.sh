@@ -15,7 +15,12 @@
 # to ARCHIVE/<run>/ (default benchmarks/results/large, in the repository), so they outlive the
 # work directory: `mask_heads_large.py --runs benchmarks/results/large` gives the table and
 # the curves from them (the masks figure and --cost need the checkpoints).
+#
+# The convolutions run on oneDNN in float32 (MSVISION_CONV_IMPL=auto unless set; XLA where the
+# onednn extra is missing): RefineMask++'s 1,500 steps take 24 min wall instead of 38 on two
+# cores, the same quality within seed spread (benchmarks/RESULTS.md, "Curves and training time").
 set -uo pipefail
+export MSVISION_CONV_IMPL=${MSVISION_CONV_IMPL:-auto}
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs/large}
 SEEDS=${SEEDS:-0 1 2}

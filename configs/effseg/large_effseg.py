@@ -37,7 +37,11 @@ way and not below its design:
 Evaluation: ``bbox``, ``segm`` (AP_L defined), ``boundary`` (Boundary AP, dilation 2 % of
 the image diagonal) and ``box_as_mask`` metrics, every ``eval_every`` steps (the curves).
 
-    python train.py --config=configs/effseg/large_effseg.py --workdir=runs/large/effseg
+    MSVISION_CONV_IMPL=auto python train.py --config=configs/effseg/large_effseg.py --workdir=runs/large/effseg
+
+``MSVISION_CONV_IMPL=auto`` runs the convolutions on oneDNN in float32 (the ``onednn``
+extra; XLA without it), which every head needs to train within 30 minutes on two CPU cores:
+RefineMask++ takes 24 min wall with it, 38 min of steps alone on XLA's convolutions.
 
 The detector comes with the repository: ``benchmarks/weights/large_detector`` holds the
 weights of a ``large_detector.py`` run (``python -m msvision.train.publish``; box AP and

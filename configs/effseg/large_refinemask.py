@@ -3,7 +3,11 @@
 ``configs/effseg/large_effseg.py`` (its docstring says what the four ``large_*`` configs
 share and how each head is scaled) with the head swapped.
 
-    python train.py --config=configs/effseg/large_refinemask.py --workdir=runs/large/refinemask
+    MSVISION_CONV_IMPL=auto python train.py --config=configs/effseg/large_refinemask.py \
+        --workdir=runs/large/refinemask
+
+(0.78 s per step on oneDNN's convolutions, 24 min wall on two CPU cores; 1.50 s per step and
+over 30 minutes on XLA's.)
 """
 
 import ml_collections
