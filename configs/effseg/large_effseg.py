@@ -32,7 +32,11 @@ way and not below its design:
   stage, e.g. ``--config.model.seg_head.selected_per_roi=(100,150,300)``;
 - at most ``MAX_TRAIN_ROIS`` training RoIs per image for every head (the positives of
   up to 4 objects, the best queries of every object first; ``train/seg/dropped_rois``);
-- 50 detections per image at inference (the images hold at most 4 objects).
+- 50 detections per image at inference (the images hold at most 4 objects);
+- 1,500 steps of batch 2, the length at which every head trains within 30 minutes on two
+  CPU cores. The curves still rise at step 1,500; with ``--config.train.num_steps=3000``
+  they flatten after the decay and rank the heads the same (``benchmarks/RESULTS.md``,
+  "The longer schedule").
 
 Evaluation: ``bbox``, ``segm`` (AP_L defined), ``boundary`` (Boundary AP, dilation 2 % of
 the image diagonal) and ``box_as_mask`` metrics, every ``eval_every`` steps (the curves).
