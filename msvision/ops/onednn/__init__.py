@@ -194,7 +194,8 @@ def _warn_unavailable(reason: str) -> None:
     # Once per process (and reason): missing wheels are a setup fact, not news at every trace.
     # Also reached by default: bfloat16 convolutions take "auto" when MSVISION_CONV_IMPL is unset.
     warnings.warn(f"convolutions stay on XLA: the oneDNN convolution kernel is unavailable ({reason}); on a CPU "
-                  f"with AMX or AVX512-BF16 it runs bfloat16 convolutions ~10x faster, float32 1.3-1.9x (set {ffi.DISABLE_ENV}=off "
+                  f"with AMX or AVX512-BF16 it runs bfloat16 convolutions ~10x faster, float32 1.3-1.9x "
+                  f"(set {ffi.DISABLE_ENV}=off "
                   f"to silence this)", OnednnFallbackWarning, stacklevel=4)
 
 
